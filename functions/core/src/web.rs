@@ -1,0 +1,334 @@
+//! HTTP plumbing shared by every component: request ids, JSON bodies with
+//! limits and pointer-addressed errors, problem+json responses, cookies and
+//! the client address. Handlers are plain async functions over `http` types.
+
+use crate::problem::{field, FieldError, Problem};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub type Body = Vec<u8>;
+pub type HttpResult = Result<Response<Body>, Problem>;
+
+pub const REQUEST_ID: &str = "x-request-id";
+/// Set by Spin (and by the native host, which overwrites any client value).
+pub const CLIENT_ADDR: &str = "spin-client-addr";
+
+/// Per-request facts every handler and the audit log need.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub client_ip: Option<String>,
+    pub method: Method,
+    pub path: String,
+}
+
+impl RequestMeta {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        RequestMeta {
+            request_id: request_id(req),
+            client_ip: client_ip(req),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+        }
+    }
+}
+
+/// Echo a sane client-supplied request id, otherwise mint one.
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn client_ip<B>(req: &Request<B>) -> Option<String> {
+    let raw = req.headers().get(CLIENT_ADDR)?.to_str().ok()?;
+    let addr: std::net::SocketAddr = raw.parse().ok()?;
+    Some(addr.ip().to_string())
+}
+
+/// Wraps a handler: request id on every response, problems rendered as
+/// problem+json, defensive headers, one log line without query strings.
+pub async fn serve<F>(req: Request<Body>, handler: F) -> Response<Body>
+where
+    F: AsyncFnOnce(Request<Body>, RequestMeta) -> HttpResult,
+{
+    let meta = RequestMeta::of(&req);
+    let started = std::time::Instant::now();
+    let mut response = match handler(req, meta.clone()).await {
+        Ok(r) => r,
+        Err(p) => problem_response(&p, &meta),
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
+        h.insert(REQUEST_ID, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    eprintln!(
+        "request id={} method={} path={} status={} ms={}",
+        meta.request_id,
+        meta.method,
+        meta.path,
+        response.status().as_u16(),
+        started.elapsed().as_millis()
+    );
+    response
+}
+
+pub fn problem_response(p: &Problem, meta: &RequestMeta) -> Response<Body> {
+    let body = serde_json::to_vec(&p.to_json(Some(&meta.path))).unwrap_or_default();
+    let mut r = Response::builder()
+        .status(p.status)
+        .header(header::CONTENT_TYPE, "application/problem+json")
+        .body(body)
+        .expect("static response parts are valid");
+    if let Some(secs) = p.retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if p.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResult {
+    let body = serde_json::to_vec(value).map_err(|_| Problem::internal())?;
+    Ok(Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("static response parts are valid"))
+}
+
+pub fn no_content() -> HttpResult {
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Vec::new())
+        .expect("static response parts are valid"))
+}
+
+/// Parses a JSON body: 415 unless `application/json`, 413 over `limit`,
+/// 400 for syntax errors, 422 with a pointer for missing fields, wrong types
+/// and unknown fields. Error texts never quote the client's values, because
+/// those may be passwords or identity numbers.
+pub fn read_json<T: DeserializeOwned>(req: &Request<Body>, limit: usize) -> Result<T, Problem> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(Problem::unsupported_media_type());
+    }
+    let body = req.body();
+    if body.len() > limit {
+        return Err(Problem::too_large(limit));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        Problem::malformed(format!("invalid JSON at line {} column {}", e.line(), e.column()))
+    })?;
+    from_value(value)
+}
+
+/// Deserializes an already-parsed JSON value with pointer-addressed errors.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut pointer = to_pointer(e.path());
+        let message = redact(&e.inner().to_string());
+        if let Some(name) = missing_field(&message) {
+            pointer = format!("{}/{}", pointer.trim_end_matches('/'), name);
+        }
+        Problem::validation(vec![field(pointer, message)])
+    })
+}
+
+fn to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => {
+                out.push('/');
+                out.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Enum { variant } => out.push_str(&format!("/{variant}")),
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+/// Serde messages quote offending values (`invalid type: string "…"`);
+/// drop anything between double quotes.
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One query-string parameter, percent-decoded.
+pub fn query_param(req: &Request<Body>, name: &str) -> Result<Option<String>, Problem> {
+    let Some(q) = req.uri().query() else { return Ok(None) };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            return percent_decode(v)
+                .map(Some)
+                .ok_or_else(|| Problem::bad_query(vec![field(format!("/query/{name}"), "invalid percent-encoding")]));
+        }
+    }
+    Ok(None)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Page size from `?limit=`: default 50, 1..=200, otherwise 400.
+pub fn page_limit(req: &Request<Body>) -> Result<i64, Problem> {
+    match query_param(req, "limit")? {
+        None => Ok(50),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=200).contains(&n) => Ok(n),
+            _ => Err(Problem::bad_query(vec![field("/query/limit", "must be an integer from 1 to 200")])),
+        },
+    }
+}
+
+/// Opaque cursor: base64url of JSON. Malformed cursors are a 400.
+pub fn encode_cursor(value: &serde_json::Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+pub fn decode_cursor<T: DeserializeOwned>(req: &Request<Body>) -> Result<Option<T>, Problem> {
+    use base64::Engine;
+    let Some(raw) = query_param(req, "cursor")? else { return Ok(None) };
+    let bad = || Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]);
+    if raw.len() > 512 {
+        return Err(bad());
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw.as_bytes())
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
+}
+
+pub fn cookie(req: &Request<Body>, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Whole-path matcher for routes with `{param}` segments.
+pub fn match_path<'a>(pattern: &str, path: &'a str) -> Option<Vec<&'a str>> {
+    let mut params = Vec::new();
+    let mut pat = pattern.trim_end_matches('/').split('/');
+    let mut got = path.trim_end_matches('/').split('/');
+    loop {
+        match (pat.next(), got.next()) {
+            (None, None) => return Some(params),
+            (Some(p), Some(g)) if p.starts_with('{') && !g.is_empty() => params.push(g),
+            (Some(p), Some(g)) if p == g => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Validation helper: collects field errors, then fails with 422 if any.
+#[derive(Default)]
+pub struct Checks(pub Vec<FieldError>);
+
+impl Checks {
+    pub fn fail(&mut self, pointer: &str, message: impl Into<String>) {
+        self.0.push(field(pointer, message));
+    }
+    pub fn finish(self) -> Result<(), Problem> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Problem::validation(self.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_drops_quoted_values() {
+        assert_eq!(
+            redact("invalid type: string \"12345678901\", expected u32"),
+            "invalid type: string \"…\", expected u32"
+        );
+    }
+
+    #[test]
+    fn path_matching() {
+        assert_eq!(match_path("/admin/users/{id}", "/admin/users/abc"), Some(vec!["abc"]));
+        assert_eq!(match_path("/admin/users/{id}", "/admin/users/"), None);
+        assert_eq!(match_path("/admin/users", "/admin/users/"), Some(vec![]));
+        assert_eq!(match_path("/admin/users/{id}/roles", "/admin/users/x/roles"), Some(vec!["x"]));
+        assert_eq!(match_path("/admin/users/{id}", "/admin/users/x/y"), None);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%C3%A6+b").as_deref(), Some("æ b"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%"), None);
+    }
+}

@@ -1,0 +1,130 @@
+//! The native host: serves the routes of `spin.toml` by calling the same
+//! handler functions the Spin components wrap, each with only its own
+//! component variables and its own database pool, as Spin would.
+
+use crate::manifest::Manifest;
+use anyhow::{bail, Context, Result};
+use http::{HeaderValue, Request, Response};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tavle_core::db::SqlxDb;
+use tavle_core::web::{self, Body, RequestMeta};
+use tavle_core::Problem;
+
+/// Components this binary can run natively, by `spin.toml` component id.
+pub const NATIVE_COMPONENTS: &[&str] = &["login"];
+
+struct ComponentRuntime {
+    variables: HashMap<String, String>,
+    pool: PgPool,
+}
+
+/// One host instance: routes plus a runtime per component. Pools are bound
+/// to the async runtime that created them, so each worker thread builds its own.
+pub struct Host {
+    manifest: Arc<Manifest>,
+    components: HashMap<String, ComponentRuntime>,
+}
+
+/// Host settings shared by worker threads.
+#[derive(Clone)]
+pub struct HostConfig {
+    pub manifest: Arc<Manifest>,
+    pub app_variables: HashMap<String, String>,
+    pub max_connections: u32,
+}
+
+impl HostConfig {
+    pub fn new(manifest: Manifest, provided: &HashMap<String, String>) -> Result<HostConfig> {
+        let app_variables = manifest.resolve_app_variables(provided)?;
+        for name in manifest.components.keys() {
+            if !NATIVE_COMPONENTS.contains(&name.as_str()) {
+                bail!("spin.toml component `{name}` has no native handler in this host");
+            }
+        }
+        Ok(HostConfig { manifest: Arc::new(manifest), app_variables, max_connections: 10 })
+    }
+}
+
+impl Host {
+    /// Builds the runtimes. Must be called inside the async runtime that
+    /// will serve requests.
+    pub fn new(config: &HostConfig) -> Result<Host> {
+        let mut components = HashMap::new();
+        let mut pools: HashMap<String, PgPool> = HashMap::new();
+        for name in config.manifest.components.keys() {
+            let variables = config.manifest.component_variables(name, &config.app_variables)?;
+            let url = variables.get("db_url").cloned().unwrap_or_default();
+            check_outbound(&config.manifest.outbound_hosts(name, &config.app_variables)?, &url, name)?;
+            let pool = match pools.get(&url) {
+                Some(p) => p.clone(),
+                None => {
+                    let options = PgConnectOptions::from_str(&url).context("db_url is not a PostgreSQL URL")?;
+                    let pool = PgPoolOptions::new()
+                        .max_connections(config.max_connections)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect_lazy_with(options);
+                    pools.insert(url.clone(), pool.clone());
+                    pool
+                }
+            };
+            components.insert(name.clone(), ComponentRuntime { variables, pool });
+        }
+        Ok(Host { manifest: config.manifest.clone(), components })
+    }
+
+    /// Serves one request as Spin would: route by path, set
+    /// `spin-client-addr` (never trusting a client-sent one), call the component.
+    pub async fn handle(&self, mut req: Request<Body>, client: Option<SocketAddr>) -> Response<Body> {
+        let headers = req.headers_mut();
+        let spin_headers: Vec<_> = headers.keys().filter(|k| k.as_str().starts_with("spin-")).cloned().collect();
+        for k in spin_headers {
+            headers.remove(k);
+        }
+        if let Some(addr) = client {
+            if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
+                headers.insert(web::CLIENT_ADDR, v);
+            }
+        }
+        let path = req.uri().path().to_owned();
+        let Some(route) = self.manifest.route_for(&path) else {
+            return web::serve(req, async |_, _: RequestMeta| Err(Problem::not_found())).await;
+        };
+        let runtime = &self.components[&route.component];
+        let mut db = SqlxDb::new(runtime.pool.clone());
+        match route.component.as_str() {
+            "login" => tavle_login::handle(req, &runtime.variables, &mut db).await,
+            _ => web::serve(req, async |_, _: RequestMeta| Err(Problem::not_found())).await,
+        }
+    }
+
+    /// Closes every pool (tests drop their database afterwards).
+    pub async fn close(&self) {
+        for c in self.components.values() {
+            c.pool.close().await;
+        }
+    }
+}
+
+/// Spin refuses connections to hosts outside `allowed_outbound_hosts`; the
+/// native host checks the same so that a manifest error shows up in tests.
+fn check_outbound(allowed: &[String], db_url: &str, component: &str) -> Result<()> {
+    if db_url.is_empty() {
+        return Ok(());
+    }
+    let opts = PgConnectOptions::from_str(db_url).context("db_url is not a PostgreSQL URL")?;
+    let target = format!("{}:{}", opts.get_host(), opts.get_port());
+    let ok = allowed.iter().any(|a| {
+        let Some(host) = a.strip_prefix("postgres://") else { return false };
+        host == "*" || host == target || (!host.contains(':') && format!("{host}:5432") == target)
+    });
+    if !ok {
+        bail!("component `{component}`: database {target} is not in allowed_outbound_hosts {allowed:?}");
+    }
+    Ok(())
+}

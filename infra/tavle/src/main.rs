@@ -1,0 +1,246 @@
+//! `tavle`: the operator binary.
+//!
+//!   tavle dev [--demo] [--port N] [--listen ADDR] [--workers N] [--manifest PATH]
+//!   tavle migrate
+//!   tavle create-tenant --slug SLUG --name NAME --admin-username USER [--admin-display-name NAME]
+//!   tavle keygen
+//!
+//! Passwords are read from `TAVLE_ADMIN_PASSWORD` or standard input, never
+//! from the command line (argv is visible to every user of the machine).
+
+use anyhow::{anyhow, bail, Context, Result};
+use sqlx::postgres::PgPoolOptions;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use tavle_host::host::HostConfig;
+use tavle_host::manifest::{variables_from_env, Manifest};
+use tavle_host::ops;
+use tavle_host::pgcluster::PgCluster;
+
+const USAGE: &str = "usage:
+  tavle dev [--demo] [--port 3000] [--listen 127.0.0.1] [--workers N] [--manifest spin.toml]
+      serve every route of spin.toml natively; without DATABASE_URL a private
+      PostgreSQL is started under .tavle/pg; --demo loads a demo tenant with
+      synthetic pupils and staff and prints the demo logins
+  tavle migrate
+      apply migrations to DATABASE_URL
+  tavle create-tenant --slug SLUG --name NAME --admin-username USER [--admin-display-name NAME]
+      create a tenant and its first admin on DATABASE_URL; the password comes
+      from TAVLE_ADMIN_PASSWORD or the first line of standard input
+  tavle keygen
+      print fresh keys for the secret Spin variables";
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn flag(&mut self, name: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|a| a != name);
+        before != self.0.len()
+    }
+    fn value(&mut self, name: &str) -> Result<Option<String>> {
+        let Some(i) = self.0.iter().position(|a| a == name) else { return Ok(None) };
+        if i + 1 >= self.0.len() {
+            bail!("{name} needs a value");
+        }
+        let v = self.0.remove(i + 1);
+        self.0.remove(i);
+        Ok(Some(v))
+    }
+    fn finish(self) -> Result<()> {
+        if let Some(extra) = self.0.first() {
+            bail!("unexpected argument `{extra}`\n\n{USAGE}");
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let command = argv.remove(0);
+    let mut args = Args(argv);
+    match command.as_str() {
+        "dev" => dev(args),
+        "migrate" => {
+            args.finish()?;
+            block_on(async {
+                let pool = connect(&database_url()?).await?;
+                ops::migrate(&pool).await?;
+                println!("migrations applied");
+                Ok(())
+            })
+        }
+        "create-tenant" => {
+            let slug = args.value("--slug")?.ok_or_else(|| anyhow!("--slug is required"))?;
+            let name = args.value("--name")?.ok_or_else(|| anyhow!("--name is required"))?;
+            let admin = args.value("--admin-username")?.ok_or_else(|| anyhow!("--admin-username is required"))?;
+            let display = args.value("--admin-display-name")?.unwrap_or_else(|| admin.clone());
+            args.finish()?;
+            let password = read_password()?;
+            block_on(async {
+                let pool = connect(&database_url()?).await?;
+                let (tenant, user) = ops::create_tenant(&pool, ops::NewTenant {
+                    slug: &slug,
+                    name: &name,
+                    admin_username: &admin,
+                    admin_display_name: &display,
+                    admin_password: &password,
+                })
+                .await?;
+                println!("tenant {slug} created (id {tenant}); admin user id {user}");
+                Ok(())
+            })
+        }
+        "keygen" => {
+            args.finish()?;
+            for (name, value) in fresh_secrets() {
+                println!("SPIN_VARIABLE_{}={value}", name.to_uppercase());
+            }
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+fn database_url() -> Result<String> {
+    std::env::var("DATABASE_URL").map_err(|_| anyhow!("DATABASE_URL is not set"))
+}
+
+async fn connect(url: &str) -> Result<sqlx::PgPool> {
+    PgPoolOptions::new().max_connections(2).connect(url).await.context("connecting to the database")
+}
+
+fn read_password() -> Result<String> {
+    if let Ok(p) = std::env::var("TAVLE_ADMIN_PASSWORD") {
+        return Ok(p);
+    }
+    eprintln!("admin password (one line on standard input):");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let line = line.trim_end_matches(['\n', '\r']).to_owned();
+    if line.is_empty() {
+        bail!("no password given (set TAVLE_ADMIN_PASSWORD or pipe it on standard input)");
+    }
+    Ok(line)
+}
+
+/// Fresh values for every secret variable: token key pair, identity keys.
+fn fresh_secrets() -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    let (signing, public) = tavle_login::generate_signing_key();
+    let key = || {
+        let mut k = [0u8; 32];
+        getrandom(&mut k);
+        base64::engine::general_purpose::STANDARD.encode(k)
+    };
+    vec![
+        ("token_signing_key", signing),
+        ("token_public_keys", public),
+        ("identity_key", key()),
+        ("blind_index_key", key()),
+    ]
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("/dev/urandom is readable");
+}
+
+/// Development secrets, generated once per checkout under `.tavle/` (0600).
+fn dev_secrets(dir: &Path) -> Result<HashMap<String, String>> {
+    let path = dir.join("dev-secrets.env");
+    if !path.exists() {
+        std::fs::create_dir_all(dir)?;
+        let text: String = fresh_secrets().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(&path, text)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(std::fs::read_to_string(&path)?
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+fn dev(mut args: Args) -> Result<()> {
+    let demo = args.flag("--demo");
+    let port: u16 = args.value("--port")?.map_or(Ok(3000), |p| p.parse()).context("--port")?;
+    let listen = args.value("--listen")?.unwrap_or_else(|| "127.0.0.1".to_owned());
+    let workers: usize = match args.value("--workers")? {
+        Some(w) => w.parse().context("--workers")?,
+        None => std::thread::available_parallelism().map_or(2, usize::from),
+    };
+    let manifest_path = PathBuf::from(args.value("--manifest")?.unwrap_or_else(|| "spin.toml".to_owned()));
+    args.finish()?;
+    let manifest = Manifest::load(&manifest_path)?;
+    let project = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let state_dir = project.join(".tavle");
+
+    // Variables: development secrets < environment (SPIN_VARIABLE_*) < database.
+    let mut provided = dev_secrets(&state_dir)?;
+    provided.extend(variables_from_env());
+    let _cluster;
+    let db_url = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            let cluster = PgCluster::start_persistent(&state_dir.join("pg"))?;
+            let url = cluster.url("tavle");
+            println!("private PostgreSQL on 127.0.0.1:{} (data in {})", cluster.port(), state_dir.join("pg").display());
+            _cluster = cluster;
+            url
+        }
+    };
+    let opts: sqlx::postgres::PgConnectOptions = db_url.parse().context("DATABASE_URL")?;
+    provided.insert("db_url".into(), db_url.clone());
+    provided.insert("db_host".into(), format!("{}:{}", opts.get_host(), opts.get_port()));
+
+    block_on(async {
+        if std::env::var("DATABASE_URL").is_err() {
+            ops::ensure_database(&db_url).await?;
+        }
+        let pool = connect(&db_url).await?;
+        ops::migrate(&pool).await?;
+        if demo {
+            let logins = ops::load_demo(
+                &pool,
+                provided.get("identity_key").map_or("", String::as_str),
+                provided.get("blind_index_key").map_or("", String::as_str),
+            )
+            .await?;
+            println!("demo tenant `{}` loaded (synthetic data only). Logins:", ops::DEMO_TENANT);
+            for l in logins {
+                println!("  {:<12} {:<16} password: {}", l.username, l.role, l.password);
+            }
+        }
+        pool.close().await;
+        Ok(())
+    })?;
+
+    let config = HostConfig::new(manifest, &provided)?;
+    let listener = std::net::TcpListener::bind((listen.as_str(), port)).with_context(|| format!("binding {listen}:{port}"))?;
+    println!("Tavle listening on http://{}", listener.local_addr()?);
+    tavle_host::server::serve(listener, config, workers)
+}

@@ -1,0 +1,230 @@
+//! Operator tasks: migrations, tenants with their first admin, and the demo
+//! tenant. They use the same `Db` interface and SQL as the components.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+use sqlx::PgPool;
+use tavle_core::audit::{self, Actor, Event};
+use tavle_core::crypto::{BlindIndex, IdentityCipher};
+use tavle_core::db::{transaction, uuid, Db, DbError, SqlxDb, Value};
+use tavle_core::identity::IdentityNumber;
+use tavle_login::password::NewPassword;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// Creates the database in `url` if it does not exist (local clusters only).
+pub async fn ensure_database(url: &str) -> Result<()> {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let opts = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let name = opts.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = opts.database("postgres").connect().await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut admin)
+        .await?;
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
+            .execute(&mut admin)
+            .await?;
+    }
+    Ok(())
+}
+
+pub struct NewTenant<'a> {
+    pub slug: &'a str,
+    pub name: &'a str,
+    pub admin_username: &'a str,
+    pub admin_display_name: &'a str,
+    pub admin_password: &'a str,
+}
+
+/// Creates a tenant and its first tenant admin in one transaction.
+/// Returns (tenant id, admin user id).
+pub async fn create_tenant(pool: &PgPool, t: NewTenant<'_>) -> Result<(String, String)> {
+    let username = tavle_login::normalise_username(t.admin_username)
+        .ok_or_else(|| anyhow!("admin username must be 2 to 64 characters: a-z, 0-9 and . _ @ -"))?;
+    let password = NewPassword::parse(t.admin_password, &username)
+        .map_err(|broken| anyhow!("admin password: {}", broken.join("; ")))?;
+    let hash = password.hash();
+    let mut db = SqlxDb::new(pool.clone());
+    let ids = transaction(&mut db, async |db| {
+        let tenant = db
+            .query_one(
+                "INSERT INTO tenants (slug, name) VALUES ($1::text, $2::text) RETURNING id",
+                &[t.slug.into(), t.name.into()],
+            )
+            .await?
+            .text(0)?;
+        let user = db
+            .query_one(
+                "INSERT INTO users (tenant_id, username, display_name, password_hash) \
+                 VALUES ($1::uuid, $2::text, $3::text, $4::text) RETURNING id",
+                &[uuid(&tenant), username.clone().into(), t.admin_display_name.into(), hash.clone().into()],
+            )
+            .await?
+            .text(0)?;
+        db.execute(
+            "INSERT INTO role_grants (tenant_id, user_id, role) VALUES ($1::uuid, $2::uuid, 'tenant_admin')",
+            &[uuid(&tenant), uuid(&user)],
+        )
+        .await?;
+        audit::record(db, None, Event::new(&tenant, Actor::System("cli"), "tenant.created")
+            .target("tenant", &tenant)
+            .details(json!({"slug": t.slug, "admin_user_id": user})))
+        .await?;
+        Ok::<_, DbError>((tenant, user))
+    })
+    .await;
+    match ids {
+        Ok(ids) => Ok(ids),
+        Err(e) if e.is_unique_violation("tenants_slug_key") => bail!("a tenant with slug `{}` already exists", t.slug),
+        Err(DbError::Constraint { constraint, .. }) if constraint == "tenants_slug_check" => {
+            bail!("tenant slug must be 2 to 63 characters: a-z, 0-9 and -")
+        }
+        Err(e) => Err(anyhow!("creating tenant: {e}")),
+    }
+}
+
+/// A demo login printed by `tavle dev --demo`.
+pub struct DemoLogin {
+    pub username: String,
+    pub role: &'static str,
+    pub password: String,
+}
+
+pub const DEMO_TENANT: &str = "demo";
+
+const GIVEN: [&str; 12] = ["Emma", "Nora", "Sofie", "Ingrid", "Aksel", "Jakob", "Filip", "Noah", "Åse", "Øystein", "Sigrún", "Mikkel"];
+const FAMILY: [&str; 10] = ["Hansen", "Johansen", "Olsen", "Larsen", "Andersen", "Pedersen", "Nilsen", "Kristiansen", "Jensen", "Bærheim"];
+
+/// A random password that satisfies the policy.
+fn random_password() -> String {
+    format!("Demo-{}-{}", &tavle_core::auth::random_secret()[..12], "x7")
+}
+
+/// Loads (or refreshes) the demo tenant: one school, two groups, 48 pupils
+/// with synthetic identity numbers only, and one staff user per role. Demo
+/// passwords are regenerated on every run and printed by the caller.
+pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str) -> Result<Vec<DemoLogin>> {
+    let cipher = IdentityCipher::from_config(identity_key, "").map_err(|e| anyhow!("identity_key: {e}"))?;
+    let index = BlindIndex::from_config(blind_index_key).map_err(|e| anyhow!("blind_index_key: {e}"))?;
+    let mut db = SqlxDb::new(pool.clone());
+    let existing = db.query_opt("SELECT id FROM tenants WHERE slug = $1::text", &[DEMO_TENANT.into()]).await?;
+    let admin_password = random_password();
+    let tenant_id = match existing {
+        Some(row) => row.text(0)?,
+        None => {
+            create_tenant(pool, NewTenant {
+                slug: DEMO_TENANT,
+                name: "Demo kommune (synthetic data)",
+                admin_username: "admin",
+                admin_display_name: "Demo Admin",
+                admin_password: &admin_password,
+            })
+            .await?
+            .0
+        }
+    };
+    let staff: [(&str, &str, &'static str); 4] = [
+        ("admin", "Demo Admin", "tenant_admin"),
+        ("laerer", "Lise Lærer", "teacher"),
+        ("rektor", "Rune Rektor", "school_leader"),
+        ("personvern", "Petra Personvern", "privacy_officer"),
+    ];
+    let mut logins = Vec::new();
+    transaction(&mut db, async |db| {
+        let school = db
+            .query_one(
+                "INSERT INTO schools (tenant_id, external_id, name) VALUES ($1::uuid, 'demo-school', 'Demo skole') \
+                 ON CONFLICT (tenant_id, external_id) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+                &[uuid(&tenant_id)],
+            )
+            .await?
+            .text(0)?;
+        let mut groups = Vec::new();
+        for name in ["5A", "5B"] {
+            let g = db
+                .query_one(
+                    "INSERT INTO groups (tenant_id, school_id, external_id, name, year_level) \
+                     VALUES ($1::uuid, $2::uuid, $3::text, $3::text, 5) \
+                     ON CONFLICT (tenant_id, school_id, external_id) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+                    &[uuid(&tenant_id), uuid(&school), name.into()],
+                )
+                .await?
+                .text(0)?;
+            groups.push(g);
+        }
+        for i in 0..48u32 {
+            let id = IdentityNumber::synthetic((2015, 1 + i % 12, 1 + i % 28), i * 7)
+                .ok_or_else(|| anyhow!("could not generate a synthetic identity number"))?;
+            let enc = cipher.encrypt_identity(&id, tenant_id.as_bytes());
+            let idx = index.index(&tenant_id, &id);
+            let pupil = db
+                .query_one(
+                    "INSERT INTO pupils (tenant_id, school_id, identity_enc, identity_index, given_name, family_name, \
+                                         year_level, gender, special_needs) \
+                     VALUES ($1::uuid, $2::uuid, $3::bytea, $4::bytea, $5::text, $6::text, 5, $7::text, $8::bool) \
+                     ON CONFLICT (tenant_id, identity_index) WHERE identity_index IS NOT NULL \
+                     DO UPDATE SET given_name = EXCLUDED.given_name RETURNING id",
+                    &[
+                        uuid(&tenant_id),
+                        uuid(&school),
+                        Value::Bytes(enc),
+                        Value::Bytes(idx),
+                        GIVEN[i as usize % GIVEN.len()].into(),
+                        FAMILY[(i as usize / 3) % FAMILY.len()].into(),
+                        (if i % 2 == 0 { "female" } else { "male" }).into(),
+                        (i % 11 == 0).into(),
+                    ],
+                )
+                .await?
+                .text(0)?;
+            db.execute(
+                "INSERT INTO group_memberships (tenant_id, group_id, pupil_id) VALUES ($1::uuid, $2::uuid, $3::uuid) \
+                 ON CONFLICT DO NOTHING",
+                &[uuid(&tenant_id), uuid(&groups[(i % 2) as usize]), uuid(&pupil)],
+            )
+            .await?;
+        }
+        for (username, display, role) in staff {
+            let password = random_password();
+            let hash = NewPassword::parse(&password, username)
+                .map_err(|b| anyhow!("demo password: {}", b.join("; ")))?
+                .hash();
+            let user = db
+                .query_one(
+                    "INSERT INTO users (tenant_id, username, display_name, password_hash) \
+                     VALUES ($1::uuid, $2::text, $3::text, $4::text) \
+                     ON CONFLICT (tenant_id, username) WHERE deleted_at IS NULL \
+                     DO UPDATE SET password_hash = EXCLUDED.password_hash, active = true, \
+                                   failed_logins = 0, locked_until = NULL \
+                     RETURNING id",
+                    &[uuid(&tenant_id), username.into(), display.into(), hash.into()],
+                )
+                .await?
+                .text(0)?;
+            db.execute("DELETE FROM role_grants WHERE user_id = $1::uuid", &[uuid(&user)]).await?;
+            let (school_id, group_id) = match role {
+                "teacher" => (Value::Null, uuid(&groups[0])),
+                "school_leader" => (uuid(&school), Value::Null),
+                _ => (Value::Null, Value::Null),
+            };
+            db.execute(
+                "INSERT INTO role_grants (tenant_id, user_id, role, school_id, group_id) \
+                 VALUES ($1::uuid, $2::uuid, $3::text, $4::uuid, $5::uuid)",
+                &[uuid(&tenant_id), uuid(&user), role.into(), school_id, group_id],
+            )
+            .await?;
+            logins.push(DemoLogin { username: username.to_owned(), role, password });
+        }
+        audit::record(db, None, Event::new(&tenant_id, Actor::System("cli"), "demo.loaded")).await?;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await?;
+    Ok(logins)
+}

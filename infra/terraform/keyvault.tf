@@ -1,0 +1,133 @@
+# Key Vault in the same EEA region: the secret store behind every Spin variable.
+# External Secrets Operator (infra/k8s/secretstore.yaml) reads it through workload
+# identity; people and the Terraform runner reach it only from the allowlisted IPs.
+
+resource "azurerm_key_vault" "main" {
+  name                = "kv-${local.name}-${random_string.suffix.result}"
+  location            = azurerm_resource_group.data.location
+  resource_group_name = azurerm_resource_group.data.name
+  tenant_id           = data.azurerm_client_config.current.tenant_id
+  sku_name            = "standard"
+
+  rbac_authorization_enabled = true
+  soft_delete_retention_days = 90
+  purge_protection_enabled   = true
+
+  # Public data-plane access exists only when operator IPs are allowlisted; otherwise
+  # the private endpoint below is the only way in.
+  public_network_access_enabled = length(var.key_vault_allowed_ip_ranges) > 0
+
+  network_acls {
+    default_action = "Deny"
+    bypass         = "None"
+    ip_rules       = var.key_vault_allowed_ip_ranges
+  }
+
+  tags = local.tags
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "azurerm_private_dns_zone" "key_vault" {
+  name                = "privatelink.vaultcore.azure.net"
+  resource_group_name = azurerm_resource_group.data.name
+  tags                = local.tags
+}
+
+resource "azurerm_private_dns_zone_virtual_network_link" "key_vault_data" {
+  name                  = "link-${local.name}-kv-data"
+  private_dns_zone_name = azurerm_private_dns_zone.key_vault.name
+  resource_group_name   = azurerm_resource_group.data.name
+  virtual_network_id    = azurerm_virtual_network.data.id
+  registration_enabled  = false
+  tags                  = local.tags
+}
+
+resource "azurerm_private_dns_zone_virtual_network_link" "key_vault_aks" {
+  count                 = var.aks_vnet_id == null ? 0 : 1
+  name                  = "link-${local.name}-kv-aks"
+  private_dns_zone_name = azurerm_private_dns_zone.key_vault.name
+  resource_group_name   = azurerm_resource_group.data.name
+  virtual_network_id    = var.aks_vnet_id
+  registration_enabled  = false
+  tags                  = local.tags
+}
+
+resource "azurerm_private_endpoint" "key_vault" {
+  name                = "pe-${local.name}-kv"
+  location            = azurerm_resource_group.data.location
+  resource_group_name = azurerm_resource_group.data.name
+  subnet_id           = azurerm_subnet.private_endpoints.id
+  tags                = local.tags
+
+  private_service_connection {
+    name                           = "kv"
+    private_connection_resource_id = azurerm_key_vault.main.id
+    subresource_names              = ["vault"]
+    is_manual_connection           = false
+  }
+
+  private_dns_zone_group {
+    name                 = "kv"
+    private_dns_zone_ids = [azurerm_private_dns_zone.key_vault.id]
+  }
+}
+
+# The identity running Terraform may write secrets (administrator password, db host).
+resource "azurerm_role_assignment" "terraform_secrets_officer" {
+  scope                = azurerm_key_vault.main.id
+  role_definition_name = "Key Vault Secrets Officer"
+  principal_id         = data.azurerm_client_config.current.object_id
+}
+
+resource "azurerm_key_vault_secret" "postgres_admin_password" {
+  name         = "tavle-pg-admin-password"
+  value        = random_password.postgres_admin.result
+  key_vault_id = azurerm_key_vault.main.id
+  content_type = "PostgreSQL administrator password (break-glass / role bootstrap only)"
+  tags         = local.tags
+
+  depends_on = [azurerm_role_assignment.terraform_secrets_officer]
+}
+
+# Not a secret, but kept next to db_url so both change together (e.g. after a restore
+# to a new server). Feeds the Spin variable `db_host` and the runtime config.
+resource "azurerm_key_vault_secret" "db_host" {
+  name         = "tavle-db-host"
+  value        = azurerm_postgresql_flexible_server.main.fqdn
+  key_vault_id = azurerm_key_vault.main.id
+  content_type = "Spin variable db_host (PostgreSQL server FQDN)"
+  tags         = local.tags
+
+  depends_on = [azurerm_role_assignment.terraform_secrets_officer]
+}
+
+# --- Workload identity for External Secrets Operator -----------------------------
+
+resource "azurerm_user_assigned_identity" "eso" {
+  count               = var.aks_oidc_issuer_url == null ? 0 : 1
+  name                = "id-${local.name}-eso"
+  location            = azurerm_resource_group.data.location
+  resource_group_name = azurerm_resource_group.data.name
+  tags                = local.tags
+}
+
+resource "azurerm_federated_identity_credential" "eso" {
+  count               = var.aks_oidc_issuer_url == null ? 0 : 1
+  name                = "fic-${local.name}-eso"
+  resource_group_name = azurerm_resource_group.data.name
+  parent_id           = azurerm_user_assigned_identity.eso[0].id
+  audience            = ["api://AzureADTokenExchange"]
+  issuer              = var.aks_oidc_issuer_url
+  subject             = "system:serviceaccount:${var.k8s_namespace}:${var.eso_service_account}"
+}
+
+# Read-only access to secret values; no key, certificate or management rights.
+resource "azurerm_role_assignment" "eso_secrets_user" {
+  count                = var.aks_oidc_issuer_url == null ? 0 : 1
+  scope                = azurerm_key_vault.main.id
+  role_definition_name = "Key Vault Secrets User"
+  principal_id         = azurerm_user_assigned_identity.eso[0].principal_id
+}
