@@ -1,1 +1,290 @@
-//! Test harness.
+//! Integration-test harness.
+//!
+//! One throwaway PostgreSQL cluster per test binary (started on first use,
+//! stopped at exit); a template database with the migrations applied once;
+//! and for every test its own fresh database cloned from the template.
+//! Requests go through the native host, routed by the real `spin.toml`, so
+//! routing and per-component variables are tested with the handlers.
+
+use base64::Engine;
+use http::{header, Method, Request, Response};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use tavle_host::host::{Host, HostConfig};
+use tavle_host::manifest::Manifest;
+use tavle_host::pgcluster::PgCluster;
+
+pub use tavle_host::ops;
+
+const TEMPLATE: &str = "tavle_template";
+pub const ORIGIN: &str = "https://app.tavle.test";
+
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the project").to_path_buf()
+}
+
+struct Cluster {
+    cluster: PgCluster,
+}
+
+/// The cluster and the migrated template, created once per test binary.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = PgCluster::start_ephemeral().expect("starting a throwaway PostgreSQL cluster");
+        let admin_url = cluster.url("postgres");
+        let template_url = cluster.url(TEMPLATE);
+        // Own runtime: pools must not outlive the runtime that made them.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&admin).await.unwrap();
+                let pool = PgPoolOptions::new().max_connections(1).connect(&template_url).await.unwrap();
+                ops::migrate(&pool).await.expect("migrations apply to a fresh database");
+                pool.close().await;
+                admin.close().await;
+            })
+        })
+        .join()
+        .expect("template setup");
+        Cluster { cluster }
+    })
+}
+
+/// Keys used by one test app.
+pub struct Keys {
+    pub signing: String,
+    pub public: String,
+}
+
+pub struct TestApp {
+    pub host: Host,
+    pub pool: PgPool,
+    pub db_url: String,
+    pub keys: Keys,
+    pub variables: HashMap<String, String>,
+}
+
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Asserts a problem+json response with this status and type slug.
+    pub fn assert_problem(&self, status: u16, slug: &str) -> Value {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "body: {}", self.text());
+        let body = self.json();
+        assert_eq!(body["type"], format!("urn:tavle:problem:{slug}"), "body: {body}");
+        assert_eq!(body["status"], status);
+        assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(self.header("x-request-id").is_some());
+        body
+    }
+}
+
+/// A staff member's credentials in a seeded tenant.
+#[derive(Clone, Debug)]
+pub struct Staff {
+    pub tenant: String,
+    pub tenant_id: String,
+    pub username: String,
+    pub password: String,
+    pub user_id: String,
+}
+
+/// A logged-in session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub token: String,
+    pub cookie: String,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(HashMap::new()).await
+    }
+
+    /// A fresh database and a host configured from spin.toml; `overrides`
+    /// replace application variables (e.g. a short lockout).
+    pub async fn spawn_with(overrides: HashMap<&str, &str>) -> TestApp {
+        let c = cluster();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new().max_connections(1).connect(&c.cluster.url("postgres")).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}")).execute(&admin).await.unwrap();
+        admin.close().await;
+        let db_url = c.cluster.url(&name);
+        let (signing, public) = tavle_login::generate_signing_key();
+        let mut provided: HashMap<String, String> = HashMap::from([
+            ("db_url".to_owned(), db_url.clone()),
+            ("db_host".to_owned(), format!("127.0.0.1:{}", c.cluster.port())),
+            ("token_signing_key".to_owned(), signing.clone()),
+            ("token_public_keys".to_owned(), public.clone()),
+            ("allowed_origins".to_owned(), ORIGIN.to_owned()),
+        ]);
+        for (k, v) in overrides {
+            provided.insert(k.to_owned(), v.to_owned());
+        }
+        let manifest = Manifest::load(&project_root().join("spin.toml")).unwrap();
+        let mut config = HostConfig::new(manifest, &provided).unwrap();
+        config.max_connections = 4;
+        let host = Host::new(&config).unwrap();
+        let pool = PgPoolOptions::new().max_connections(2).connect(&db_url).await.unwrap();
+        TestApp { host, pool, db_url, keys: Keys { signing, public }, variables: provided }
+    }
+
+    pub async fn call(&self, req: Request<Vec<u8>>) -> TestResponse {
+        let response: Response<Vec<u8>> = self.host.handle(req, Some("127.0.0.1:40000".parse().unwrap())).await;
+        let (parts, body) = response.into_parts();
+        TestResponse { status: parts.status.as_u16(), headers: parts.headers, body }
+    }
+
+    /// A JSON request, optionally with a bearer token.
+    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> TestResponse {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                serde_json::to_vec(&v).unwrap()
+            }
+            None => Vec::new(),
+        };
+        self.call(b.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> TestResponse {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> TestResponse {
+        self.send(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn login_response(&self, tenant: &str, username: &str, password: &str) -> TestResponse {
+        self.post("/auth/login", None, json!({"tenant": tenant, "username": username, "password": password})).await
+    }
+
+    pub async fn login(&self, staff: &Staff) -> Session {
+        let r = self.login_response(&staff.tenant, &staff.username, &staff.password).await;
+        assert_eq!(r.status, 200, "login failed: {}", r.text());
+        let cookie = r
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .expect("login sets the session cookie")
+            .to_owned();
+        let body = r.json();
+        Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body }
+    }
+
+    /// Creates a tenant with its first admin through the operator code path.
+    pub async fn seed_tenant(&self, slug: &str) -> Staff {
+        let password = format!("Adm1n!{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let (tenant_id, user_id) = ops::create_tenant(&self.pool, ops::NewTenant {
+            slug,
+            name: &format!("{slug} kommune"),
+            admin_username: "admin",
+            admin_display_name: "Admin",
+            admin_password: &password,
+        })
+        .await
+        .unwrap();
+        Staff { tenant: slug.to_owned(), tenant_id, username: "admin".into(), password, user_id }
+    }
+
+    /// Creates a school with one group in a tenant; returns (school id, group id).
+    pub async fn seed_school(&self, tenant_id: &str, name: &str) -> (String, String) {
+        let school: (uuid::Uuid,) = sqlx::query_as("INSERT INTO schools (tenant_id, name) VALUES ($1, $2) RETURNING id")
+            .bind(uuid::Uuid::parse_str(tenant_id).unwrap())
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        let group: (uuid::Uuid,) =
+            sqlx::query_as("INSERT INTO groups (tenant_id, school_id, name) VALUES ($1, $2, '5A') RETURNING id")
+                .bind(uuid::Uuid::parse_str(tenant_id).unwrap())
+                .bind(school.0)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+        (school.0.to_string(), group.0.to_string())
+    }
+
+    /// Creates a user through the admin API and returns its credentials.
+    pub async fn create_user(&self, admin: &Session, tenant: &Staff, username: &str, roles: Value) -> Staff {
+        let password = format!("Pw-{}-9x", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let r = self
+            .post(
+                "/admin/users",
+                Some(&admin.token),
+                json!({"username": username, "display_name": format!("{username} display"), "password": password, "roles": roles}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create user: {}", r.text());
+        Staff {
+            tenant: tenant.tenant.clone(),
+            tenant_id: tenant.tenant_id.clone(),
+            username: username.to_owned(),
+            password,
+            user_id: r.json()["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Rows of a table, for asserting that rejected requests changed nothing.
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// A digest of every application table's contents (except the audit log
+    /// when `with_audit` is false), for "this request changed nothing" checks.
+    pub async fn snapshot(&self, with_audit: bool) -> String {
+        let mut out = String::new();
+        for table in ["tenants", "schools", "groups", "users", "role_grants", "sessions", "pupils", "group_memberships", "audit_log"] {
+            if table == "audit_log" && !with_audit {
+                continue;
+            }
+            let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT t::text FROM {table} t ORDER BY 1"))
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+            out.push_str(&format!("{table}: {rows:?}\n"));
+        }
+        out
+    }
+
+    /// Signs arbitrary claims with this app's key (for expiry and forgery tests).
+    pub fn sign(&self, claims: jwt_simple::claims::JWTClaims<tavle_core::auth::TokenClaims>) -> String {
+        use jwt_simple::prelude::EdDSAKeyPairLike;
+        tavle_login::signing_key(&self.keys.signing).unwrap().sign(claims).unwrap()
+    }
+
+    pub async fn audit_actions(&self, tenant_id: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT action FROM audit_log WHERE tenant_id = $1 ORDER BY id")
+            .bind(uuid::Uuid::parse_str(tenant_id).unwrap())
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+pub fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
