@@ -292,11 +292,61 @@ mod native {
         }
     }
 
-    fn arguments(params: &[Value]) -> Result<PgArguments, DbError> {
+    /// The cast written after each `$n` in the SQL text (`$1::uuid` → "uuid").
+    /// The convention of this module requires one for every parameter.
+    fn param_casts(sql: &str, count: usize) -> Result<Vec<String>, DbError> {
+        let mut casts = vec![String::new(); count];
+        let bytes = sql.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'$' {
+                let start = i + 1;
+                let mut end = start;
+                while end < bytes.len() && bytes[end].is_ascii_digit() {
+                    end += 1;
+                }
+                if end > start {
+                    let n: usize = sql[start..end].parse().unwrap_or(0);
+                    if sql[end..].starts_with("::") {
+                        let ty: String = sql[end + 2..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '[' || *c == ']')
+                            .collect();
+                        if (1..=count).contains(&n) && casts[n - 1].is_empty() {
+                            casts[n - 1] = ty;
+                        }
+                    }
+                }
+                i = end.max(i + 1);
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(missing) = casts.iter().position(String::is_empty) {
+            return Err(DbError::Query(format!("parameter ${} has no explicit cast", missing + 1)));
+        }
+        Ok(casts)
+    }
+
+    /// Binds parameters. NULLs are bound with the type of their cast:
+    /// sqlx caches prepared statements by SQL text, so a NULL bound as text
+    /// would fix that parameter's type for later, non-NULL executions.
+    fn arguments(sql: &str, params: &[Value]) -> Result<PgArguments, DbError> {
+        let casts = param_casts(sql, params.len())?;
         let mut args = PgArguments::default();
-        for p in params {
+        for (p, cast) in params.iter().zip(&casts) {
             let r = match p {
-                Value::Null => args.add(Option::<String>::None),
+                Value::Null => match cast.as_str() {
+                    "uuid" => args.add(Option::<uuid::Uuid>::None),
+                    "int8" | "int" | "int4" => args.add(Option::<i64>::None),
+                    "bool" => args.add(Option::<bool>::None),
+                    "bytea" => args.add(Option::<Vec<u8>>::None),
+                    "jsonb" => args.add(Option::<sqlx::types::Json<serde_json::Value>>::None),
+                    "float8" => args.add(Option::<f64>::None),
+                    "text[]" => args.add(Option::<Vec<String>>::None),
+                    "int8[]" => args.add(Option::<Vec<i64>>::None),
+                    _ => args.add(Option::<String>::None),
+                },
                 Value::Bool(v) => args.add(*v),
                 Value::Int(v) => args.add(*v),
                 Value::Float(v) => args.add(*v),
@@ -364,9 +414,19 @@ mod native {
         }
     }
 
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn casts_are_read_from_the_sql() {
+            let casts = super::param_casts("SELECT $1::uuid, $2::text[], ($3::int8 + $1::uuid)", 3).unwrap();
+            assert_eq!(casts, ["uuid", "text[]", "int8"]);
+            assert!(super::param_casts("SELECT $1", 1).is_err(), "every parameter needs a cast");
+        }
+    }
+
     impl Db for SqlxDb {
         async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
-            let args = arguments(params)?;
+            let args = arguments(sql, params)?;
             let conn = self.conn().await?;
             let rows = conn
                 .fetch_all(sqlx::query_with(sql, args))
@@ -381,7 +441,7 @@ mod native {
             let done = if params.is_empty() && matches!(sql, "BEGIN" | "COMMIT" | "ROLLBACK") {
                 conn.execute(sqlx::raw_sql(sql)).await
             } else {
-                conn.execute(sqlx::query_with(sql, arguments(params)?)).await
+                conn.execute(sqlx::query_with(sql, arguments(sql, params)?)).await
             }
             .map_err(map_err)?;
             Ok(done.rows_affected())

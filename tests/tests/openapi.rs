@@ -1,0 +1,706 @@
+//! The OpenAPI document `openapi.yaml` against `spin.toml` and the handlers.
+//!
+//! * the document is OpenAPI 3.1, every `$ref` resolves, every operation has a
+//!   unique `operationId`, every response documents `x-request-id`, and every
+//!   error response is `application/problem+json`;
+//! * every route of `spin.toml` (`/x/...` meaning `/x` and everything below
+//!   it) has at least one documented operation that the route really serves,
+//!   and every documented path is served by some route — with negative tests
+//!   that run the same checks on in-memory variants;
+//! * a tour of real requests through the native host (routed by `spin.toml`)
+//!   whose responses must be documented for their operation: status, content
+//!   type, required headers, and the body against the documented schema.
+//!
+//! The full fuzzing conformance run against a live host is `.ci/schemathesis.sh`.
+
+use http::{Method, Request};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use tavle_tests::{project_root, TestApp, TestResponse, ORIGIN};
+
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+// ---------------------------------------------------------------------------
+// Loading
+
+/// YAML to JSON; mapping keys that YAML reads as numbers (`200:`) or booleans
+/// become strings, as OpenAPI means them.
+fn yaml_to_json(v: &serde_yaml_ng::Value) -> Value {
+    use serde_yaml_ng::Value as Y;
+    match v {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(*b),
+        Y::Number(n) => serde_json::to_value(n).expect("a YAML number is a JSON number"),
+        Y::String(s) => Value::String(s.clone()),
+        Y::Sequence(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
+        Y::Mapping(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                let key = match k {
+                    Y::String(s) => s.clone(),
+                    Y::Number(n) => n.to_string(),
+                    Y::Bool(b) => b.to_string(),
+                    other => panic!("unsupported mapping key {other:?}"),
+                };
+                out.insert(key, yaml_to_json(v));
+            }
+            Value::Object(out)
+        }
+        Y::Tagged(t) => yaml_to_json(&t.value),
+    }
+}
+
+fn parse_doc(text: &str) -> Value {
+    let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).expect("openapi.yaml is YAML");
+    yaml_to_json(&y)
+}
+
+fn load_doc() -> Value {
+    let path = project_root().join("openapi.yaml");
+    parse_doc(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+}
+
+fn load_spin_toml() -> String {
+    let path = project_root().join("spin.toml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Routes of spin.toml against documented paths
+
+/// The HTTP routes of `[[trigger.http]]`. Private routes (`route = { private
+/// = true }`) have no URL and are skipped.
+fn spin_routes(manifest: &str) -> Result<Vec<String>, String> {
+    let t: toml::Value = toml::from_str(manifest).map_err(|e| format!("spin.toml: {e}"))?;
+    let triggers = t
+        .get("trigger")
+        .and_then(|t| t.get("http"))
+        .and_then(|h| h.as_array())
+        .ok_or("spin.toml has no [[trigger.http]]")?;
+    let mut routes = Vec::new();
+    for trig in triggers {
+        match trig.get("route") {
+            Some(toml::Value::String(r)) => routes.push(r.clone()),
+            Some(toml::Value::Table(_)) => {}
+            other => return Err(format!("[[trigger.http]] with an unexpected route {other:?}")),
+        }
+    }
+    Ok(routes)
+}
+
+/// Documented paths that have at least one operation.
+fn documented_paths(doc: &Value) -> Vec<String> {
+    doc["paths"]
+        .as_object()
+        .map(|paths| {
+            paths
+                .iter()
+                .filter(|(_, item)| METHODS.iter().any(|m| item.get(*m).is_some()))
+                .map(|(p, _)| p.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).collect()
+}
+
+/// Whether a Spin route serves every URL of a documented path template.
+/// `/x/...` serves `/x` and everything below it; a route segment `:name`
+/// serves any one segment; a literal route segment serves only that literal
+/// (not a `{param}` of the document, which stands for any value).
+fn route_serves(route: &str, path: &str) -> bool {
+    let (prefix, wildcard) = match route.strip_suffix("/...") {
+        Some(p) => (p, true),
+        None => (route, false),
+    };
+    let (r, p) = (segments(prefix), segments(path));
+    if p.len() < r.len() || (!wildcard && p.len() != r.len()) {
+        return false;
+    }
+    r.iter().zip(&p).all(|(rs, ps)| rs.starts_with(':') || rs == ps)
+}
+
+/// The route Spin picks for a documented path: exact routes before
+/// wildcards, then the longest (as the native host does).
+fn serving_route<'a>(routes: &'a [String], path: &str) -> Option<&'a str> {
+    routes
+        .iter()
+        .filter(|r| route_serves(r, path))
+        .max_by_key(|r| (!r.ends_with("/..."), r.len()))
+        .map(String::as_str)
+}
+
+/// Routes of the manifest that serve no documented operation.
+fn undocumented_routes(manifest: &str, doc: &Value) -> Result<Vec<String>, String> {
+    let routes = spin_routes(manifest)?;
+    let served: BTreeSet<&str> =
+        documented_paths(doc).iter().filter_map(|p| serving_route(&routes, p)).collect();
+    Ok(routes.iter().filter(|r| !served.contains(r.as_str())).cloned().collect())
+}
+
+/// Documented paths that no route of the manifest serves.
+fn unrouted_paths(manifest: &str, doc: &Value) -> Result<Vec<String>, String> {
+    let routes = spin_routes(manifest)?;
+    Ok(documented_paths(doc).into_iter().filter(|p| serving_route(&routes, p).is_none()).collect())
+}
+
+#[test]
+fn document_is_openapi_3_1() {
+    let doc = load_doc();
+    let version = doc["openapi"].as_str().expect("`openapi` is a string");
+    assert!(version.starts_with("3.1."), "openapi: {version} (want 3.1.x)");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    assert!(!documented_paths(&doc).is_empty());
+}
+
+#[test]
+fn every_spin_route_is_documented() {
+    let missing = undocumented_routes(&load_spin_toml(), &load_doc()).unwrap();
+    assert!(missing.is_empty(), "spin.toml routes without any documented operation in openapi.yaml: {missing:?}");
+}
+
+#[test]
+fn every_documented_path_is_routed() {
+    let extra = unrouted_paths(&load_spin_toml(), &load_doc()).unwrap();
+    assert!(extra.is_empty(), "openapi.yaml documents paths no spin.toml route serves: {extra:?}");
+}
+
+#[test]
+fn an_undocumented_route_fails_the_check() {
+    let doc = load_doc();
+    let real = load_spin_toml();
+    for route in ["/reports/...", "/auth", "/admin/schools/:id"] {
+        let manifest = format!("{real}\n[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"login\"\n");
+        let missing = undocumented_routes(&manifest, &doc).unwrap();
+        assert_eq!(missing, vec![route.to_owned()], "an extra route {route} must be reported");
+    }
+    // A more specific route takes paths away from the wildcard: if it serves
+    // every documented path, the wildcard is left undocumented.
+    let manifest = "[[trigger.http]]\nroute = \"/auth/...\"\ncomponent = \"login\"\n\
+                    [[trigger.http]]\nroute = \"/auth/:op\"\ncomponent = \"other\"\n";
+    let doc_auth = json!({"openapi": "3.1.0", "paths": {"/auth/login": {"post": {}}}});
+    assert_eq!(undocumented_routes(manifest, &doc_auth).unwrap(), vec!["/auth/...".to_owned()]);
+    // Path items without operations document nothing.
+    let empty = json!({"openapi": "3.1.0", "paths": {"/auth/login": {"parameters": []}}});
+    assert_eq!(undocumented_routes(&real, &empty).unwrap().len(), spin_routes(&real).unwrap().len());
+    // A private route has no URL to document.
+    let private = format!("{real}\n[[trigger.http]]\nroute = {{ private = true }}\ncomponent = \"login\"\n");
+    assert!(undocumented_routes(&private, &doc).unwrap().is_empty());
+}
+
+#[test]
+fn a_documented_path_without_a_route_fails_the_check() {
+    let mut doc = load_doc();
+    doc["paths"]["/reports/{id}"] = json!({"get": {"responses": {"200": {"description": "x"}}}});
+    doc["paths"]["/auth"] = json!({"get": {"responses": {"200": {"description": "x"}}}});
+    doc["paths"]["/admin/user"] = json!({"get": {"responses": {"200": {"description": "x"}}}});
+    let extra = unrouted_paths(&load_spin_toml(), &doc).unwrap();
+    assert_eq!(extra, vec!["/admin/user".to_owned(), "/reports/{id}".to_owned()], "`/auth` is under `/auth/...`");
+}
+
+#[test]
+fn route_matching_follows_spin() {
+    assert!(route_serves("/auth/...", "/auth"));
+    assert!(route_serves("/auth/...", "/auth/login"));
+    assert!(route_serves("/admin/users/...", "/admin/users/{id}/roles"));
+    assert!(!route_serves("/admin/users/...", "/admin/usersx"));
+    assert!(!route_serves("/admin/users/...", "/admin"));
+    assert!(route_serves("/...", "/anything/{x}"));
+    assert!(route_serves("/a/b", "/a/b"));
+    assert!(!route_serves("/a/b", "/a/b/c"));
+    assert!(route_serves("/a/:id", "/a/{id}"));
+    assert!(!route_serves("/a/me", "/a/{id}"), "a literal route does not serve every value of {{id}}");
+    assert_eq!(
+        serving_route(&["/a/...".to_owned(), "/a/b".to_owned()], "/a/b"),
+        Some("/a/b"),
+        "exact routes win over wildcards"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Document structure
+
+/// Resolves a local `$ref` (`#/components/...`).
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    let mut v = v;
+    for _ in 0..16 {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("non-local $ref {r}"));
+                v = doc.pointer(pointer).unwrap_or_else(|| panic!("unresolved $ref {r}"));
+            }
+            None => return v,
+        }
+    }
+    panic!("$ref cycle")
+}
+
+fn all_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|v| all_refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| all_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// (METHOD, path, operation) for every documented operation.
+fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for m in METHODS {
+            if let Some(op) = item.get(m) {
+                out.push((m.to_uppercase(), path.clone(), op));
+            }
+        }
+    }
+    out
+}
+
+/// Header names (lower-cased) of a response object, with their definitions.
+fn response_headers<'a>(doc: &'a Value, response: &'a Value) -> BTreeMap<String, &'a Value> {
+    response["headers"]
+        .as_object()
+        .map(|h| h.iter().map(|(k, v)| (k.to_lowercase(), resolve(doc, v))).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn document_is_consistent() {
+    let doc = load_doc();
+    let mut refs = Vec::new();
+    all_refs(&doc, &mut refs);
+    for r in &refs {
+        let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("non-local $ref {r}"));
+        assert!(doc.pointer(pointer).is_some(), "unresolved $ref {r}");
+    }
+    let schemes: BTreeSet<&str> =
+        doc["components"]["securitySchemes"].as_object().expect("securitySchemes").keys().map(String::as_str).collect();
+    assert!(schemes.contains("bearerAuth") && schemes.contains("sessionCookie"), "{schemes:?}");
+    assert_eq!(doc["components"]["securitySchemes"]["sessionCookie"]["name"], "__Host-tavle_session");
+
+    let mut ids = BTreeSet::new();
+    for (method, path, op) in operations(&doc) {
+        let what = format!("{method} {path}");
+        let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{what}: no operationId"));
+        assert!(ids.insert(id.to_owned()), "{what}: duplicate operationId {id}");
+        for r in op["security"].as_array().or(doc["security"].as_array()).into_iter().flatten() {
+            for name in r.as_object().expect("security requirement").keys() {
+                assert!(schemes.contains(name.as_str()), "{what}: unknown security scheme {name}");
+            }
+        }
+        let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{what}: no responses"));
+        assert!(responses.keys().any(|s| s.starts_with('2')), "{what}: no success response");
+        let secured = op.get("security").map_or(true, |s| s.as_array().is_some_and(|a| !a.is_empty()));
+        if secured {
+            assert!(responses.contains_key("401"), "{what}: authenticated but no 401 documented");
+        }
+        if op.get("requestBody").is_some() {
+            for status in ["400", "413", "415", "422"] {
+                assert!(responses.contains_key(status), "{what}: reads a JSON body but does not document {status}");
+            }
+            let schema = resolve(&doc, &op["requestBody"]["content"]["application/json"]["schema"]);
+            assert_eq!(schema["additionalProperties"], false, "{what}: request bodies deny unknown members");
+        }
+        assert!(responses.contains_key("503"), "{what}: every operation uses the database: document 503");
+        for (status, response) in responses {
+            let response = resolve(&doc, response);
+            let headers = response_headers(&doc, response);
+            assert!(
+                headers.get("x-request-id").is_some_and(|h| h["required"] == true),
+                "{what} {status}: x-request-id is not a required header"
+            );
+            if status == "503" {
+                assert!(headers.get("retry-after").is_some_and(|h| h["required"] == true), "{what}: 503 without Retry-After");
+            }
+            let content = response["content"].as_object();
+            if status.starts_with('4') || status.starts_with('5') {
+                let types: Vec<&String> = content.map(|c| c.keys().collect()).unwrap_or_default();
+                assert_eq!(types, vec!["application/problem+json"], "{what} {status}: errors are problem+json");
+            } else if status == "204" {
+                assert!(content.is_none(), "{what}: 204 has no content");
+            }
+        }
+        for param in op["parameters"].as_array().into_iter().flatten() {
+            let param = resolve(&doc, param);
+            assert!(param["schema"].is_object(), "{what}: parameter without schema");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A minimal JSON Schema validator for the keywords the document uses. It
+// refuses unknown keywords so that the document cannot quietly outgrow it.
+
+const KNOWN_KEYWORDS: &[&str] = &[
+    "$ref", "type", "properties", "required", "additionalProperties", "items", "enum", "const", "oneOf",
+    "allOf", "anyOf", "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems", "uniqueItems",
+    "format", "pattern", "description", "default", "example", "examples", "discriminator", "title",
+];
+
+fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn is_date_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && (b[10] == b'T' || b[10] == b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && (s.ends_with('Z') || s.ends_with('z') || s[19..].contains(['+', '-']))
+}
+
+fn validate(doc: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    let Some(s) = schema.as_object() else {
+        if schema == &Value::Bool(false) {
+            errors.push(format!("{at}: not allowed"));
+        }
+        return;
+    };
+    for k in s.keys() {
+        assert!(KNOWN_KEYWORDS.contains(&k.as_str()), "the test validator does not know keyword `{k}`");
+    }
+    if let Some(t) = s.get("type") {
+        let actual = type_of(v);
+        let ok = |want: &str| want == actual || (want == "number" && actual == "integer");
+        let fits = match t {
+            Value::String(want) => ok(want),
+            Value::Array(wants) => wants.iter().filter_map(Value::as_str).any(ok),
+            _ => true,
+        };
+        if !fits {
+            errors.push(format!("{at}: {actual} is not of type {t}"));
+            return;
+        }
+    }
+    if let Some(c) = s.get("const") {
+        if c != v {
+            errors.push(format!("{at}: {v} is not {c}"));
+        }
+    }
+    if let Some(Value::Array(options)) = s.get("enum") {
+        if !options.contains(v) {
+            errors.push(format!("{at}: {v} is not one of {options:?}"));
+        }
+    }
+    if let Some(Value::Array(all)) = s.get("allOf") {
+        all.iter().for_each(|sub| validate(doc, sub, v, at, errors));
+    }
+    for (key, exactly_one) in [("oneOf", true), ("anyOf", false)] {
+        if let Some(Value::Array(options)) = s.get(key) {
+            let matching = options
+                .iter()
+                .filter(|sub| {
+                    let mut e = Vec::new();
+                    validate(doc, sub, v, at, &mut e);
+                    e.is_empty()
+                })
+                .count();
+            if matching == 0 || (exactly_one && matching > 1) {
+                errors.push(format!("{at}: {v} matches {matching} of the {key} schemas"));
+            }
+        }
+    }
+    match v {
+        Value::String(text) => {
+            let n = text.chars().count() as u64;
+            if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m) {
+                errors.push(format!("{at}: shorter than minLength"));
+            }
+            if s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m) {
+                errors.push(format!("{at}: longer than maxLength"));
+            }
+            match s.get("format").and_then(Value::as_str) {
+                Some("uuid") if uuid::Uuid::try_parse(text).is_err() || text.len() != 36 => {
+                    errors.push(format!("{at}: {text:?} is not a uuid"))
+                }
+                Some("date-time") if !is_date_time(text) => errors.push(format!("{at}: {text:?} is not a date-time")),
+                _ => {}
+            }
+        }
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or_default();
+            if s.get("minimum").and_then(Value::as_f64).is_some_and(|m| x < m) {
+                errors.push(format!("{at}: {x} < minimum"));
+            }
+            if s.get("maximum").and_then(Value::as_f64).is_some_and(|m| x > m) {
+                errors.push(format!("{at}: {x} > maximum"));
+            }
+        }
+        Value::Array(items) => {
+            let n = items.len() as u64;
+            if s.get("minItems").and_then(Value::as_u64).is_some_and(|m| n < m) {
+                errors.push(format!("{at}: fewer than minItems"));
+            }
+            if s.get("maxItems").and_then(Value::as_u64).is_some_and(|m| n > m) {
+                errors.push(format!("{at}: more than maxItems"));
+            }
+            if s.get("uniqueItems") == Some(&Value::Bool(true)) {
+                let distinct: BTreeSet<String> = items.iter().map(Value::to_string).collect();
+                if distinct.len() != items.len() {
+                    errors.push(format!("{at}: items are not unique"));
+                }
+            }
+            if let Some(item_schema) = s.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    validate(doc, item_schema, item, &format!("{at}/{i}"), errors);
+                }
+            }
+        }
+        Value::Object(members) => {
+            for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+                let name = r.as_str().expect("required names are strings");
+                if !members.contains_key(name) {
+                    errors.push(format!("{at}: missing required member `{name}`"));
+                }
+            }
+            let props = s.get("properties").and_then(Value::as_object);
+            for (name, value) in members {
+                match props.and_then(|p| p.get(name)) {
+                    Some(sub) => validate(doc, sub, value, &format!("{at}/{name}"), errors),
+                    None => {
+                        if let Some(extra) = s.get("additionalProperties") {
+                            validate(doc, extra, value, &format!("{at}/{name}"), errors);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_validator_catches_mismatches() {
+    let doc = load_doc();
+    let user = json!({"$ref": "#/components/schemas/User"});
+    let good = json!({
+        "id": "0b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e11", "username": "ola", "display_name": "Ola",
+        "email": null, "active": true, "locked": false, "locked_until": null, "last_login_at": null,
+        "created_at": "2025-01-31T07:45:12.123456Z", "language": "nb",
+        "roles": [{"role": "teacher", "group_id": "0b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e11"}, {"role": "tenant_admin"}]
+    });
+    let mut errors = Vec::new();
+    validate(&doc, &user, &good, "", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    for (pointer, bad) in [
+        ("/id", json!("nope")),
+        ("/language", json!("sv")),
+        ("/created_at", json!("yesterday")),
+        ("/roles/0", json!({"role": "teacher"})),
+        ("/roles/1", json!({"role": "tenant_admin", "school_id": "0b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e11"})),
+        ("/extra", json!(1)),
+    ] {
+        let mut v = good.clone();
+        match pointer.strip_prefix("/roles/") {
+            Some(i) => v["roles"][i.parse::<usize>().unwrap()] = bad,
+            None => v[&pointer[1..]] = bad,
+        }
+        let mut errors = Vec::new();
+        validate(&doc, &user, &v, "", &mut errors);
+        assert!(!errors.is_empty(), "{pointer} should fail");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Real handlers against the document
+
+struct Contract {
+    doc: Value,
+}
+
+impl Contract {
+    /// Asserts that `r` is a documented response of `method template` and
+    /// returns its status.
+    fn check(&self, method: &str, template: &str, r: &TestResponse) -> u16 {
+        let doc = &self.doc;
+        let what = format!("{method} {template} -> {}: {}", r.status, r.text());
+        let op = &doc["paths"][template][method.to_lowercase()];
+        assert!(op.is_object(), "{method} {template} is not documented");
+        let status = r.status.to_string();
+        let response = op["responses"].get(&status).unwrap_or_else(|| panic!("undocumented status: {what}"));
+        let response = resolve(doc, response);
+        for (name, h) in response_headers(doc, response) {
+            let value = r.header(&name);
+            if h["required"] == true {
+                assert!(value.is_some(), "missing header {name}: {what}");
+            }
+            if let Some(value) = value {
+                let typed = match h["schema"]["type"].as_str() {
+                    Some("integer") => json!(value.parse::<i64>().unwrap_or_else(|_| panic!("{name} is not an integer: {what}"))),
+                    _ => json!(value),
+                };
+                let mut errors = Vec::new();
+                validate(doc, &h["schema"], &typed, &format!("header {name}"), &mut errors);
+                assert!(errors.is_empty(), "{errors:?}: {what}");
+            }
+        }
+        match response["content"].as_object() {
+            None => assert!(r.body.is_empty(), "undocumented body: {what}"),
+            Some(content) => {
+                let ct = r.header("content-type").unwrap_or_else(|| panic!("no content-type: {what}"));
+                let mime = ct.split(';').next().unwrap().trim();
+                let media = content.get(mime).unwrap_or_else(|| panic!("undocumented content type {mime}: {what}"));
+                let mut errors = Vec::new();
+                validate(doc, &media["schema"], &r.json(), "", &mut errors);
+                assert!(errors.is_empty(), "body does not match the schema: {errors:?}: {what}");
+            }
+        }
+        r.status
+    }
+}
+
+fn request(method: Method, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Request<Vec<u8>> {
+    let mut b = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn handlers_answer_as_documented() {
+    let c = Contract { doc: load_doc() };
+    let app = TestApp::spawn().await;
+    let admin = app.seed_tenant("oslo").await;
+    let (school, group) = app.seed_school(&admin.tenant_id, "Nordpolen skole").await;
+
+    // Login: success, wrong password, and each kind of malformed request.
+    let r = app.login_response("oslo", "admin", &admin.password).await;
+    assert_eq!(c.check("POST", "/auth/login", &r), 200);
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    let t = Some(token.as_str());
+    for (body, want) in [
+        (json!({"tenant": "oslo", "username": "admin", "password": "wrong-Password-1"}), 401),
+        (json!({"tenant": "nowhere", "username": "admin", "password": "x"}), 401),
+        (json!({"tenant": "oslo", "username": "admin", "password": "x", "remember": true}), 422),
+        (json!({"tenant": "oslo", "username": "admin"}), 422),
+        (json!({"tenant": "", "username": "admin", "password": "x"}), 422),
+        (json!({"tenant": "oslo", "username": "a".repeat(255), "password": "x"}), 422),
+    ] {
+        let r = app.post("/auth/login", None, body).await;
+        assert_eq!(c.check("POST", "/auth/login", &r), want, "{}", r.text());
+    }
+    for (headers, body, want) in [
+        (vec![("content-type", "text/plain")], b"{}".to_vec(), 415),
+        (vec![("content-type", "application/json")], b"{\"tenant\":".to_vec(), 400),
+        (vec![("content-type", "application/json")], vec![b' '; 70 * 1024], 413),
+        (vec![("content-type", "application/json"), ("origin", "https://evil.example")], b"{}".to_vec(), 403),
+    ] {
+        let r = app.call(request(Method::POST, "/auth/login", &headers, &body)).await;
+        assert_eq!(c.check("POST", "/auth/login", &r), want, "{}", r.text());
+    }
+
+    // Who am I, refresh, and unauthenticated or cross-site attempts.
+    assert_eq!(c.check("GET", "/auth/me", &app.get("/auth/me", &token).await), 200);
+    assert_eq!(c.check("GET", "/auth/me", &app.send(Method::GET, "/auth/me", None, None).await), 401);
+    assert_eq!(c.check("GET", "/auth/me", &app.get("/auth/me", "not.a.jwt").await), 401);
+    assert_eq!(c.check("POST", "/auth/refresh", &app.send(Method::POST, "/auth/refresh", t, None).await), 200);
+    let by_cookie = app.call(request(Method::POST, "/auth/refresh", &[("cookie", &cookie)], b"")).await;
+    assert_eq!(c.check("POST", "/auth/refresh", &by_cookie), 403, "cookie without Origin");
+    let by_cookie = app.call(request(Method::POST, "/auth/refresh", &[("cookie", &cookie), ("origin", ORIGIN)], b"")).await;
+    assert_eq!(c.check("POST", "/auth/refresh", &by_cookie), 200);
+    let echoed = app.call(request(Method::GET, "/auth/me", &[("x-request-id", "trace-42"), ("authorization", &format!("Bearer {token}"))], b"")).await;
+    assert_eq!(c.check("GET", "/auth/me", &echoed), 200);
+    assert_eq!(echoed.header("x-request-id"), Some("trace-42"));
+
+    // User administration.
+    let new_user = |username: &str| {
+        json!({"username": username, "display_name": "Kari Larsen", "email": "kari@skole.example",
+               "password": "Kx9#mPq2-eksempel", "language": "nn", "roles": [{"role": "teacher", "group_id": group}]})
+    };
+    let r = app.post("/admin/users", t, new_user("kari")).await;
+    assert_eq!(c.check("POST", "/admin/users", &r), 201);
+    let kari = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(c.check("POST", "/admin/users", &app.post("/admin/users", t, new_user("KARI")).await), 409);
+    let mut bad = new_user("x");
+    bad["password"] = json!("short");
+    bad["roles"] = json!([{"role": "school_leader"}]);
+    assert_eq!(c.check("POST", "/admin/users", &app.post("/admin/users", t, bad).await), 422);
+    let mut foreign = new_user("per");
+    foreign["roles"] = json!([{"role": "teacher", "group_id": uuid::Uuid::new_v4().to_string()}]);
+    assert_eq!(c.check("POST", "/admin/users", &app.post("/admin/users", t, foreign).await), 422);
+    let r = app.post("/admin/users", t, json!({"username": "rita", "display_name": "Rita", "password": "Kx9#mPq2-rektor",
+        "roles": [{"role": "school_leader", "school_id": school}, {"role": "privacy_officer", "school_id": null}]})).await;
+    assert_eq!(c.check("POST", "/admin/users", &r), 201);
+
+    for path in ["/admin/users?limit=1", "/admin/users", "/admin/users?limit=200"] {
+        let r = app.get(path, &token).await;
+        assert_eq!(c.check("GET", "/admin/users", &r), 200);
+    }
+    let first = app.get("/admin/users?limit=1", &token).await.json();
+    let cursor = first["next_cursor"].as_str().expect("three users, pages of one").to_owned();
+    assert_eq!(c.check("GET", "/admin/users", &app.get(&format!("/admin/users?limit=1&cursor={cursor}"), &token).await), 200);
+    for path in ["/admin/users?limit=0", "/admin/users?limit=201", "/admin/users?limit=x", "/admin/users?cursor=%%", "/admin/users?cursor=bm9wZQ"] {
+        assert_eq!(c.check("GET", "/admin/users", &app.get(path, &token).await), 400, "{path}");
+    }
+
+    let user_path = |id: &str, action: &str| format!("/admin/users/{id}{action}");
+    assert_eq!(c.check("GET", "/admin/users/{id}", &app.get(&user_path(&kari, ""), &token).await), 200);
+    for id in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".to_owned()] {
+        assert_eq!(c.check("GET", "/admin/users/{id}", &app.get(&user_path(&id, ""), &token).await), 404);
+        let r = app.send(Method::POST, &user_path(&id, "/unlock"), t, None).await;
+        assert_eq!(c.check("POST", "/admin/users/{id}/unlock", &r), 404);
+    }
+    let roles = json!({"roles": [{"role": "teacher", "group_id": group}, {"role": "school_leader", "school_id": school}]});
+    let r = app.send(Method::PUT, &user_path(&kari, "/roles"), t, Some(roles)).await;
+    assert_eq!(c.check("PUT", "/admin/users/{id}/roles", &r), 200);
+    let r = app.send(Method::PUT, &user_path(&admin.user_id, "/roles"), t, Some(json!({"roles": []}))).await;
+    assert_eq!(c.check("PUT", "/admin/users/{id}/roles", &r), 409);
+    let r = app.send(Method::PUT, &user_path(&kari, "/roles"), t, Some(json!({"roles": [], "extra": 1}))).await;
+    assert_eq!(c.check("PUT", "/admin/users/{id}/roles", &r), 422);
+    for action in ["deactivate", "activate", "unlock"] {
+        let r = app.send(Method::POST, &user_path(&kari, &format!("/{action}")), t, None).await;
+        assert_eq!(c.check("POST", &format!("/admin/users/{{id}}/{action}"), &r), 200, "{action}");
+    }
+    let r = app.send(Method::POST, &user_path(&admin.user_id, "/deactivate"), t, None).await;
+    assert_eq!(c.check("POST", "/admin/users/{id}/deactivate", &r), 409);
+
+    // A teacher is not an admin; and changes their own password.
+    let teacher = app.create_user(&app.login(&admin).await, &admin, "lise", json!([{"role": "teacher", "group_id": group}])).await;
+    let ts = app.login(&teacher).await;
+    assert_eq!(c.check("GET", "/auth/me", &app.get("/auth/me", &ts.token).await), 200);
+    assert_eq!(c.check("GET", "/admin/users", &app.get("/admin/users", &ts.token).await), 403);
+    let r = app.send(Method::DELETE, &user_path(&kari, ""), Some(&ts.token), None).await;
+    assert_eq!(c.check("DELETE", "/admin/users/{id}", &r), 403);
+    let change = |current: &str| json!({"current_password": current, "new_password": "Nytt#Passord-2025x"});
+    let r = app.post("/auth/password", Some(&ts.token), change("wrong-Password-1")).await;
+    assert_eq!(c.check("POST", "/auth/password", &r), 422);
+    let r = app.post("/auth/password", Some(&ts.token), change(&teacher.password)).await;
+    assert_eq!(c.check("POST", "/auth/password", &r), 204);
+
+    // Deletion, and logout ends the session.
+    assert_eq!(c.check("DELETE", "/admin/users/{id}", &app.send(Method::DELETE, &user_path(&kari, ""), t, None).await), 204);
+    assert_eq!(c.check("DELETE", "/admin/users/{id}", &app.send(Method::DELETE, &user_path(&kari, ""), t, None).await), 404);
+    let r = app.send(Method::DELETE, &user_path(&admin.user_id, ""), t, None).await;
+    assert_eq!(c.check("DELETE", "/admin/users/{id}", &r), 409);
+    assert_eq!(c.check("POST", "/auth/logout", &app.send(Method::POST, "/auth/logout", t, None).await), 204);
+    assert_eq!(c.check("POST", "/auth/logout", &app.send(Method::POST, "/auth/logout", t, None).await), 401);
+    assert_eq!(c.check("POST", "/auth/refresh", &app.send(Method::POST, "/auth/refresh", t, None).await), 401);
+}
