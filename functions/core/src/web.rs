@@ -138,7 +138,41 @@ pub fn read_json<T: DeserializeOwned>(req: &Request<Body>, limit: usize) -> Resu
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         Problem::malformed(format!("invalid JSON at line {} column {}", e.line(), e.column()))
     })?;
+    let mut nul = Vec::new();
+    find_nul(&value, &mut String::new(), &mut nul);
+    if !nul.is_empty() {
+        return Err(Problem::validation(nul));
+    }
     from_value(value)
+}
+
+/// PostgreSQL text cannot hold U+0000, and no field of ours needs it:
+/// such strings are refused up front rather than failing in the database.
+fn find_nul(value: &serde_json::Value, pointer: &mut String, out: &mut Vec<FieldError>) {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => out.push(field(pointer.clone(), "must not contain NUL characters")),
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push_str(&format!("/{i}"));
+                find_nul(v, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                if k.contains('\0') {
+                    out.push(field(pointer.clone(), "must not contain NUL characters"));
+                }
+                find_nul(v, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Deserializes an already-parsed JSON value with pointer-addressed errors.
@@ -200,6 +234,7 @@ pub fn query_param(req: &Request<Body>, name: &str) -> Result<Option<String>, Pr
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == name {
             return percent_decode(v)
+                .filter(|v| !v.contains('\0'))
                 .map(Some)
                 .ok_or_else(|| Problem::bad_query(vec![field(format!("/query/{name}"), "invalid percent-encoding")]));
         }
