@@ -77,7 +77,8 @@ pub struct TestResponse {
 
 impl TestResponse {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -186,11 +187,8 @@ impl TestApp {
     pub async fn login(&self, staff: &Staff) -> Session {
         let r = self.login_response(&staff.tenant, &staff.username, &staff.password).await;
         assert_eq!(r.status, 200, "login failed: {}", r.text());
-        let cookie = r
-            .header("set-cookie")
-            .and_then(|c| c.split(';').next())
-            .expect("login sets the session cookie")
-            .to_owned();
+        let cookie =
+            r.header("set-cookie").and_then(|c| c.split(';').next()).expect("login sets the session cookie").to_owned();
         let body = r.json();
         Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body }
     }
@@ -198,13 +196,16 @@ impl TestApp {
     /// Creates a tenant with its first admin through the operator code path.
     pub async fn seed_tenant(&self, slug: &str) -> Staff {
         let password = format!("Adm1n!{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let (tenant_id, user_id) = ops::create_tenant(&self.pool, ops::NewTenant {
-            slug,
-            name: &format!("{slug} kommune"),
-            admin_username: "admin",
-            admin_display_name: "Admin",
-            admin_password: &password,
-        })
+        let (tenant_id, user_id) = ops::create_tenant(
+            &self.pool,
+            ops::NewTenant {
+                slug,
+                name: &format!("{slug} kommune"),
+                admin_username: "admin",
+                admin_display_name: "Admin",
+                admin_password: &password,
+            },
+        )
         .await
         .unwrap();
         Staff { tenant: slug.to_owned(), tenant_id, username: "admin".into(), password, user_id }
@@ -212,12 +213,13 @@ impl TestApp {
 
     /// Creates a school with one group in a tenant; returns (school id, group id).
     pub async fn seed_school(&self, tenant_id: &str, name: &str) -> (String, String) {
-        let school: (uuid::Uuid,) = sqlx::query_as("INSERT INTO schools (tenant_id, name) VALUES ($1, $2) RETURNING id")
-            .bind(uuid::Uuid::parse_str(tenant_id).unwrap())
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
+        let school: (uuid::Uuid,) =
+            sqlx::query_as("INSERT INTO schools (tenant_id, name) VALUES ($1, $2) RETURNING id")
+                .bind(uuid::Uuid::parse_str(tenant_id).unwrap())
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
         let group: (uuid::Uuid,) =
             sqlx::query_as("INSERT INTO groups (tenant_id, school_id, name) VALUES ($1, $2, '5A') RETURNING id")
                 .bind(uuid::Uuid::parse_str(tenant_id).unwrap())
@@ -257,7 +259,17 @@ impl TestApp {
     /// when `with_audit` is false), for "this request changed nothing" checks.
     pub async fn snapshot(&self, with_audit: bool) -> String {
         let mut out = String::new();
-        for table in ["tenants", "schools", "groups", "users", "role_grants", "sessions", "pupils", "group_memberships", "audit_log"] {
+        for table in [
+            "tenants",
+            "schools",
+            "groups",
+            "users",
+            "role_grants",
+            "sessions",
+            "pupils",
+            "group_memberships",
+            "audit_log",
+        ] {
             if table == "audit_log" && !with_audit {
                 continue;
             }

@@ -66,7 +66,7 @@ async fn bad_cursors_and_page_sizes_are_400s() {
         "limit=abc",
         "limit=99999999999999999999",
         "cursor=not-base64!!",
-        "cursor=eyJ4IjoxfQ", // {"x":1}
+        "cursor=eyJ4IjoxfQ",                             // {"x":1}
         "cursor=eyJ1IjoiYSIsImlkIjoiJyBPUiAxPTEgLS0ifQ", // id is SQL, not a uuid
         "cursor=%ZZ",
         "cursor=%00",
@@ -119,7 +119,8 @@ async fn creating_users_validates_every_field_and_changes_nothing_on_error() {
     for (body, pointer) in cases {
         let r = app.post("/admin/users", Some(&s.token), body.clone()).await;
         let problem = r.assert_problem(422, "validation-failed");
-        let pointers: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
+        let pointers: Vec<&str> =
+            problem["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
         assert!(pointers.iter().any(|p| p.starts_with(pointer)), "{body}: expected {pointer}, got {problem}");
         assert!(!r.text().contains("Fjord-Lysne-42"), "passwords are never echoed");
     }
@@ -142,10 +143,10 @@ async fn unicode_names_round_trip_and_sql_is_just_text() {
     let names = [
         "Åse Ødegård Bærheim",
         "Sigrún Jóhannsdóttir",
-        "Zoe\u{0308} Ma\u{0301}rquez",  // combining marks
-        "مريم العلي",                     // right-to-left
+        "Zoe\u{0308} Ma\u{0301}rquez", // combining marks
+        "مريم العلي",                  // right-to-left
         "Robert'); DROP TABLE users;--",
-        "Ola \u{202E}drowssap",          // bidi override is text, not a control char
+        "Ola \u{202E}drowssap", // bidi override is text, not a control char
     ];
     for (i, name) in names.iter().enumerate() {
         let r = app
@@ -177,7 +178,11 @@ async fn only_tenant_admins_administer_users() {
         let target = format!("/admin/users/{}", admin.user_id);
         let calls = [
             (Method::GET, "/admin/users".to_owned(), None),
-            (Method::POST, "/admin/users".to_owned(), Some(json!({"username": "x1", "display_name": "X", "password": "Fjord-Lysne-42"}))),
+            (
+                Method::POST,
+                "/admin/users".to_owned(),
+                Some(json!({"username": "x1", "display_name": "X", "password": "Fjord-Lysne-42"})),
+            ),
             (Method::GET, target.clone(), None),
             (Method::PUT, format!("{target}/roles"), Some(json!({"roles": []}))),
             (Method::POST, format!("{target}/deactivate"), Some(json!({}))),
@@ -208,7 +213,10 @@ async fn roles_are_replaced_audited_and_admins_keep_their_own() {
     let kari_session = app.login(&kari).await;
     assert_eq!(app.get("/auth/me", &kari_session.token).await.json()["roles"], json!(["school_leader"]));
     let details: serde_json::Value =
-        sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'user.roles_changed'").fetch_one(&app.pool).await.unwrap();
+        sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'user.roles_changed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(details["before"], json!([{"role": "teacher", "group_id": group}]));
     assert_eq!(details["after"], json!([{"role": "school_leader", "school_id": school}]));
 
@@ -273,6 +281,8 @@ async fn unknown_and_malformed_ids_are_404() {
     let s = app.login(&admin).await;
     for id in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".into(), "1%27%20OR%201%3D1".into()] {
         app.get(&format!("/admin/users/{id}"), &s.token).await.assert_problem(404, "not-found");
-        app.post(&format!("/admin/users/{id}/unlock"), Some(&s.token), json!({})).await.assert_problem(404, "not-found");
+        app.post(&format!("/admin/users/{id}/unlock"), Some(&s.token), json!({}))
+            .await
+            .assert_problem(404, "not-found");
     }
 }

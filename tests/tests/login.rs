@@ -38,8 +38,11 @@ async fn login_returns_a_short_lived_token_and_a_strict_session_cookie() {
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 900);
     let token = body["access_token"].as_str().unwrap();
-    let header: serde_json::Value =
-        serde_json::from_slice(&base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token.split('.').next().unwrap()).unwrap()).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(header["alg"], "EdDSA");
     let verifier = tavle_core::auth::TokenVerifier::from_config(&app.keys.public).unwrap();
     let (sub, c) = verifier.verify(token).unwrap();
@@ -49,10 +52,11 @@ async fn login_returns_a_short_lived_token_and_a_strict_session_cookie() {
 
     // Logins are audited and the last login is recorded.
     assert_eq!(app.audit_actions(&admin.tenant_id).await.last().unwrap(), "login.succeeded");
-    let last_login: Option<String> = sqlx::query_scalar("SELECT rfc3339(last_login_at) FROM users WHERE username = 'admin'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let last_login: Option<String> =
+        sqlx::query_scalar("SELECT rfc3339(last_login_at) FROM users WHERE username = 'admin'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert!(last_login.is_some());
 }
 
@@ -63,7 +67,12 @@ async fn me_reports_user_tenant_roles_scopes_and_session() {
     let (school, group) = app.seed_school(&admin.tenant_id, "Nordby skole").await;
     let s = app.login(&admin).await;
     let teacher = app
-        .create_user(&s, &admin, "kari", json!([{"role": "teacher", "group_id": group}, {"role": "school_leader", "school_id": school}]))
+        .create_user(
+            &s,
+            &admin,
+            "kari",
+            json!([{"role": "teacher", "group_id": group}, {"role": "school_leader", "school_id": school}]),
+        )
         .await;
     let t = app.login(&teacher).await;
     let me = app.get("/auth/me", &t.token).await;
@@ -168,11 +177,12 @@ async fn lockout_threshold_and_period_are_configurable_and_locks_expire() {
         app.login_response("oslo", "admin", "Wrong-pass-1").await;
     }
     app.login_response("oslo", "admin", &admin.password).await.assert_problem(401, "invalid-credentials");
-    let minutes: f64 =
-        sqlx::query_scalar("SELECT extract(epoch FROM locked_until - now())::float8 / 60 FROM users WHERE username = 'admin'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let minutes: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM locked_until - now())::float8 / 60 FROM users WHERE username = 'admin'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert!((0.5..=1.0).contains(&minutes), "locked for {minutes} minutes");
     // Once the period has passed, the right password works again.
     sqlx::query("UPDATE users SET locked_until = now() - interval '1 second'").execute(&app.pool).await.unwrap();
@@ -245,10 +255,11 @@ async fn sessions_last_one_school_day_and_expire_when_idle() {
     let app = TestApp::spawn().await;
     let admin = app.seed_tenant("oslo").await;
     let s = app.login(&admin).await;
-    let hours: f64 = sqlx::query_scalar("SELECT extract(epoch FROM expires_at - created_at)::float8 / 3600 FROM sessions")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let hours: f64 =
+        sqlx::query_scalar("SELECT extract(epoch FROM expires_at - created_at)::float8 / 3600 FROM sessions")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert!((9.9..=10.0).contains(&hours), "absolute maximum {hours} h");
     sqlx::query("UPDATE sessions SET idle_expires_at = now() - interval '1 second'").execute(&app.pool).await.unwrap();
     app.get("/auth/me", &s.token).await.assert_problem(401, "unauthenticated");
@@ -329,7 +340,8 @@ async fn tampered_expired_foreign_and_unsigned_tokens_are_rejected() {
     payload["sub"] = json!(uuid::Uuid::new_v4().to_string());
     let tampered = format!("{}.{}.{}", parts[0], b64url(payload.to_string().as_bytes()), parts[2]);
     let alg_none = format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
-    let hs256 = HS256Key::generate().with_key_id(&tavle_core::auth::key_id(&[0; 32])).authenticate(good.clone()).unwrap();
+    let hs256 =
+        HS256Key::generate().with_key_id(&tavle_core::auth::key_id(&[0; 32])).authenticate(good.clone()).unwrap();
     let wrong_audience = app.sign(claims(&admin.user_id, &admin.tenant_id, sid).with_audience("other-service"));
     let non_uuid_ids = app.sign(claims("x' OR 1=1 --", &admin.tenant_id, sid));
 
@@ -347,7 +359,11 @@ async fn tampered_expired_foreign_and_unsigned_tokens_are_rejected() {
         assert_eq!(r.status, 401, "{what}: {}", r.text());
         r.assert_problem(401, "unauthenticated");
     }
-    let raw = Request::builder().uri("/auth/me").header(header::AUTHORIZATION, "Basic YWRtaW46YWRtaW4=").body(Vec::new()).unwrap();
+    let raw = Request::builder()
+        .uri("/auth/me")
+        .header(header::AUTHORIZATION, "Basic YWRtaW46YWRtaW4=")
+        .body(Vec::new())
+        .unwrap();
     app.call(raw).await.assert_problem(401, "unauthenticated");
     let none = Request::builder().uri("/auth/me").body(Vec::new()).unwrap();
     app.call(none).await.assert_problem(401, "unauthenticated");
@@ -410,7 +426,11 @@ async fn password_change_enforces_policy_and_revokes_other_sessions() {
     app.post("/auth/password", Some(&current.token), change(&long)).await.assert_problem(422, "validation-failed");
 
     let wrong = app
-        .post("/auth/password", Some(&current.token), json!({"current_password": "Nope-nope-1", "new_password": "Fjord-Lysne-42"}))
+        .post(
+            "/auth/password",
+            Some(&current.token),
+            json!({"current_password": "Nope-nope-1", "new_password": "Fjord-Lysne-42"}),
+        )
         .await;
     let body = wrong.assert_problem(422, "validation-failed");
     assert_eq!(body["errors"][0]["pointer"], "/current_password");

@@ -125,18 +125,13 @@ fn route_serves(route: &str, path: &str) -> bool {
 /// The route Spin picks for a documented path: exact routes before
 /// wildcards, then the longest (as the native host does).
 fn serving_route<'a>(routes: &'a [String], path: &str) -> Option<&'a str> {
-    routes
-        .iter()
-        .filter(|r| route_serves(r, path))
-        .max_by_key(|r| (!r.ends_with("/..."), r.len()))
-        .map(String::as_str)
+    routes.iter().filter(|r| route_serves(r, path)).max_by_key(|r| (!r.ends_with("/..."), r.len())).map(String::as_str)
 }
 
 /// Routes of the manifest that serve no documented operation.
 fn undocumented_routes(manifest: &str, doc: &Value) -> Result<Vec<String>, String> {
     let routes = spin_routes(manifest)?;
-    let served: BTreeSet<&str> =
-        documented_paths(doc).iter().filter_map(|p| serving_route(&routes, p)).collect();
+    let served: BTreeSet<&str> = documented_paths(doc).iter().filter_map(|p| serving_route(&routes, p)).collect();
     Ok(routes.iter().filter(|r| !served.contains(r.as_str())).cloned().collect())
 }
 
@@ -297,7 +292,7 @@ fn document_is_consistent() {
         }
         let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{what}: no responses"));
         assert!(responses.keys().any(|s| s.starts_with('2')), "{what}: no success response");
-        let secured = op.get("security").map_or(true, |s| s.as_array().is_some_and(|a| !a.is_empty()));
+        let secured = op.get("security").is_none_or(|s| s.as_array().is_some_and(|a| !a.is_empty()));
         if secured {
             assert!(responses.contains_key("401"), "{what}: authenticated but no 401 documented");
         }
@@ -317,7 +312,10 @@ fn document_is_consistent() {
                 "{what} {status}: x-request-id is not a required header"
             );
             if status == "503" {
-                assert!(headers.get("retry-after").is_some_and(|h| h["required"] == true), "{what}: 503 without Retry-After");
+                assert!(
+                    headers.get("retry-after").is_some_and(|h| h["required"] == true),
+                    "{what}: 503 without Retry-After"
+                );
             }
             let content = response["content"].as_object();
             if status.starts_with('4') || status.starts_with('5') {
@@ -339,9 +337,32 @@ fn document_is_consistent() {
 // refuses unknown keywords so that the document cannot quietly outgrow it.
 
 const KNOWN_KEYWORDS: &[&str] = &[
-    "$ref", "type", "properties", "required", "additionalProperties", "items", "enum", "const", "oneOf",
-    "allOf", "anyOf", "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems", "uniqueItems",
-    "format", "pattern", "description", "default", "example", "examples", "discriminator", "title",
+    "$ref",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "oneOf",
+    "allOf",
+    "anyOf",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "format",
+    "pattern",
+    "description",
+    "default",
+    "example",
+    "examples",
+    "discriminator",
+    "title",
 ];
 
 fn type_of(v: &Value) -> &'static str {
@@ -552,7 +573,9 @@ impl Contract {
             }
             if let Some(value) = value {
                 let typed = match h["schema"]["type"].as_str() {
-                    Some("integer") => json!(value.parse::<i64>().unwrap_or_else(|_| panic!("{name} is not an integer: {what}"))),
+                    Some("integer") => {
+                        json!(value.parse::<i64>().unwrap_or_else(|_| panic!("{name} is not an integer: {what}")))
+                    }
                     _ => json!(value),
                 };
                 let mut errors = Vec::new();
@@ -624,9 +647,17 @@ async fn handlers_answer_as_documented() {
     assert_eq!(c.check("POST", "/auth/refresh", &app.send(Method::POST, "/auth/refresh", t, None).await), 200);
     let by_cookie = app.call(request(Method::POST, "/auth/refresh", &[("cookie", &cookie)], b"")).await;
     assert_eq!(c.check("POST", "/auth/refresh", &by_cookie), 403, "cookie without Origin");
-    let by_cookie = app.call(request(Method::POST, "/auth/refresh", &[("cookie", &cookie), ("origin", ORIGIN)], b"")).await;
+    let by_cookie =
+        app.call(request(Method::POST, "/auth/refresh", &[("cookie", &cookie), ("origin", ORIGIN)], b"")).await;
     assert_eq!(c.check("POST", "/auth/refresh", &by_cookie), 200);
-    let echoed = app.call(request(Method::GET, "/auth/me", &[("x-request-id", "trace-42"), ("authorization", &format!("Bearer {token}"))], b"")).await;
+    let echoed = app
+        .call(request(
+            Method::GET,
+            "/auth/me",
+            &[("x-request-id", "trace-42"), ("authorization", &format!("Bearer {token}"))],
+            b"",
+        ))
+        .await;
     assert_eq!(c.check("GET", "/auth/me", &echoed), 200);
     assert_eq!(echoed.header("x-request-id"), Some("trace-42"));
 
@@ -646,8 +677,14 @@ async fn handlers_answer_as_documented() {
     let mut foreign = new_user("per");
     foreign["roles"] = json!([{"role": "teacher", "group_id": uuid::Uuid::new_v4().to_string()}]);
     assert_eq!(c.check("POST", "/admin/users", &app.post("/admin/users", t, foreign).await), 422);
-    let r = app.post("/admin/users", t, json!({"username": "rita", "display_name": "Rita", "password": "Kx9#mPq2-rektor",
-        "roles": [{"role": "school_leader", "school_id": school}, {"role": "privacy_officer", "school_id": null}]})).await;
+    let r = app
+        .post(
+            "/admin/users",
+            t,
+            json!({"username": "rita", "display_name": "Rita", "password": "Kx9#mPq2-rektor",
+        "roles": [{"role": "school_leader", "school_id": school}, {"role": "privacy_officer", "school_id": null}]}),
+        )
+        .await;
     assert_eq!(c.check("POST", "/admin/users", &r), 201);
 
     for path in ["/admin/users?limit=1", "/admin/users", "/admin/users?limit=200"] {
@@ -656,8 +693,17 @@ async fn handlers_answer_as_documented() {
     }
     let first = app.get("/admin/users?limit=1", &token).await.json();
     let cursor = first["next_cursor"].as_str().expect("three users, pages of one").to_owned();
-    assert_eq!(c.check("GET", "/admin/users", &app.get(&format!("/admin/users?limit=1&cursor={cursor}"), &token).await), 200);
-    for path in ["/admin/users?limit=0", "/admin/users?limit=201", "/admin/users?limit=x", "/admin/users?cursor=%%", "/admin/users?cursor=bm9wZQ"] {
+    assert_eq!(
+        c.check("GET", "/admin/users", &app.get(&format!("/admin/users?limit=1&cursor={cursor}"), &token).await),
+        200
+    );
+    for path in [
+        "/admin/users?limit=0",
+        "/admin/users?limit=201",
+        "/admin/users?limit=x",
+        "/admin/users?cursor=%%",
+        "/admin/users?cursor=bm9wZQ",
+    ] {
         assert_eq!(c.check("GET", "/admin/users", &app.get(path, &token).await), 400, "{path}");
     }
 
@@ -668,7 +714,8 @@ async fn handlers_answer_as_documented() {
         let r = app.send(Method::POST, &user_path(&id, "/unlock"), t, None).await;
         assert_eq!(c.check("POST", "/admin/users/{id}/unlock", &r), 404);
     }
-    let roles = json!({"roles": [{"role": "teacher", "group_id": group}, {"role": "school_leader", "school_id": school}]});
+    let roles =
+        json!({"roles": [{"role": "teacher", "group_id": group}, {"role": "school_leader", "school_id": school}]});
     let r = app.send(Method::PUT, &user_path(&kari, "/roles"), t, Some(roles)).await;
     assert_eq!(c.check("PUT", "/admin/users/{id}/roles", &r), 200);
     let r = app.send(Method::PUT, &user_path(&admin.user_id, "/roles"), t, Some(json!({"roles": []}))).await;
@@ -683,7 +730,9 @@ async fn handlers_answer_as_documented() {
     assert_eq!(c.check("POST", "/admin/users/{id}/deactivate", &r), 409);
 
     // A teacher is not an admin; and changes their own password.
-    let teacher = app.create_user(&app.login(&admin).await, &admin, "lise", json!([{"role": "teacher", "group_id": group}])).await;
+    let teacher = app
+        .create_user(&app.login(&admin).await, &admin, "lise", json!([{"role": "teacher", "group_id": group}]))
+        .await;
     let ts = app.login(&teacher).await;
     assert_eq!(c.check("GET", "/auth/me", &app.get("/auth/me", &ts.token).await), 200);
     assert_eq!(c.check("GET", "/admin/users", &app.get("/admin/users", &ts.token).await), 403);
@@ -696,8 +745,14 @@ async fn handlers_answer_as_documented() {
     assert_eq!(c.check("POST", "/auth/password", &r), 204);
 
     // Deletion, and logout ends the session.
-    assert_eq!(c.check("DELETE", "/admin/users/{id}", &app.send(Method::DELETE, &user_path(&kari, ""), t, None).await), 204);
-    assert_eq!(c.check("DELETE", "/admin/users/{id}", &app.send(Method::DELETE, &user_path(&kari, ""), t, None).await), 404);
+    assert_eq!(
+        c.check("DELETE", "/admin/users/{id}", &app.send(Method::DELETE, &user_path(&kari, ""), t, None).await),
+        204
+    );
+    assert_eq!(
+        c.check("DELETE", "/admin/users/{id}", &app.send(Method::DELETE, &user_path(&kari, ""), t, None).await),
+        404
+    );
     let r = app.send(Method::DELETE, &user_path(&admin.user_id, ""), t, None).await;
     assert_eq!(c.check("DELETE", "/admin/users/{id}", &r), 409);
     assert_eq!(c.check("POST", "/auth/logout", &app.send(Method::POST, "/auth/logout", t, None).await), 204);

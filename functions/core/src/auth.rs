@@ -62,8 +62,8 @@ impl TokenVerifier {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(k)
                 .map_err(|_| "token public key is not base64".to_owned())?;
-            let key = Ed25519PublicKey::from_bytes(&raw)
-                .map_err(|_| "token public key is not an Ed25519 key".to_owned())?;
+            let key =
+                Ed25519PublicKey::from_bytes(&raw).map_err(|_| "token public key is not an Ed25519 key".to_owned())?;
             keys.push((key_id(&raw), key));
         }
         if keys.is_empty() {
@@ -84,20 +84,14 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> Result<(String, TokenClaims), Problem> {
         let meta = Token::decode_metadata(token).map_err(|_| Problem::unauthenticated())?;
         let kid = meta.key_id().ok_or_else(Problem::unauthenticated)?;
-        let (_, key) = self
-            .keys
-            .iter()
-            .find(|(id, _)| id == kid)
-            .ok_or_else(Problem::unauthenticated)?;
+        let (_, key) = self.keys.iter().find(|(id, _)| id == kid).ok_or_else(Problem::unauthenticated)?;
         let options = VerificationOptions {
             allowed_issuers: Some(HashSet::from([ISSUER.to_owned()])),
             allowed_audiences: Some(HashSet::from([AUDIENCE.to_owned()])),
             time_tolerance: Some(Duration::from_secs(5)),
             ..Default::default()
         };
-        let claims = key
-            .verify_token::<TokenClaims>(token, Some(options))
-            .map_err(|_| Problem::unauthenticated())?;
+        let claims = key.verify_token::<TokenClaims>(token, Some(options)).map_err(|_| Problem::unauthenticated())?;
         let sub = claims.subject.ok_or_else(Problem::unauthenticated)?;
         Ok((sub, claims.custom))
     }
@@ -321,13 +315,10 @@ mod tests {
     }
 
     fn claims() -> JWTClaims<TokenClaims> {
-        Claims::with_custom_claims(
-            TokenClaims { tenant: "t".into(), sid: "s".into() },
-            Duration::from_mins(15),
-        )
-        .with_subject("u")
-        .with_issuer(ISSUER)
-        .with_audience(AUDIENCE)
+        Claims::with_custom_claims(TokenClaims { tenant: "t".into(), sid: "s".into() }, Duration::from_mins(15))
+            .with_subject("u")
+            .with_issuer(ISSUER)
+            .with_audience(AUDIENCE)
     }
 
     #[test]

@@ -95,19 +95,15 @@ impl fmt::Display for CryptoError {
                 };
                 write!(f, "{slot} {why}")
             }
-            Self::KeyIdCollision => f.write_str(
-                "two different encryption keys have the same key id; generate a new key",
-            ),
+            Self::KeyIdCollision => {
+                f.write_str("two different encryption keys have the same key id; generate a new key")
+            }
             Self::Malformed => f.write_str("ciphertext is too short to be valid"),
-            Self::UnknownKey => {
-                f.write_str("ciphertext was encrypted with a key that is not configured")
+            Self::UnknownKey => f.write_str("ciphertext was encrypted with a key that is not configured"),
+            Self::Decryption => {
+                f.write_str("ciphertext failed authentication (wrong key or context, or it was altered)")
             }
-            Self::Decryption => f.write_str(
-                "ciphertext failed authentication (wrong key or context, or it was altered)",
-            ),
-            Self::NotAnIdentityNumber => {
-                f.write_str("decrypted value is not a well-formed identity number")
-            }
+            Self::NotAnIdentityNumber => f.write_str("decrypted value is not a well-formed identity number"),
         }
     }
 }
@@ -119,12 +115,10 @@ fn decode_key(b64: &str, slot: KeySlot) -> Result<Zeroizing<[u8; KEY_LEN]>, Cryp
     let invalid = |problem| CryptoError::InvalidKey { slot, problem };
     // Room for a little more than a key, so "too long" is told apart from "not base64".
     let mut buf = Zeroizing::new([0u8; KEY_LEN + 16]);
-    let written = STANDARD
-        .decode_slice(b64.trim(), &mut buf[..])
-        .map_err(|e| match e {
-            DecodeSliceError::OutputSliceTooSmall => invalid(KeyProblem::WrongLength),
-            DecodeSliceError::DecodeError(_) => invalid(KeyProblem::NotBase64),
-        })?;
+    let written = STANDARD.decode_slice(b64.trim(), &mut buf[..]).map_err(|e| match e {
+        DecodeSliceError::OutputSliceTooSmall => invalid(KeyProblem::WrongLength),
+        DecodeSliceError::DecodeError(_) => invalid(KeyProblem::NotBase64),
+    })?;
     if written != KEY_LEN {
         return Err(invalid(KeyProblem::WrongLength));
     }
@@ -160,10 +154,7 @@ struct RingKey {
 
 impl RingKey {
     fn new(key: &[u8; KEY_LEN]) -> Self {
-        Self {
-            id: key_id(key),
-            cipher: Aes256Gcm::new_from_slice(key).expect("AES-256 key is 32 bytes"),
-        }
+        Self { id: key_id(key), cipher: Aes256Gcm::new_from_slice(key).expect("AES-256 key is 32 bytes") }
     }
 }
 
@@ -189,12 +180,7 @@ impl IdentityCipher {
         // Keys kept only while configuring, to tell a repeated key from an id collision.
         let mut seen = vec![(current.id, current_key)];
         let mut previous = Vec::new();
-        for (n, entry) in previous_keys
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .enumerate()
-        {
+        for (n, entry) in previous_keys.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
             let key = decode_key(entry, KeySlot::Previous(n + 1))?;
             let ring_key = RingKey::new(&key);
             match seen.iter().find(|(id, _)| *id == ring_key.id) {
@@ -225,11 +211,7 @@ impl IdentityCipher {
         let tag = self
             .current
             .cipher
-            .encrypt_inout_detached(
-                &Nonce::<Aes256Gcm>::from(nonce),
-                aad,
-                (&mut blob[HEADER_LEN..]).into(),
-            )
+            .encrypt_inout_detached(&Nonce::<Aes256Gcm>::from(nonce), aad, (&mut blob[HEADER_LEN..]).into())
             .expect("AES-GCM length limits are far above identity numbers");
         blob.extend_from_slice(&tag);
         blob
@@ -252,9 +234,7 @@ impl IdentityCipher {
         let nonce = Nonce::<Aes256Gcm>::try_from(nonce).map_err(|_| CryptoError::Malformed)?;
         let tag = Tag::<Aes256Gcm>::try_from(tag).map_err(|_| CryptoError::Malformed)?;
         let mut plaintext = ciphertext.to_vec();
-        let result =
-            key.cipher
-                .decrypt_inout_detached(&nonce, aad, (&mut plaintext[..]).into(), &tag);
+        let result = key.cipher.decrypt_inout_detached(&nonce, aad, (&mut plaintext[..]).into(), &tag);
         if result.is_err() {
             plaintext.zeroize();
             return Err(CryptoError::Decryption);
@@ -300,9 +280,7 @@ impl IdentityCipher {
     }
 
     fn key(&self, id: &[u8]) -> Option<&RingKey> {
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find(|k| k.id[..] == *id)
+        std::iter::once(&self.current).chain(&self.previous).find(|k| k.id[..] == *id)
     }
 }
 
@@ -311,10 +289,7 @@ impl fmt::Debug for IdentityCipher {
         // Key ids are public (they prefix every blob); the keys are not printed.
         f.debug_struct("IdentityCipher")
             .field("current_key_id", &hex(&self.current.id))
-            .field(
-                "previous_key_ids",
-                &self.previous.iter().map(|k| hex(&k.id)).collect::<Vec<_>>(),
-            )
+            .field("previous_key_ids", &self.previous.iter().map(|k| hex(&k.id)).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -334,16 +309,13 @@ impl BlindIndex {
     /// # Errors
     /// [`CryptoError::InvalidKey`] if the key is not base64 of 32 bytes, not all zero.
     pub fn from_config(key_b64: &str) -> Result<Self, CryptoError> {
-        Ok(Self {
-            key: decode_key(key_b64, KeySlot::BlindIndex)?,
-        })
+        Ok(Self { key: decode_key(key_b64, KeySlot::BlindIndex)? })
     }
 
     /// The 32-byte blind index of `id` within `tenant_id`.
     #[must_use]
     pub fn index(&self, tenant_id: &str, id: &IdentityNumber) -> Vec<u8> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]).expect("HMAC takes any key size");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]).expect("HMAC takes any key size");
         mac.update(tenant_id.as_bytes());
         mac.update(&[0]);
         mac.update(id.expose().as_bytes());
@@ -417,21 +389,14 @@ mod tests {
         for i in KEY_ID_LEN..blob.len() {
             let mut bad = blob.clone();
             bad[i] ^= 0x01;
-            assert_eq!(
-                c.decrypt(&bad, b"t"),
-                Err(CryptoError::Decryption),
-                "byte {i}"
-            );
+            assert_eq!(c.decrypt(&bad, b"t"), Err(CryptoError::Decryption), "byte {i}");
         }
         let mut bad_id = blob.clone();
         bad_id[0] ^= 0x01;
         assert_eq!(c.decrypt(&bad_id, b"t"), Err(CryptoError::UnknownKey));
         let truncated = &blob[..blob.len() - 1];
         assert_eq!(c.decrypt(truncated, b"t"), Err(CryptoError::Decryption));
-        assert_eq!(
-            c.decrypt(&blob[..HEADER_LEN + TAG_LEN - 1], b"t"),
-            Err(CryptoError::Malformed)
-        );
+        assert_eq!(c.decrypt(&blob[..HEADER_LEN + TAG_LEN - 1], b"t"), Err(CryptoError::Malformed));
         assert_eq!(c.decrypt(&[], b"t"), Err(CryptoError::Malformed));
         let mut extended = blob.clone();
         extended.push(0);
@@ -467,10 +432,7 @@ mod tests {
     #[test]
     fn unknown_key_id_fails() {
         let blob = cipher(1, &[]).encrypt(b"secret", b"t");
-        assert_eq!(
-            cipher(9, &[8]).decrypt(&blob, b"t"),
-            Err(CryptoError::UnknownKey)
-        );
+        assert_eq!(cipher(9, &[8]).decrypt(&blob, b"t"), Err(CryptoError::UnknownKey));
     }
 
     #[test]
@@ -480,13 +442,9 @@ mod tests {
         let c = IdentityCipher::from_config(&format!("{}\n", key(3)), &list).unwrap();
         assert_eq!(c.decrypt(&blob, b"t").unwrap(), b"x");
         // Repeating the current key (or a previous one) is harmless.
-        let c = IdentityCipher::from_config(&key(3), &format!("{},{},{}", key(3), key(1), key(1)))
-            .unwrap();
+        let c = IdentityCipher::from_config(&key(3), &format!("{},{},{}", key(3), key(1), key(1))).unwrap();
         assert_eq!(c.previous.len(), 1);
-        assert!(IdentityCipher::from_config(&key(3), "   ")
-            .unwrap()
-            .previous
-            .is_empty());
+        assert!(IdentityCipher::from_config(&key(3), "   ").unwrap().previous.is_empty());
     }
 
     #[test]
@@ -499,23 +457,14 @@ mod tests {
             (b64(&[7u8; 64]), KeyProblem::WrongLength),
             (b64(&[7u8; 16]), KeyProblem::WrongLength),
             (b64(&[0u8; 32]), KeyProblem::AllZero),
-            (
-                key(7).trim_end_matches('=').to_owned(),
-                KeyProblem::NotBase64,
-            ),
-            (
-                base64::engine::general_purpose::URL_SAFE.encode([0xfbu8; 32]),
-                KeyProblem::NotBase64,
-            ),
+            (key(7).trim_end_matches('=').to_owned(), KeyProblem::NotBase64),
+            (base64::engine::general_purpose::URL_SAFE.encode([0xfbu8; 32]), KeyProblem::NotBase64),
         ];
         for (bad, problem) in &cases {
             let problem = *problem;
             assert_eq!(
                 IdentityCipher::from_config(bad, "").unwrap_err(),
-                CryptoError::InvalidKey {
-                    slot: KeySlot::Current,
-                    problem
-                },
+                CryptoError::InvalidKey { slot: KeySlot::Current, problem },
                 "{bad:?}"
             );
             if !bad.is_empty() {
@@ -523,18 +472,12 @@ mod tests {
                 let list = format!("{},{bad}", key(2));
                 assert_eq!(
                     IdentityCipher::from_config(&key(1), &list).unwrap_err(),
-                    CryptoError::InvalidKey {
-                        slot: KeySlot::Previous(2),
-                        problem
-                    },
+                    CryptoError::InvalidKey { slot: KeySlot::Previous(2), problem },
                 );
             }
             assert_eq!(
                 BlindIndex::from_config(bad).unwrap_err(),
-                CryptoError::InvalidKey {
-                    slot: KeySlot::BlindIndex,
-                    problem
-                },
+                CryptoError::InvalidKey { slot: KeySlot::BlindIndex, problem },
             );
         }
     }
@@ -545,10 +488,7 @@ mod tests {
         let secret_b64 = b64(&secret_key);
         let c = IdentityCipher::from_config(&secret_b64, &key(2)).unwrap();
         let debug = format!("{c:?}");
-        assert!(
-            !debug.contains(&secret_b64) && !debug.contains("5a5a"),
-            "{debug}"
-        );
+        assert!(!debug.contains(&secret_b64) && !debug.contains("5a5a"), "{debug}");
         assert!(debug.contains(&hex(&c.current_key_id())));
         let bi = BlindIndex::from_config(&secret_b64).unwrap();
         assert_eq!(format!("{bi:?}"), "BlindIndex(<redacted>)");
@@ -578,15 +518,9 @@ mod tests {
         let id = some_id(3);
         let blob = c.encrypt_identity(&id, b"tenant-a");
         assert_eq!(c.decrypt_identity(&blob, b"tenant-a").unwrap(), id);
-        assert_eq!(
-            c.decrypt_identity(&blob, b"tenant-b"),
-            Err(CryptoError::Decryption)
-        );
+        assert_eq!(c.decrypt_identity(&blob, b"tenant-b"), Err(CryptoError::Decryption));
         let junk = c.encrypt(b"not an id", b"t");
-        assert_eq!(
-            c.decrypt_identity(&junk, b"t"),
-            Err(CryptoError::NotAnIdentityNumber)
-        );
+        assert_eq!(c.decrypt_identity(&junk, b"t"), Err(CryptoError::NotAnIdentityNumber));
     }
 
     #[test]
@@ -597,20 +531,10 @@ mod tests {
         let ia = bi.index("tenant-a", &a);
         assert_eq!(ia.len(), 32);
         assert_eq!(ia, bi.index("tenant-a", &a.clone()));
-        assert_eq!(
-            ia,
-            BlindIndex::from_config(&key(1))
-                .unwrap()
-                .index("tenant-a", &a)
-        );
+        assert_eq!(ia, BlindIndex::from_config(&key(1)).unwrap().index("tenant-a", &a));
         assert_ne!(ia, bi.index("tenant-b", &a));
         assert_ne!(ia, bi.index("tenant-a", &b));
-        assert_ne!(
-            ia,
-            BlindIndex::from_config(&key(2))
-                .unwrap()
-                .index("tenant-a", &a)
-        );
+        assert_ne!(ia, BlindIndex::from_config(&key(2)).unwrap().index("tenant-a", &a));
 
         // Matches HMAC-SHA256(key, tenant || 0x00 || digits) computed independently.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&[1u8; 32]).unwrap();

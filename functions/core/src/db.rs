@@ -77,9 +77,7 @@ pub struct Row(pub Vec<Value>);
 
 impl Row {
     fn at(&self, i: usize) -> Result<&Value, DbError> {
-        self.0
-            .get(i)
-            .ok_or_else(|| DbError::Decode(format!("no column {i}")))
+        self.0.get(i).ok_or_else(|| DbError::Decode(format!("no column {i}")))
     }
     pub fn is_null(&self, i: usize) -> bool {
         matches!(self.0.get(i), Some(Value::Null) | None)
@@ -188,13 +186,10 @@ impl DbError {
     fn from_sqlstate(code: &str, constraint: Option<&str>, message: String) -> DbError {
         match code {
             "40001" | "40P01" => DbError::Conflict(message),
-            c if c.starts_with("23") => DbError::Constraint {
-                code: c.to_owned(),
-                constraint: constraint.unwrap_or_default().to_owned(),
-            },
-            c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
-                DbError::Unavailable(message)
+            c if c.starts_with("23") => {
+                DbError::Constraint { code: c.to_owned(), constraint: constraint.unwrap_or_default().to_owned() }
             }
+            c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => DbError::Unavailable(message),
             _ => DbError::Query(message),
         }
     }
@@ -210,18 +205,13 @@ pub trait Db {
         Ok(self.query(sql, params).await?.into_iter().next())
     }
     async fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Row, DbError> {
-        self.query_opt(sql, params)
-            .await?
-            .ok_or_else(|| DbError::Decode("expected one row, got none".into()))
+        self.query_opt(sql, params).await?.ok_or_else(|| DbError::Decode("expected one row, got none".into()))
     }
 }
 
 /// Runs `body` inside one explicit transaction: committed when it returns Ok,
 /// rolled back when it returns Err, so a rejected request changes nothing.
-pub async fn transaction<D, T, E>(
-    db: &mut D,
-    body: impl AsyncFnOnce(&mut D) -> Result<T, E>,
-) -> Result<T, E>
+pub async fn transaction<D, T, E>(db: &mut D, body: impl AsyncFnOnce(&mut D) -> Result<T, E>) -> Result<T, E>
 where
     D: Db,
     E: From<DbError>,
@@ -247,8 +237,8 @@ pub use native::SqlxDb;
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
     use super::{Db, DbError, Row, Value};
-    use sqlx::postgres::{PgArguments, PgPool, PgRow};
     use sqlx::pool::PoolConnection;
+    use sqlx::postgres::{PgArguments, PgPool, PgRow};
     use sqlx::{Arguments, Column, Executor, Postgres, Row as _, TypeInfo, ValueRef};
 
     /// Native implementation: one pooled connection, acquired on first use.
@@ -388,12 +378,7 @@ mod native {
                 "TEXT[]" => Value::TextArray(row.try_get(i).map_err(de)?),
                 "INT8[]" => Value::IntArray(row.try_get(i).map_err(de)?),
                 // Deliberately narrow: timestamps must be selected as rfc3339 text.
-                other => {
-                    return Err(DbError::Decode(format!(
-                        "column {} has unsupported type {other}",
-                        col.name()
-                    )))
-                }
+                other => return Err(DbError::Decode(format!("column {} has unsupported type {other}", col.name()))),
             };
             out.push(v);
         }
@@ -402,11 +387,9 @@ mod native {
 
     pub(super) fn map_err(e: sqlx::Error) -> DbError {
         match e {
-            sqlx::Error::Database(db) => DbError::from_sqlstate(
-                db.code().as_deref().unwrap_or(""),
-                db.constraint(),
-                db.message().to_owned(),
-            ),
+            sqlx::Error::Database(db) => {
+                DbError::from_sqlstate(db.code().as_deref().unwrap_or(""), db.constraint(), db.message().to_owned())
+            }
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 DbError::Unavailable(e.to_string())
             }
@@ -414,24 +397,11 @@ mod native {
         }
     }
 
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn casts_are_read_from_the_sql() {
-            let casts = super::param_casts("SELECT $1::uuid, $2::text[], ($3::int8 + $1::uuid)", 3).unwrap();
-            assert_eq!(casts, ["uuid", "text[]", "int8"]);
-            assert!(super::param_casts("SELECT $1", 1).is_err(), "every parameter needs a cast");
-        }
-    }
-
     impl Db for SqlxDb {
         async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
             let args = arguments(sql, params)?;
             let conn = self.conn().await?;
-            let rows = conn
-                .fetch_all(sqlx::query_with(sql, args))
-                .await
-                .map_err(map_err)?;
+            let rows = conn.fetch_all(sqlx::query_with(sql, args)).await.map_err(map_err)?;
             rows.iter().map(decode).collect()
         }
 
@@ -445,6 +415,16 @@ mod native {
             }
             .map_err(map_err)?;
             Ok(done.rows_affected())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn casts_are_read_from_the_sql() {
+            let casts = super::param_casts("SELECT $1::uuid, $2::text[], ($3::int8 + $1::uuid)", 3).unwrap();
+            assert_eq!(casts, ["uuid", "text[]", "int8"]);
+            assert!(super::param_casts("SELECT $1", 1).is_err(), "every parameter needs a cast");
         }
     }
 }
@@ -505,9 +485,7 @@ mod spin {
             DbValue::Str(s) => Value::Text(s.clone()),
             DbValue::Uuid(s) => Value::Uuid(s.clone()),
             DbValue::Binary(b) => Value::Bytes(b.clone()),
-            DbValue::Jsonb(b) => Value::Json(
-                serde_json::from_slice(b).map_err(|e| DbError::Decode(e.to_string()))?,
-            ),
+            DbValue::Jsonb(b) => Value::Json(serde_json::from_slice(b).map_err(|e| DbError::Decode(e.to_string()))?),
             DbValue::ArrayStr(a) => Value::TextArray(a.iter().flatten().cloned().collect()),
             DbValue::ArrayInt64(a) => Value::IntArray(a.iter().flatten().copied().collect()),
             _ => return Err(DbError::Decode("unsupported column type".into())),
@@ -518,11 +496,8 @@ mod spin {
         match e {
             PgError::ConnectionFailed(m) => DbError::Unavailable(m),
             PgError::QueryFailed(QueryError::DbError(d)) => {
-                let constraint = d
-                    .extras
-                    .iter()
-                    .find(|(k, _)| k == "constraint" || k == "constraint_name")
-                    .map(|(_, v)| v.as_str());
+                let constraint =
+                    d.extras.iter().find(|(k, _)| k == "constraint" || k == "constraint_name").map(|(_, v)| v.as_str());
                 DbError::from_sqlstate(&d.code, constraint, d.message)
             }
             other => DbError::Query(format!("{other:?}")),
@@ -533,10 +508,7 @@ mod spin {
         async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
             let params: Vec<ParameterValue> = params.iter().map(param).collect();
             let set = self.conn()?.query(sql, &params).map_err(map_err)?;
-            set.rows
-                .iter()
-                .map(|r| r.iter().map(value).collect::<Result<Vec<_>, _>>().map(Row))
-                .collect()
+            set.rows.iter().map(|r| r.iter().map(value).collect::<Result<Vec<_>, _>>().map(Row)).collect()
         }
 
         async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {

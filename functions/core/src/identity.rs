@@ -79,10 +79,7 @@ impl IdentityKind {
     /// True when day + 40 (a D-number, real or synthetic).
     #[must_use]
     pub fn is_d_number(self) -> bool {
-        matches!(
-            self,
-            Self::DNumber | Self::SyntheticNavDNumber | Self::SyntheticTenorDNumber
-        )
+        matches!(self, Self::DNumber | Self::SyntheticNavDNumber | Self::SyntheticTenorDNumber)
     }
 }
 
@@ -118,12 +115,8 @@ impl fmt::Display for IdentityError {
             Self::Format => "must be exactly eleven digits",
             Self::InvalidDate => "does not contain a valid date of birth",
             Self::InvalidCheckDigits => "invalid check digits",
-            Self::SyntheticNotAccepted => {
-                "synthetic test numbers are not accepted in this deployment"
-            }
-            Self::HNumberNotAccepted => {
-                "H-numbers and NAV synthetic test numbers are not accepted in this deployment"
-            }
+            Self::SyntheticNotAccepted => "synthetic test numbers are not accepted in this deployment",
+            Self::HNumberNotAccepted => "H-numbers and NAV synthetic test numbers are not accepted in this deployment",
         })
     }
 }
@@ -155,10 +148,7 @@ impl IdentityNumber {
         if bytes.len() != 11 || !bytes.iter().all(u8::is_ascii_digit) {
             return Err(IdentityError::Format);
         }
-        let mut number = Self {
-            digits: [0; 11],
-            kind: IdentityKind::Fodselsnummer,
-        };
+        let mut number = Self { digits: [0; 11], kind: IdentityKind::Fodselsnummer };
         number.digits.copy_from_slice(bytes);
         // From here on every early return drops `number`, which zeroes the digits.
         number.kind = number.decode_kind()?;
@@ -336,12 +326,7 @@ mod tests {
 
     fn k2_for(p: &str, k1: u32) -> Option<u32> {
         let w = [5, 4, 3, 2, 7, 6, 5, 4, 3];
-        let s2: u32 = p
-            .bytes()
-            .zip(w)
-            .map(|(b, w)| u32::from(b - b'0') * w)
-            .sum::<u32>()
-            + 2 * k1;
+        let s2: u32 = p.bytes().zip(w).map(|(b, w)| u32::from(b - b'0') * w).sum::<u32>() + 2 * k1;
         match 11 - s2 % 11 {
             11 => Some(0),
             10 => None,
@@ -380,9 +365,7 @@ mod tests {
 
     /// First classic-valid number with this DDMMYY, trying individual numbers from `from`.
     fn first_valid(ddmmyy: &str, from: u32) -> String {
-        (from..1000)
-            .find_map(|i| classic(&format!("{ddmmyy}{i:03}")))
-            .expect("some individual number works")
+        (from..1000).find_map(|i| classic(&format!("{ddmmyy}{i:03}"))).expect("some individual number works")
     }
 
     // ---- Oracle sanity: it reproduces the published worked examples ----
@@ -403,9 +386,7 @@ mod tests {
 
     #[test]
     fn accepts_generated_fodselsnummer_across_centuries() {
-        for ddmmyy in [
-            "010100", "150678", "311299", "290200", "290224", "010155", "280239",
-        ] {
+        for ddmmyy in ["010100", "150678", "311299", "290200", "290224", "010155", "280239"] {
             let n = first_valid(ddmmyy, 0);
             let id = IdentityNumber::parse(&n, REJECT).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(id.expose(), n);
@@ -420,15 +401,9 @@ mod tests {
         let id = IdentityNumber::parse(&format!(" \t{n}\r\n "), REJECT).unwrap();
         assert_eq!(id.expose(), n);
         let spaced = format!("{} {}", &n[..6], &n[6..]);
-        assert_eq!(
-            IdentityNumber::parse(&spaced, REJECT),
-            Err(IdentityError::Format)
-        );
+        assert_eq!(IdentityNumber::parse(&spaced, REJECT), Err(IdentityError::Format));
         let dashed = format!("{}-{}", &n[..6], &n[6..]);
-        assert_eq!(
-            IdentityNumber::parse(&dashed, REJECT),
-            Err(IdentityError::Format)
-        );
+        assert_eq!(IdentityNumber::parse(&dashed, REJECT), Err(IdentityError::Format));
     }
 
     #[test]
@@ -442,15 +417,9 @@ mod tests {
         // Day 71 (= 31) is the largest D-number day; 72 and 40 are not dates.
         assert!(IdentityNumber::parse(&first_valid("710112", 500), REJECT).is_ok());
         let p72 = first_valid("720112", 500);
-        assert_eq!(
-            IdentityNumber::parse(&p72, ACCEPT),
-            Err(IdentityError::InvalidDate)
-        );
+        assert_eq!(IdentityNumber::parse(&p72, ACCEPT), Err(IdentityError::InvalidDate));
         let p40 = first_valid("400112", 500);
-        assert_eq!(
-            IdentityNumber::parse(&p40, ACCEPT),
-            Err(IdentityError::InvalidDate)
-        );
+        assert_eq!(IdentityNumber::parse(&p40, ACCEPT), Err(IdentityError::InvalidDate));
     }
 
     // ---- Check digits ----
@@ -462,17 +431,11 @@ mod tests {
         for d in 0..10 {
             let k2_wrong = format!("{prefix}{k1}{d}");
             if k2_wrong != n {
-                assert_eq!(
-                    IdentityNumber::parse(&k2_wrong, REJECT),
-                    Err(IdentityError::InvalidCheckDigits)
-                );
+                assert_eq!(IdentityNumber::parse(&k2_wrong, REJECT), Err(IdentityError::InvalidCheckDigits));
             }
         }
         assert!(IdentityNumber::parse(&format!("{prefix}{k1}{k2}"), REJECT).is_ok());
-        assert_eq!(
-            IdentityNumber::parse("01010100000", REJECT).map(|_| ()),
-            Err(IdentityError::InvalidCheckDigits)
-        );
+        assert_eq!(IdentityNumber::parse("01010100000", REJECT).map(|_| ()), Err(IdentityError::InvalidCheckDigits));
     }
 
     #[test]
@@ -526,10 +489,7 @@ mod tests {
         // A D-number and a 1982 birth, each with a k1 that only the new rule allows.
         for prefix in ["451082999", "301082999", "611299998"] {
             let pairs = oracle_pairs(prefix);
-            let new_only: Vec<_> = pairs
-                .iter()
-                .skip(usize::from(classic(prefix).is_some()))
-                .collect();
+            let new_only: Vec<_> = pairs.iter().skip(usize::from(classic(prefix).is_some())).collect();
             assert!(!new_only.is_empty());
             for &(k1, k2) in new_only {
                 let n = format!("{prefix}{k1}{k2}");
@@ -560,11 +520,7 @@ mod tests {
         ] {
             let n = first_valid(ddmmyy, 0);
             for policy in [REJECT, ACCEPT] {
-                assert_eq!(
-                    IdentityNumber::parse(&n, policy),
-                    Err(IdentityError::InvalidDate),
-                    "{ddmmyy}"
-                );
+                assert_eq!(IdentityNumber::parse(&n, policy), Err(IdentityError::InvalidDate), "{ddmmyy}");
             }
         }
     }
@@ -582,19 +538,13 @@ mod tests {
     #[test]
     fn month_plus_40_is_ambiguous_and_rejected_in_production() {
         let n = first_valid("034518", 0); // 3 May 2018 (month 05 + 40)
-        assert_eq!(
-            IdentityNumber::parse(&n, REJECT),
-            Err(IdentityError::HNumberNotAccepted)
-        );
+        assert_eq!(IdentityNumber::parse(&n, REJECT), Err(IdentityError::HNumberNotAccepted));
         let id = IdentityNumber::parse(&n, ACCEPT).unwrap();
         assert_eq!(id.kind(), IdentityKind::HNumberOrSyntheticNav);
         assert!(id.kind().is_synthetic_or_h_number());
 
         let d = first_valid("434518", 0); // NAV synthetic D-number
-        assert_eq!(
-            IdentityNumber::parse(&d, REJECT),
-            Err(IdentityError::SyntheticNotAccepted)
-        );
+        assert_eq!(IdentityNumber::parse(&d, REJECT), Err(IdentityError::SyntheticNotAccepted));
         let id = IdentityNumber::parse(&d, ACCEPT).unwrap();
         assert_eq!(id.kind(), IdentityKind::SyntheticNavDNumber);
         assert!(id.kind().is_d_number());
@@ -603,38 +553,19 @@ mod tests {
     #[test]
     fn tenor_month_plus_80_only_under_accept() {
         let n = first_valid("128516", 500); // 12 May 2016 (month 05 + 80)
-        assert_eq!(
-            IdentityNumber::parse(&n, REJECT),
-            Err(IdentityError::SyntheticNotAccepted)
-        );
-        assert_eq!(
-            IdentityNumber::parse(&n, ACCEPT).unwrap().kind(),
-            IdentityKind::SyntheticTenor
-        );
+        assert_eq!(IdentityNumber::parse(&n, REJECT), Err(IdentityError::SyntheticNotAccepted));
+        assert_eq!(IdentityNumber::parse(&n, ACCEPT).unwrap().kind(), IdentityKind::SyntheticTenor);
 
         let d = first_valid("528516", 500);
-        assert_eq!(
-            IdentityNumber::parse(&d, REJECT),
-            Err(IdentityError::SyntheticNotAccepted)
-        );
-        assert_eq!(
-            IdentityNumber::parse(&d, ACCEPT).unwrap().kind(),
-            IdentityKind::SyntheticTenorDNumber
-        );
+        assert_eq!(IdentityNumber::parse(&d, REJECT), Err(IdentityError::SyntheticNotAccepted));
+        assert_eq!(IdentityNumber::parse(&d, ACCEPT).unwrap().kind(), IdentityKind::SyntheticTenorDNumber);
     }
 
     #[test]
     fn invalid_check_digits_reported_before_policy() {
         let n = first_valid("128516", 500);
-        let bad = format!(
-            "{}{}",
-            &n[..10],
-            (u32::from(n.as_bytes()[10] - b'0') + 1) % 10
-        );
-        assert_eq!(
-            IdentityNumber::parse(&bad, REJECT),
-            Err(IdentityError::InvalidCheckDigits)
-        );
+        let bad = format!("{}{}", &n[..10], (u32::from(n.as_bytes()[10] - b'0') + 1) % 10);
+        assert_eq!(IdentityNumber::parse(&bad, REJECT), Err(IdentityError::InvalidCheckDigits));
     }
 
     #[test]
@@ -659,10 +590,7 @@ mod tests {
             format!("-{}", &n[1..]),
         ];
         for case in cases {
-            assert_eq!(
-                IdentityNumber::parse(&case, ACCEPT),
-                Err(IdentityError::Format)
-            );
+            assert_eq!(IdentityNumber::parse(&case, ACCEPT), Err(IdentityError::Format));
         }
     }
 
@@ -670,27 +598,18 @@ mod tests {
     fn unicode_digits_rejected() {
         let ascii = first_valid("010203", 500);
         let to = |base: u32| -> String {
-            ascii
-                .chars()
-                .map(|c| char::from_u32(base + c.to_digit(10).unwrap()).unwrap())
-                .collect()
+            ascii.chars().map(|c| char::from_u32(base + c.to_digit(10).unwrap()).unwrap()).collect()
         };
         // Arabic-Indic, Extended Arabic-Indic, Devanagari and fullwidth digits.
         for base in [0x0660, 0x06F0, 0x0966, 0xFF10] {
             let s = to(base);
             assert!(s.chars().all(char::is_numeric));
-            assert_eq!(
-                IdentityNumber::parse(&s, ACCEPT),
-                Err(IdentityError::Format)
-            );
+            assert_eq!(IdentityNumber::parse(&s, ACCEPT), Err(IdentityError::Format));
         }
         // Nine ASCII digits and one two-byte Arabic-Indic digit: eleven bytes, still no.
         let sneaky = format!("{}\u{0664}", &ascii[..9]);
         assert_eq!(sneaky.len(), 11);
-        assert_eq!(
-            IdentityNumber::parse(&sneaky, ACCEPT),
-            Err(IdentityError::Format)
-        );
+        assert_eq!(IdentityNumber::parse(&sneaky, ACCEPT), Err(IdentityError::Format));
     }
 
     // ---- No leaks ----
@@ -756,10 +675,7 @@ mod tests {
             assert_eq!(id.kind(), IdentityKind::SyntheticTenor);
             assert_eq!(classic(&digits[..9]).as_deref(), Some(digits.as_str()));
             assert_eq!(IdentityNumber::parse(&digits, ACCEPT).unwrap(), id);
-            assert_eq!(
-                IdentityNumber::parse(&digits, REJECT),
-                Err(IdentityError::SyntheticNotAccepted)
-            );
+            assert_eq!(IdentityNumber::parse(&digits, REJECT), Err(IdentityError::SyntheticNotAccepted));
             // The individual number is in the classic range of the birth year.
             let individual: u32 = digits[6..9].parse().unwrap();
             let ok = match y {

@@ -38,8 +38,7 @@ impl Problem {
     }
 
     pub fn malformed(detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "malformed-request", "The request is malformed")
-            .with_detail(detail)
+        Problem::new(StatusCode::BAD_REQUEST, "malformed-request", "The request is malformed").with_detail(detail)
     }
 
     /// 400 for bad query parameters or cursors, with pointers.
@@ -144,10 +143,9 @@ impl From<DbError> for Problem {
                 log_internal("database unavailable", &e);
                 Problem::unavailable()
             }
-            DbError::Conflict(_) => Problem {
-                retry_after: Some(1),
-                ..Problem::conflict("concurrent update; retry the request")
-            },
+            DbError::Conflict(_) => {
+                Problem { retry_after: Some(1), ..Problem::conflict("concurrent update; retry the request") }
+            }
             _ => {
                 log_internal("database error", &e);
                 Problem::internal()

@@ -40,9 +40,7 @@ fn request_id<B>(req: &Request<B>) -> String {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
@@ -95,8 +93,7 @@ pub fn problem_response(p: &Problem, meta: &RequestMeta) -> Response<Body> {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if p.status == StatusCode::UNAUTHORIZED {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
 }
@@ -111,10 +108,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResult {
 }
 
 pub fn no_content() -> HttpResult {
-    Ok(Response::builder()
-        .status(StatusCode::NO_CONTENT)
-        .body(Vec::new())
-        .expect("static response parts are valid"))
+    Ok(Response::builder().status(StatusCode::NO_CONTENT).body(Vec::new()).expect("static response parts are valid"))
 }
 
 /// Parses a JSON body: 415 unless `application/json`, 413 over `limit`,
@@ -122,11 +116,7 @@ pub fn no_content() -> HttpResult {
 /// and unknown fields. Error texts never quote the client's values, because
 /// those may be passwords or identity numbers.
 pub fn read_json<T: DeserializeOwned>(req: &Request<Body>, limit: usize) -> Result<T, Problem> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(Problem::unsupported_media_type());
@@ -135,9 +125,8 @@ pub fn read_json<T: DeserializeOwned>(req: &Request<Body>, limit: usize) -> Resu
     if body.len() > limit {
         return Err(Problem::too_large(limit));
     }
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        Problem::malformed(format!("invalid JSON at line {} column {}", e.line(), e.column()))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Problem::malformed(format!("invalid JSON at line {} column {}", e.line(), e.column())))?;
     let mut nul = Vec::new();
     find_nul(&value, &mut String::new(), &mut nul);
     if !nul.is_empty() {
@@ -150,7 +139,9 @@ pub fn read_json<T: DeserializeOwned>(req: &Request<Body>, limit: usize) -> Resu
 /// such strings are refused up front rather than failing in the database.
 fn find_nul(value: &serde_json::Value, pointer: &mut String, out: &mut Vec<FieldError>) {
     match value {
-        serde_json::Value::String(s) if s.contains('\0') => out.push(field(pointer.clone(), "must not contain NUL characters")),
+        serde_json::Value::String(s) if s.contains('\0') => {
+            out.push(field(pointer.clone(), "must not contain NUL characters"))
+        }
         serde_json::Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
                 let len = pointer.len();
@@ -290,9 +281,7 @@ pub fn decode_cursor<T: DeserializeOwned>(req: &Request<Body>) -> Result<Option<
     if raw.len() > 512 {
         return Err(bad());
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw.as_bytes())
-        .map_err(|_| bad())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.as_bytes()).map_err(|_| bad())?;
     serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
 }
 

@@ -13,7 +13,9 @@ use tavle_core::auth::{authenticate, Grant, Principal, Role};
 use tavle_core::db::{transaction, uuid, Db, DbError, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
-use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, read_json, Body, Checks, HttpResult, RequestMeta};
+use tavle_core::web::{
+    decode_cursor, encode_cursor, json, page_limit, read_json, Body, Checks, HttpResult, RequestMeta,
+};
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
@@ -196,7 +198,13 @@ fn check_grants(checks: &mut Checks, base: &str, grants: &[Grant]) -> Vec<Grant>
 
 /// Writes a user's grants (after any old ones were removed). A school or
 /// group id that is not the tenant's violates a composite foreign key: 422.
-async fn insert_grants(db: &mut impl Db, tenant_id: &str, user_id: &str, grants: &[Grant], pointer: &str) -> Result<(), Problem> {
+async fn insert_grants(
+    db: &mut impl Db,
+    tenant_id: &str,
+    user_id: &str,
+    grants: &[Grant],
+    pointer: &str,
+) -> Result<(), Problem> {
     if grants.is_empty() {
         return Ok(());
     }
@@ -276,9 +284,13 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
             Err(e) => return Err(e.into()),
         };
         insert_grants(db, &who.tenant_id, &id, &grants, "/roles").await?;
-        audit::record(db, Some(meta), Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "user.created")
-            .target("user", &id)
-            .details(json!({"roles": grants})))
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "user.created")
+                .target("user", &id)
+                .details(json!({"roles": grants})),
+        )
         .await?;
         Ok(id)
     })
@@ -292,7 +304,13 @@ struct RolesBody {
     roles: Vec<Grant>,
 }
 
-pub async fn set_roles(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
+pub async fn set_roles(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    id: &str,
+) -> HttpResult {
     let who = admin(req, vars, db).await?;
     let id = user_id(id)?;
     let body: RolesBody = read_json(req, BODY_LIMIT)?;
@@ -310,9 +328,13 @@ pub async fn set_roles(req: &Request, meta: &RequestMeta, vars: &impl Variables,
         )
         .await?;
         insert_grants(db, &who.tenant_id, &id, &grants, "/roles").await?;
-        audit::record(db, Some(meta), Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "user.roles_changed")
-            .target("user", &id)
-            .details(json!({"before": before["roles"], "after": grants})))
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "user.roles_changed")
+                .target("user", &id)
+                .details(json!({"before": before["roles"], "after": grants})),
+        )
         .await?;
         Ok::<_, Problem>(())
     })
@@ -341,31 +363,35 @@ async fn change_state(
     action: &str,
 ) -> Result<(), Problem> {
     let changed = db
+        .execute(
+            &format!(
+                "UPDATE users SET {update}, updated_at = now() \
+                          WHERE tenant_id = $1::uuid AND id = $2::uuid AND deleted_at IS NULL"
+            ),
+            &[uuid(&who.tenant_id), uuid(id)],
+        )
+        .await?;
+    if changed == 0 {
+        return Err(Problem::not_found());
+    }
+    let mut details = json!({});
+    if revoke_sessions {
+        let n = db
             .execute(
-                &format!("UPDATE users SET {update}, updated_at = now() \
-                          WHERE tenant_id = $1::uuid AND id = $2::uuid AND deleted_at IS NULL"),
+                "UPDATE sessions SET revoked_at = now() WHERE tenant_id = $1::uuid AND user_id = $2::uuid \
+                     AND revoked_at IS NULL",
                 &[uuid(&who.tenant_id), uuid(id)],
             )
             .await?;
-        if changed == 0 {
-            return Err(Problem::not_found());
-        }
-        let mut details = json!({});
-        if revoke_sessions {
-            let n = db
-                .execute(
-                    "UPDATE sessions SET revoked_at = now() WHERE tenant_id = $1::uuid AND user_id = $2::uuid \
-                     AND revoked_at IS NULL",
-                    &[uuid(&who.tenant_id), uuid(id)],
-                )
-                .await?;
-            details = json!({"revoked_sessions": n});
-        }
-        audit::record(db, Some(meta), Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), action)
-            .target("user", id)
-            .details(details))
-        .await?;
-        Ok(())
+        details = json!({"revoked_sessions": n});
+    }
+    audit::record(
+        db,
+        Some(meta),
+        Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), action).target("user", id).details(details),
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn set_active(
@@ -392,7 +418,13 @@ pub async fn set_active(
     json(StatusCode::OK, &load_user(db, &who.tenant_id, &id).await?)
 }
 
-pub async fn unlock(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
+pub async fn unlock(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    id: &str,
+) -> HttpResult {
     let who = admin(req, vars, db).await?;
     let id = user_id(id)?;
     transaction(db, async |db| {
@@ -404,7 +436,13 @@ pub async fn unlock(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
 
 /// Soft delete: the account can no longer log in, its sessions and role links
 /// are removed now; pseudonymisation follows with the retention component.
-pub async fn delete(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
+pub async fn delete(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    id: &str,
+) -> HttpResult {
     let who = admin(req, vars, db).await?;
     let id = user_id(id)?;
     refuse_self(&who, &id, "delete")?;

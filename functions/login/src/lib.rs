@@ -114,9 +114,7 @@ impl LoginConfig {
 /// The signing key: base64 of a 32-byte Ed25519 seed (or of the 64-byte
 /// seed‖public-key form). Its key id goes into every token header.
 pub fn signing_key(b64: &str) -> Result<Ed25519KeyPair, String> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| "not base64".to_owned())?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| "not base64".to_owned())?;
     let pair = match raw.len() {
         32 => {
             let seed = ed25519_compact::Seed::from_slice(&raw).map_err(|_| "bad seed".to_owned())?;

@@ -39,7 +39,12 @@ fn invalid_credentials() -> Problem {
         .with_detail("the tenant, username or password is wrong, or the account cannot log in now")
 }
 
-pub async fn login(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+pub async fn login(
+    req: &http::Request<Body>,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+) -> HttpResult {
     let cfg = LoginConfig::from_vars(vars)?;
     check_origin(req, &cfg.allowed_origins, false)?;
     let body: LoginRequest = read_json(req, BODY_LIMIT)?;
@@ -72,17 +77,24 @@ pub async fn login(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl Va
     let password_ok = password::verify(&body.password, stored_hash.as_deref().unwrap_or(password::dummy_hash()));
 
     let Some(row) = found else {
-        audit::record(db, Some(meta), Event {
-            tenant_id: None,
-            ..Event::new("", Actor::Anonymous, "login.failed").details(json!({"reason": "unknown_tenant"}))
-        })
+        audit::record(
+            db,
+            Some(meta),
+            Event {
+                tenant_id: None,
+                ..Event::new("", Actor::Anonymous, "login.failed").details(json!({"reason": "unknown_tenant"}))
+            },
+        )
         .await?;
         return Err(invalid_credentials());
     };
     let tenant_id = row.text(0)?;
     let Some(user_id) = row.opt_text(1)? else {
-        audit::record(db, Some(meta), Event::new(&tenant_id, Actor::Anonymous, "login.failed")
-            .details(json!({"reason": "unknown_user"})))
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&tenant_id, Actor::Anonymous, "login.failed").details(json!({"reason": "unknown_user"})),
+        )
         .await?;
         return Err(invalid_credentials());
     };
@@ -98,9 +110,13 @@ pub async fn login(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl Va
             "wrong_password"
         };
         transaction(db, async |db| {
-            audit::record(db, Some(meta), Event::new(&tenant_id, Actor::Anonymous, "login.failed")
-                .target("user", &user_id)
-                .details(json!({"reason": reason})))
+            audit::record(
+                db,
+                Some(meta),
+                Event::new(&tenant_id, Actor::Anonymous, "login.failed")
+                    .target("user", &user_id)
+                    .details(json!({"reason": reason})),
+            )
             .await?;
             if reason == "wrong_password" {
                 count_failure(db, meta, &cfg, &tenant_id, &user_id).await?;
@@ -137,8 +153,11 @@ pub async fn login(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl Va
             )
             .await?;
         let session_id = session.text(0)?;
-        audit::record(db, Some(meta), Event::new(&tenant_id, Actor::User(user_id.clone()), "login.succeeded")
-            .target("session", &session_id))
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&tenant_id, Actor::User(user_id.clone()), "login.succeeded").target("session", &session_id),
+        )
         .await?;
         Ok::<_, Problem>((secret, session))
     })
@@ -175,9 +194,13 @@ async fn count_failure(
         .await?;
     let now_locked = row.bool(0)?;
     if now_locked {
-        audit::record(db, Some(meta), Event::new(tenant_id, Actor::System("lockout"), "account.locked")
-            .target("user", user_id)
-            .details(json!({"minutes": cfg.lockout_minutes, "after_failures": cfg.lockout_threshold})))
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(tenant_id, Actor::System("lockout"), "account.locked")
+                .target("user", user_id)
+                .details(json!({"minutes": cfg.lockout_minutes, "after_failures": cfg.lockout_threshold})),
+        )
         .await?;
         // A locked account has no live sessions either.
         db.execute(
@@ -224,7 +247,12 @@ fn clear_cookie() -> HeaderValue {
         .expect("static cookie is a valid header")
 }
 
-pub async fn logout(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+pub async fn logout(
+    req: &http::Request<Body>,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+) -> HttpResult {
     let who = authenticate(req, db, vars).await?;
     transaction(db, async |db| {
         db.execute(
@@ -232,20 +260,29 @@ pub async fn logout(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl V
             &[uuid(&who.session_id)],
         )
         .await?;
-        audit::record(db, Some(meta), Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "logout")
-            .target("session", &who.session_id))
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "logout").target("session", &who.session_id),
+        )
         .await?;
         Ok::<_, Problem>(())
     })
     .await?;
-    let mut r = http::Response::builder().status(StatusCode::NO_CONTENT).body(Vec::new()).map_err(|_| Problem::internal())?;
+    let mut r =
+        http::Response::builder().status(StatusCode::NO_CONTENT).body(Vec::new()).map_err(|_| Problem::internal())?;
     r.headers_mut().insert(header::SET_COOKIE, clear_cookie());
     Ok(r)
 }
 
 /// Extends a live session's idle deadline (never past its absolute maximum)
 /// and issues a fresh access token.
-pub async fn refresh(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+pub async fn refresh(
+    req: &http::Request<Body>,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+) -> HttpResult {
     let cfg = LoginConfig::from_vars(vars)?;
     let who = authenticate(req, db, vars).await?;
     let session = transaction(db, async |db| {
@@ -260,8 +297,12 @@ pub async fn refresh(req: &http::Request<Body>, meta: &RequestMeta, vars: &impl 
             )
             .await?
             .ok_or_else(Problem::unauthenticated)?;
-        audit::record(db, Some(meta), Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "session.refreshed")
-            .target("session", &who.session_id))
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "session.refreshed")
+                .target("session", &who.session_id),
+        )
         .await?;
         Ok::<_, Problem>(session)
     })
@@ -324,9 +365,8 @@ pub async fn change_password(
     if body.current_password.len() > MAX_PASSWORD_BYTES {
         return Err(Problem::validation(vec![field("/current_password", "is incorrect")]));
     }
-    let new = NewPassword::parse(&body.new_password, &who.username).map_err(|broken| {
-        Problem::validation(broken.into_iter().map(|m| field("/new_password", m)).collect())
-    })?;
+    let new = NewPassword::parse(&body.new_password, &who.username)
+        .map_err(|broken| Problem::validation(broken.into_iter().map(|m| field("/new_password", m)).collect()))?;
     let stored = db
         .query_one(
             "SELECT password_hash FROM users WHERE id = $1::uuid AND tenant_id = $2::uuid",
@@ -336,8 +376,12 @@ pub async fn change_password(
         .text(0)?;
     if !password::verify(&body.current_password, &stored) {
         transaction(db, async |db| {
-            audit::record(db, Some(meta), Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "password.change_failed")
-                .target("user", &who.user_id))
+            audit::record(
+                db,
+                Some(meta),
+                Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "password.change_failed")
+                    .target("user", &who.user_id),
+            )
             .await?;
             count_failure(db, meta, &cfg, &who.tenant_id, &who.user_id).await
         })

@@ -91,13 +91,16 @@ fn run() -> Result<()> {
             let password = read_password()?;
             block_on(async {
                 let pool = connect(&database_url()?).await?;
-                let (tenant, user) = ops::create_tenant(&pool, ops::NewTenant {
-                    slug: &slug,
-                    name: &name,
-                    admin_username: &admin,
-                    admin_display_name: &display,
-                    admin_password: &password,
-                })
+                let (tenant, user) = ops::create_tenant(
+                    &pool,
+                    ops::NewTenant {
+                        slug: &slug,
+                        name: &name,
+                        admin_username: &admin,
+                        admin_display_name: &display,
+                        admin_password: &password,
+                    },
+                )
                 .await?;
                 println!("tenant {slug} created (id {tenant}); admin user id {user}");
                 Ok(())
@@ -163,9 +166,7 @@ fn fresh_secrets() -> Vec<(&'static str, String)> {
 
 fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .expect("/dev/urandom is readable");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
 }
 
 /// Development secrets, generated once per checkout under `.tavle/` (0600).
@@ -240,7 +241,8 @@ fn dev(mut args: Args) -> Result<()> {
     })?;
 
     let config = HostConfig::new(manifest, &provided)?;
-    let listener = std::net::TcpListener::bind((listen.as_str(), port)).with_context(|| format!("binding {listen}:{port}"))?;
+    let listener =
+        std::net::TcpListener::bind((listen.as_str(), port)).with_context(|| format!("binding {listen}:{port}"))?;
     println!("Tavle listening on http://{}", listener.local_addr()?);
     tavle_host::server::serve(listener, config, workers)
 }

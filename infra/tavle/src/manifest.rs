@@ -57,9 +57,7 @@ impl Route {
     /// and everything below it.
     pub fn matches(&self, path: &str) -> bool {
         match self.pattern.strip_suffix("/...") {
-            Some(prefix) => {
-                path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
-            }
+            Some(prefix) => path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/')),
             None => path == self.pattern,
         }
     }
@@ -113,7 +111,9 @@ impl Manifest {
                 Some(v) => {
                     out.insert(name.clone(), v);
                 }
-                None if var.required => bail!("required variable `{name}` has no value (set SPIN_VARIABLE_{})", name.to_uppercase()),
+                None if var.required => {
+                    bail!("required variable `{name}` has no value (set SPIN_VARIABLE_{})", name.to_uppercase())
+                }
                 None => {}
             }
         }
@@ -122,12 +122,13 @@ impl Manifest {
 
     /// One component's variables, with `{{ app_variable }}` templates expanded.
     /// A component sees only these: least privilege, as under Spin.
-    pub fn component_variables(&self, component: &str, app: &HashMap<String, String>) -> Result<HashMap<String, String>> {
+    pub fn component_variables(
+        &self,
+        component: &str,
+        app: &HashMap<String, String>,
+    ) -> Result<HashMap<String, String>> {
         let c = self.components.get(component).ok_or_else(|| anyhow!("unknown component {component}"))?;
-        c.variables
-            .iter()
-            .map(|(k, template)| Ok((k.clone(), expand(template, app)?)))
-            .collect()
+        c.variables.iter().map(|(k, template)| Ok((k.clone(), expand(template, app)?))).collect()
     }
 
     /// `allowed_outbound_hosts` of a component with templates expanded.
@@ -140,9 +141,7 @@ impl Manifest {
 /// Application variables from the environment, as Spin's environment
 /// provider reads them.
 pub fn variables_from_env() -> HashMap<String, String> {
-    std::env::vars()
-        .filter_map(|(k, v)| k.strip_prefix("SPIN_VARIABLE_").map(|n| (n.to_lowercase(), v)))
-        .collect()
+    std::env::vars().filter_map(|(k, v)| k.strip_prefix("SPIN_VARIABLE_").map(|n| (n.to_lowercase(), v))).collect()
 }
 
 fn expand(template: &str, app: &HashMap<String, String>) -> Result<String> {

@@ -28,9 +28,7 @@ pub async fn ensure_database(url: &str) -> Result<()> {
         .fetch_optional(&mut admin)
         .await?;
     if exists.is_none() {
-        sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
-            .execute(&mut admin)
-            .await?;
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""))).execute(&mut admin).await?;
     }
     Ok(())
 }
@@ -73,9 +71,13 @@ pub async fn create_tenant(pool: &PgPool, t: NewTenant<'_>) -> Result<(String, S
             &[uuid(&tenant), uuid(&user)],
         )
         .await?;
-        audit::record(db, None, Event::new(&tenant, Actor::System("cli"), "tenant.created")
-            .target("tenant", &tenant)
-            .details(json!({"slug": t.slug, "admin_user_id": user})))
+        audit::record(
+            db,
+            None,
+            Event::new(&tenant, Actor::System("cli"), "tenant.created")
+                .target("tenant", &tenant)
+                .details(json!({"slug": t.slug, "admin_user_id": user})),
+        )
         .await?;
         Ok::<_, DbError>((tenant, user))
     })
@@ -99,8 +101,10 @@ pub struct DemoLogin {
 
 pub const DEMO_TENANT: &str = "demo";
 
-const GIVEN: [&str; 12] = ["Emma", "Nora", "Sofie", "Ingrid", "Aksel", "Jakob", "Filip", "Noah", "Åse", "Øystein", "Sigrún", "Mikkel"];
-const FAMILY: [&str; 10] = ["Hansen", "Johansen", "Olsen", "Larsen", "Andersen", "Pedersen", "Nilsen", "Kristiansen", "Jensen", "Bærheim"];
+const GIVEN: [&str; 12] =
+    ["Emma", "Nora", "Sofie", "Ingrid", "Aksel", "Jakob", "Filip", "Noah", "Åse", "Øystein", "Sigrún", "Mikkel"];
+const FAMILY: [&str; 10] =
+    ["Hansen", "Johansen", "Olsen", "Larsen", "Andersen", "Pedersen", "Nilsen", "Kristiansen", "Jensen", "Bærheim"];
 
 /// A random password that satisfies the policy.
 fn random_password() -> String {
@@ -119,13 +123,16 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
     let tenant_id = match existing {
         Some(row) => row.text(0)?,
         None => {
-            create_tenant(pool, NewTenant {
-                slug: DEMO_TENANT,
-                name: "Demo kommune (synthetic data)",
-                admin_username: "admin",
-                admin_display_name: "Demo Admin",
-                admin_password: &admin_password,
-            })
+            create_tenant(
+                pool,
+                NewTenant {
+                    slug: DEMO_TENANT,
+                    name: "Demo kommune (synthetic data)",
+                    admin_username: "admin",
+                    admin_display_name: "Demo Admin",
+                    admin_password: &admin_password,
+                },
+            )
             .await?
             .0
         }
@@ -193,9 +200,8 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
         }
         for (username, display, role) in staff {
             let password = random_password();
-            let hash = NewPassword::parse(&password, username)
-                .map_err(|b| anyhow!("demo password: {}", b.join("; ")))?
-                .hash();
+            let hash =
+                NewPassword::parse(&password, username).map_err(|b| anyhow!("demo password: {}", b.join("; ")))?.hash();
             let user = db
                 .query_one(
                     "INSERT INTO users (tenant_id, username, display_name, password_hash) \

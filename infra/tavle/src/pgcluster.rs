@@ -89,14 +89,9 @@ impl PgCluster {
     /// use, reuse existing data afterwards. Stopped on Drop / at exit.
     pub fn start_persistent(dir: &Path) -> Result<PgCluster> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let root = dir
-            .canonicalize()
-            .with_context(|| format!("resolving {}", dir.display()))?;
+        let root = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
         let lock = lock_dir(&root)?.ok_or_else(|| {
-            anyhow!(
-                "persistent PostgreSQL cluster at {} is in use by another process",
-                root.display()
-            )
+            anyhow!("persistent PostgreSQL cluster at {} is in use by another process", root.display())
         })?;
         let env = Env::detect()?;
         let layout = Layout::new(&root);
@@ -106,19 +101,15 @@ impl PgCluster {
             // never leaves a half-initialised data dir that we would "reuse".
             let scratch = root.join("data.initdb");
             if scratch.exists() {
-                fs::remove_dir_all(&scratch)
-                    .with_context(|| format!("removing {}", scratch.display()))?;
+                fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
             }
             env.initdb(&layout, &scratch, false)?;
-            fs::rename(&scratch, &layout.data)
-                .with_context(|| format!("renaming {} to data", scratch.display()))?;
+            fs::rename(&scratch, &layout.data).with_context(|| format!("renaming {} to data", scratch.display()))?;
         }
         env.prepare_dir(&layout.sock)?;
         clear_stale_pid_file(&layout.data)?;
         let port_file = root.join("port");
-        let preferred = fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let preferred = fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok());
         let (child, port) = env.start_server(&layout, false, preferred)?;
         let _ = fs::write(&port_file, format!("{port}\n"));
         Ok(PgCluster::register(root, port, false, child, lock))
@@ -126,11 +117,7 @@ impl PgCluster {
 
     /// Connection URL for a database, e.g. `postgres://postgres@127.0.0.1:PORT/DB`.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{}",
-            self.inner.port,
-            percent_encode(database)
-        )
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.inner.port, percent_encode(database))
     }
 
     pub fn port(&self) -> u16 {
@@ -149,10 +136,7 @@ impl PgCluster {
             root,
             port,
             ephemeral,
-            state: Mutex::new(State {
-                child: Some(child),
-                lock: Some(dir_lock),
-            }),
+            state: Mutex::new(State { child: Some(child), lock: Some(dir_lock) }),
         });
         static HOOK: Once = Once::new();
         HOOK.call_once(|| {
@@ -247,9 +231,7 @@ struct Env {
 
 impl Env {
     fn detect() -> Result<Self> {
-        let bin = std::env::var_os(PG_BIN_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN));
+        let bin = std::env::var_os(PG_BIN_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN));
         if !bin.join("postgres").is_file() {
             bail!(
                 "PostgreSQL binaries not found in {} (set {PG_BIN_ENV} to the directory containing initdb/postgres)",
@@ -257,11 +239,7 @@ impl Env {
             );
         }
         // SAFETY: geteuid has no preconditions.
-        let run_as = if unsafe { libc::geteuid() } == 0 {
-            Some(lookup_user(PG_OS_USER)?)
-        } else {
-            None
-        };
+        let run_as = if unsafe { libc::geteuid() } == 0 { Some(lookup_user(PG_OS_USER)?) } else { None };
         Ok(Env { bin, run_as })
     }
 
@@ -300,19 +278,12 @@ impl Env {
     fn command(&self, program: PathBuf, layout: &Layout) -> Result<Command> {
         let log = self.log_file(layout)?;
         let mut cmd = Command::new(program);
-        cmd.current_dir(&layout.root)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.current_dir(&layout.root).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         Ok(cmd)
     }
 
     fn initdb(&self, layout: &Layout, data: &Path, ephemeral: bool) -> Result<()> {
-        let locale = if locale_available(c"C.UTF-8") {
-            "C.UTF-8"
-        } else {
-            "C"
-        };
+        let locale = if locale_available(c"C.UTF-8") { "C.UTF-8" } else { "C" };
         let mut cmd = self.command(self.tool("initdb"), layout)?;
         cmd.arg("-D")
             .arg(data)
@@ -324,9 +295,7 @@ impl Env {
         }
         set_credentials(&mut cmd, self.run_as.clone(), None);
         let offset = file_len(&layout.log);
-        let status = cmd
-            .status()
-            .with_context(|| format!("running {}", self.tool("initdb").display()))?;
+        let status = cmd.status().with_context(|| format!("running {}", self.tool("initdb").display()))?;
         if !status.success() {
             bail!(
                 "initdb failed ({status}) for {}{}\n--- {} ---\n{}",
@@ -341,12 +310,7 @@ impl Env {
 
     /// Start the server and wait until it accepts connections; retries on a
     /// different port if ours was taken between probing and binding.
-    fn start_server(
-        &self,
-        layout: &Layout,
-        ephemeral: bool,
-        mut preferred_port: Option<u16>,
-    ) -> Result<(Child, u16)> {
+    fn start_server(&self, layout: &Layout, ephemeral: bool, mut preferred_port: Option<u16>) -> Result<(Child, u16)> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = pick_port(preferred_port.take())?;
@@ -357,11 +321,8 @@ impl Env {
                 Err(e) => {
                     terminate(&mut child);
                     let tail = log_tail(&layout.log, offset);
-                    let err = anyhow!(
-                        "{e}{}\n--- {} ---\n{tail}",
-                        self.access_hint(&layout.root),
-                        layout.log.display()
-                    );
+                    let err =
+                        anyhow!("{e}{}\n--- {} ---\n{tail}", self.access_hint(&layout.root), layout.log.display());
                     let port_conflict = tail.contains("could not bind")
                         || tail.contains("Address already in use")
                         || tail.contains("could not create any TCP/IP sockets");
@@ -388,36 +349,21 @@ impl Env {
         // does not fit, and we only need TCP, so drop the socket instead.
         let sock = layout.sock.to_string_lossy();
         if sock.len() + "/.s.PGSQL.65535.lock".len() < 108 {
-            settings.push(format!(
-                "unix_socket_directories=\"{}\"",
-                sock.replace('"', "\"\"")
-            ));
+            settings.push(format!("unix_socket_directories=\"{}\"", sock.replace('"', "\"\"")));
         } else {
             settings.push("unix_socket_directories=".to_string());
         }
         if ephemeral {
-            settings.extend(
-                [
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                ]
-                .map(String::from),
-            );
+            settings.extend(["fsync=off", "synchronous_commit=off", "full_page_writes=off"].map(String::from));
         }
         for s in settings {
             cmd.arg("-c").arg(s);
         }
         // Ephemeral data is worthless: die immediately (SIGQUIT). Persistent
         // data gets a fast shutdown (SIGINT) to avoid crash recovery next time.
-        let death_signal = if ephemeral {
-            libc::SIGQUIT
-        } else {
-            libc::SIGINT
-        };
+        let death_signal = if ephemeral { libc::SIGQUIT } else { libc::SIGINT };
         set_credentials(&mut cmd, self.run_as.clone(), Some(death_signal));
-        spawn_on_keeper_thread(cmd)
-            .with_context(|| format!("spawning {}", self.tool("postgres").display()))
+        spawn_on_keeper_thread(cmd).with_context(|| format!("spawning {}", self.tool("postgres").display()))
     }
 
     /// On failure as root, explain the most likely cause: the `postgres` user
@@ -525,10 +471,7 @@ fn wait_ready(bin: &Path, child: &mut Child, data: &Path, port: u16) -> Result<(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!(
-                "PostgreSQL did not become ready on 127.0.0.1:{port} within {}s",
-                READY_TIMEOUT.as_secs()
-            );
+            bail!("PostgreSQL did not become ready on 127.0.0.1:{port} within {}s", READY_TIMEOUT.as_secs());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -541,25 +484,12 @@ fn pid_file_ready(data: &Path, pid: u32, port: u16) -> bool {
         return false;
     };
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    lines.len() >= 8
-        && lines[0] == pid.to_string()
-        && lines[3] == port.to_string()
-        && lines[7] == "ready"
+    lines.len() >= 8 && lines[0] == pid.to_string() && lines[3] == port.to_string() && lines[7] == "ready"
 }
 
 fn pg_isready(bin: &Path, port: u16) -> bool {
     Command::new(bin.join("pg_isready"))
-        .args([
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-t",
-            "2",
-        ])
+        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-t", "2"])
         .arg("-p")
         .arg(port.to_string())
         .stdin(Stdio::null())
@@ -608,22 +538,13 @@ fn clear_stale_pid_file(data: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let pid: libc::pid_t = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let pid: libc::pid_t = text.lines().next().unwrap_or("").trim().parse().unwrap_or(0);
     // A previous owner that just died may have left a postmaster that is
     // still shutting down (PDEATHSIG); give it a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     while pid_alive(pid) && is_postmaster_for(pid, data) {
         if Instant::now() >= deadline {
-            bail!(
-                "a PostgreSQL server (pid {pid}) is still running on {}; stop it first",
-                data.display()
-            );
+            bail!("a PostgreSQL server (pid {pid}) is still running on {}; stop it first", data.display());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -642,9 +563,7 @@ fn pid_alive(pid: libc::pid_t) -> bool {
         return false;
     }
     // SAFETY: signal 0 only checks for existence/permission.
-    if unsafe { libc::kill(pid, 0) } != 0
-        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-    {
+    if unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
         return false;
     }
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -661,9 +580,7 @@ fn pid_alive(pid: libc::pid_t) -> bool {
 fn is_postmaster_for(pid: libc::pid_t, data: &Path) -> bool {
     match fs::read_link(format!("/proc/{pid}/cwd")) {
         Ok(cwd) => data.canonicalize().is_ok_and(|d| d == cwd),
-        Err(_) => fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim() == "postgres")
-            .unwrap_or(true),
+        Err(_) => fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "postgres").unwrap_or(true),
     }
 }
 
@@ -692,15 +609,9 @@ fn lock_dir(root: &Path) -> Result<Option<File>> {
 fn create_temp_root(tmp: &Path) -> Result<(PathBuf, File)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "{TEMP_PREFIX}{}-{}-{nanos:08x}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let name =
+            format!("{TEMP_PREFIX}{}-{}-{nanos:08x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let root = tmp.join(name);
         match fs::DirBuilder::new().mode(0o700).create(&root) {
             Ok(()) => {}
@@ -732,11 +643,7 @@ fn sweep_abandoned_temp_dirs(tmp: &Path) {
         let Ok(md) = fs::symlink_metadata(&path) else {
             continue;
         };
-        let old_enough = md
-            .modified()
-            .ok()
-            .and_then(|m| m.elapsed().ok())
-            .is_some_and(|age| age >= SWEEP_MIN_AGE);
+        let old_enough = md.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= SWEEP_MIN_AGE);
         if !md.is_dir() || !old_enough {
             continue;
         }
@@ -764,9 +671,7 @@ fn sweep_abandoned_temp_dirs(tmp: &Path) {
 fn remove_dir_all_retry(path: &Path) {
     for _ in 0..5 {
         match fs::remove_dir_all(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => std::thread::sleep(Duration::from_millis(100)),
             _ => return,
         }
     }
@@ -780,15 +685,7 @@ fn lookup_user(name: &str) -> Result<RunAs> {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: all pointers are valid for the given buffer length.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
     if rc != 0 || result.is_null() {
         bail!(
             "running as root requires an OS user '{name}' for the PostgreSQL server \
@@ -868,9 +765,7 @@ mod tests {
     const CHILD_ENV: &str = "TAVLE_PGCLUSTER_TEST_CHILD";
 
     fn bin() -> PathBuf {
-        std::env::var_os(PG_BIN_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN))
+        std::env::var_os(PG_BIN_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN))
     }
 
     fn accepts_tcp(port: u16) -> bool {
@@ -888,16 +783,7 @@ mod tests {
 
     fn psql(port: u16, db: &str, sql: &str) -> Result<String> {
         let out = Command::new(PSQL)
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-            ])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U"])
             .args(["postgres", "-d", db, "-c", sql, "-p"])
             .arg(port.to_string())
             .output()?;
@@ -926,19 +812,10 @@ mod tests {
         assert!(root.starts_with(std::env::temp_dir()));
         assert!(accepts_tcp(port));
         assert!(pg_isready(&bin(), port));
-        assert_eq!(
-            pg.url("app db"),
-            format!("postgres://postgres@127.0.0.1:{port}/app%20db")
-        );
+        assert_eq!(pg.url("app db"), format!("postgres://postgres@127.0.0.1:{port}/app%20db"));
         assert_eq!(psql(port, "postgres", "show fsync").unwrap(), "off");
-        assert_eq!(
-            psql(port, "postgres", "show listen_addresses").unwrap(),
-            "127.0.0.1"
-        );
-        assert_eq!(
-            psql(port, "postgres", "show server_encoding").unwrap(),
-            "UTF8"
-        );
+        assert_eq!(psql(port, "postgres", "show listen_addresses").unwrap(), "127.0.0.1");
+        assert_eq!(psql(port, "postgres", "show server_encoding").unwrap(), "UTF8");
 
         pg.stop();
         assert!(!root.exists(), "ephemeral dir should be removed on stop");
@@ -983,11 +860,7 @@ mod tests {
         let mut dead = Command::new("true").spawn().unwrap();
         let dead_pid = dead.id();
         dead.wait().unwrap();
-        fs::write(
-            dir.join("data/postmaster.pid"),
-            format!("{dead_pid}\n{}\n", dir.join("data").display()),
-        )
-        .unwrap();
+        fs::write(dir.join("data/postmaster.pid"), format!("{dead_pid}\n{}\n", dir.join("data").display())).unwrap();
 
         let pg = PgCluster::start_persistent(&dir).expect("second start");
         assert_eq!(pg.port(), first_port, "previous port is preferred");
@@ -1005,10 +878,7 @@ mod tests {
             let dir = tmp.join(format!("{TEMP_PREFIX}{name}"));
             fs::create_dir(&dir).unwrap();
             File::create(dir.join(".lock")).unwrap();
-            File::open(&dir)
-                .unwrap()
-                .set_modified(SystemTime::now() - age)
-                .unwrap();
+            File::open(&dir).unwrap().set_modified(SystemTime::now() - age).unwrap();
             dir
         };
         let abandoned = make("abandoned", SWEEP_MIN_AGE * 2);
@@ -1030,10 +900,7 @@ mod tests {
             .env(CHILD_ENV, mode)
             .output()
             .unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            out.status,
-        )
+        (String::from_utf8_lossy(&out.stdout).into_owned(), out.status)
     }
 
     fn parse_helper(stdout: &str) -> (u16, PathBuf, libc::pid_t) {
@@ -1063,10 +930,7 @@ mod tests {
         let (stdout, status) = run_helper("sigkill");
         assert!(!status.success());
         let (port, root, pid) = parse_helper(&stdout);
-        assert!(
-            wait_until(Duration::from_secs(10), || !pid_alive(pid)),
-            "PDEATHSIG should stop postmaster {pid}"
-        );
+        assert!(wait_until(Duration::from_secs(10), || !pid_alive(pid)), "PDEATHSIG should stop postmaster {pid}");
         assert!(!pg_isready(&bin(), port));
         let _ = fs::remove_dir_all(root);
     }
@@ -1081,17 +945,11 @@ mod tests {
         static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
         // Start from a short-lived thread to prove that the keeper thread,
         // not the caller's thread, is the server's parent.
-        let pg =
-            std::thread::spawn(|| CLUSTER.get_or_init(|| PgCluster::start_ephemeral().unwrap()))
-                .join()
-                .unwrap();
+        let pg = std::thread::spawn(|| CLUSTER.get_or_init(|| PgCluster::start_ephemeral().unwrap())).join().unwrap();
         let pid = pg.inner.state.lock().unwrap().child.as_ref().unwrap().id();
         println!("CLUSTER {} {pid} {}", pg.port(), pg.inner.root.display());
         std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            pg_isready(&bin(), pg.port()),
-            "server outlives the starting thread"
-        );
+        assert!(pg_isready(&bin(), pg.port()), "server outlives the starting thread");
         if mode == "sigkill" {
             // SAFETY: killing ourselves; nothing to clean up.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };

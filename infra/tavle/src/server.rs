@@ -65,10 +65,8 @@ async fn respond(host: &Host, req: hyper::Request<Incoming>, peer: SocketAddr) -
         Ok(collected) => collected.to_bytes().to_vec(),
         Err(_) => {
             let req = http::Request::from_parts(parts, Vec::new());
-            let response = tavle_core::web::serve(req, async |_, _| {
-                Err(tavle_core::Problem::too_large(MAX_BODY))
-            })
-            .await;
+            let response =
+                tavle_core::web::serve(req, async |_, _| Err(tavle_core::Problem::too_large(MAX_BODY))).await;
             return response.map(|b| Full::new(Bytes::from(b)));
         }
     };
