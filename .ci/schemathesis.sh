@@ -20,7 +20,9 @@
 #
 # Settings (environment): SCHEMATHESIS_MAX_EXAMPLES (default 30),
 # SCHEMATHESIS_SEED (default: random), SCHEMATHESIS_WORKERS (default 2),
-# TAVLE_PROFILE (release or dev; default release), PYTHON (default python3).
+# SCHEMATHESIS_CHECKS (comma-separated; default: the five conformance checks),
+# TAVLE_PROFILE (cargo profile of the host; default release), TAVLE_BIN (an
+# already built `tavle` binary: skips the build), PYTHON (default python3).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +36,7 @@ MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-30}"
 WORKERS="${SCHEMATHESIS_WORKERS:-2}"
 PROFILE="${TAVLE_PROFILE:-release}"
 PYTHON="${PYTHON:-python3}"
+CHECKS="${SCHEMATHESIS_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -47,12 +50,16 @@ fi
 "$VENV/bin/st" --version >&2
 
 # --- 2. The host ---------------------------------------------------------------
-log "building the native host ($PROFILE)"
-if [ "$PROFILE" = release ]; then
-    cargo build --quiet -p tavle --release
+if [ -n "${TAVLE_BIN:-}" ]; then
+    BIN="$TAVLE_BIN"
+    log "using the host binary $BIN"
+elif [ "$PROFILE" = release ]; then
+    log "building the native host (release)"
+    cargo build --quiet --locked -p tavle --release
     BIN="$TARGET_DIR/release/tavle"
 else
-    cargo build --quiet -p tavle --profile "$PROFILE"
+    log "building the native host ($PROFILE)"
+    cargo build --quiet --locked -p tavle --profile "$PROFILE"
     BIN="$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/tavle"
 fi
 
@@ -137,7 +144,7 @@ ST_ARGS=(
     run "$ROOT/openapi.yaml"
     --url "$BASE"
     --header "Authorization: Bearer $TOKEN"
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance
+    --checks "$CHECKS"
     --max-examples "$MAX_EXAMPLES"
     --workers "$WORKERS"
     --exclude-operation-id logout
@@ -155,7 +162,8 @@ fi
 log "running schemathesis (max $MAX_EXAMPLES examples per operation)"
 started=$SECONDS
 set +e
-"$VENV/bin/st" "${ST_ARGS[@]}"
+# From the scratch directory: Schemathesis keeps its cache in `.schemathesis/`.
+(cd "$WORK" && "$VENV/bin/st" "${ST_ARGS[@]}")
 st_status=$?
 set -e
 log "schemathesis finished in $((SECONDS - started)) s with exit code $st_status (JUnit report in $REPORT_DIR)"

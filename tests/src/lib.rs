@@ -137,6 +137,11 @@ impl TestApp {
             ("db_host".to_owned(), format!("127.0.0.1:{}", c.cluster.port())),
             ("token_signing_key".to_owned(), signing.clone()),
             ("token_public_keys".to_owned(), public.clone()),
+            ("identity_key".to_owned(), random_key()),
+            ("blind_index_key".to_owned(), random_key()),
+            ("webhook_secret_key".to_owned(), random_key()),
+            // Tests use synthetic identity numbers only.
+            ("accept_synthetic_identity_numbers".to_owned(), "true".to_owned()),
             ("allowed_origins".to_owned(), ORIGIN.to_owned()),
         ]);
         for (k, v) in overrides {
@@ -295,6 +300,12 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// A random 32-byte key, base64 (as `tavle keygen` prints).
+pub fn random_key() -> String {
+    let bytes: Vec<u8> = uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).copied().collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 pub fn b64url(bytes: &[u8]) -> String {

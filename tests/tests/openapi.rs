@@ -561,6 +561,7 @@ impl Contract {
     fn check(&self, method: &str, template: &str, r: &TestResponse) -> u16 {
         let doc = &self.doc;
         let what = format!("{method} {template} -> {}: {}", r.status, r.text());
+        assert!(r.status < 500, "server error: {what}");
         let op = &doc["paths"][template][method.to_lowercase()];
         assert!(op.is_object(), "{method} {template} is not documented");
         let status = r.status.to_string();

@@ -12,3 +12,20 @@ pub mod vars;
 pub mod web;
 
 pub use problem::Problem;
+
+/// The whole Spin adapter of a component: hands each request, the
+/// component's own Spin variables and a `pg4` connection (from its `db_url`
+/// variable) to the component's plain handler.
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! spin_component {
+    ($handler:path) => {
+        #[spin_sdk::http_component]
+        async fn spin_entry(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
+            let vars = $crate::vars::SpinVariables;
+            let address = $crate::vars::Variables::get(&vars, "db_url").unwrap_or_default();
+            let mut db = $crate::db::SpinDb::new(address);
+            $handler(req, &vars, &mut db).await
+        }
+    };
+}

@@ -18,8 +18,9 @@ use tavle_core::vars::Variables;
 use tavle_core::web::{self, match_path, Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
+// The Spin adapter: a thin wrapper around `handle`.
 #[cfg(target_arch = "wasm32")]
-mod spin;
+tavle_core::spin_component!(crate::handle);
 
 /// Largest body this component accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;

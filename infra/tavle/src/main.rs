@@ -161,6 +161,7 @@ fn fresh_secrets() -> Vec<(&'static str, String)> {
         ("token_public_keys", public),
         ("identity_key", key()),
         ("blind_index_key", key()),
+        ("webhook_secret_key", key()),
     ]
 }
 
@@ -171,19 +172,28 @@ fn getrandom(buf: &mut [u8]) {
 
 /// Development secrets, generated once per checkout under `.tavle/` (0600).
 fn dev_secrets(dir: &Path) -> Result<HashMap<String, String>> {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join("dev-secrets.env");
-    if !path.exists() {
-        std::fs::create_dir_all(dir)?;
-        let text: String = fresh_secrets().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        std::fs::write(&path, text)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(std::fs::read_to_string(&path)?
+    std::fs::create_dir_all(dir)?;
+    let mut secrets: HashMap<String, String> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect())
+        .collect();
+    // Keep existing keys (data was encrypted with them); add any new ones.
+    let before = secrets.len();
+    for (k, v) in fresh_secrets() {
+        secrets.entry(k.to_owned()).or_insert(v);
+    }
+    if secrets.len() != before || !path.exists() {
+        let mut text: Vec<String> = secrets.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        text.sort();
+        std::fs::write(&path, text.concat())?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    secrets.insert("accept_synthetic_identity_numbers".into(), "true".into());
+    Ok(secrets)
 }
 
 fn dev(mut args: Args) -> Result<()> {

@@ -54,7 +54,7 @@ fn migrate_and_create_tenants_from_the_command_line() {
 fn keygen_prints_every_secret_variable() {
     let (ok, out) = tavle("postgres://unused", &["keygen"], None, None);
     assert!(ok, "{out}");
-    for name in ["TOKEN_SIGNING_KEY", "TOKEN_PUBLIC_KEYS", "IDENTITY_KEY", "BLIND_INDEX_KEY"] {
+    for name in ["TOKEN_SIGNING_KEY", "TOKEN_PUBLIC_KEYS", "IDENTITY_KEY", "BLIND_INDEX_KEY", "WEBHOOK_SECRET_KEY"] {
         assert!(out.contains(&format!("SPIN_VARIABLE_{name}=")), "{name}: {out}");
     }
     let (_, again) = tavle("postgres://unused", &["keygen"], None, None);

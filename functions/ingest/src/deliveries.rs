@@ -1,0 +1,139 @@
+//! Receiving a webhook delivery: size limit, source lookup, signature,
+//! idempotency, then the roster or results logic in one transaction with
+//! the delivery record.
+
+use crate::verify::{self, SourceKey};
+use crate::{results, roster, IngestConfig, WEBHOOK_BODY_LIMIT};
+use http::{HeaderValue, StatusCode};
+use tavle_core::db::{transaction, uuid, Db, Value};
+use tavle_core::vars::Variables;
+use tavle_core::web::{from_value, read_json, Body, HttpResult, RequestMeta};
+use tavle_core::Problem;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Roster,
+    Results,
+}
+
+struct Source {
+    tenant_id: String,
+    kind: String,
+    active: bool,
+    keys: Vec<SourceKey>,
+}
+
+async fn load_source(db: &mut impl Db, cfg: &IngestConfig, id: &str) -> Result<Option<Source>, Problem> {
+    let rows = db
+        .query(
+            "SELECT s.tenant_id, s.kind, s.active, k.secret_enc, k.public_key FROM webhook_sources s \
+             LEFT JOIN webhook_secrets k ON k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now()) \
+             WHERE s.id = $1::uuid",
+            &[uuid(id)],
+        )
+        .await?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let mut source =
+        Source { tenant_id: first.text(0)?, kind: first.text(1)?, active: first.bool(2)?, keys: Vec::new() };
+    for row in &rows {
+        if !row.is_null(3) {
+            // A secret that no configured key decrypts is skipped: it cannot verify anything.
+            match cfg.secrets.decrypt(&row.bytes(3)?, id.as_bytes()) {
+                Ok(raw) => source.keys.extend(SourceKey::secret(raw)),
+                Err(_) => {
+                    eprintln!("warning: a webhook secret of a source cannot be decrypted with the configured keys")
+                }
+            }
+        } else if !row.is_null(4) {
+            source.keys.extend(SourceKey::public_key(&row.bytes(4)?));
+        }
+    }
+    Ok(Some(source))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn outcome(status: StatusCode, body: &serde_json::Value, replayed: bool) -> HttpResult {
+    let mut r = tavle_core::web::json(status, body)?;
+    if replayed {
+        r.headers_mut().insert("webhook-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(r)
+}
+
+async fn stored_outcome(db: &mut impl Db, source_id: &str, webhook_id: &str) -> Result<Option<HttpResult>, Problem> {
+    let row = db
+        .query_opt(
+            "SELECT status, response FROM webhook_deliveries WHERE source_id = $1::uuid AND webhook_id = $2::text",
+            &[uuid(source_id), webhook_id.into()],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => {
+            let status = StatusCode::from_u16(r.int(0)? as u16).map_err(|_| Problem::internal())?;
+            Some(outcome(status, &r.json(1)?, true))
+        }
+        None => None,
+    })
+}
+
+pub async fn receive(
+    req: &http::Request<Body>,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    source_id: &str,
+    kind: Kind,
+) -> HttpResult {
+    // Size before anything else: no parsing, no database work for huge bodies.
+    if req.body().len() > WEBHOOK_BODY_LIMIT {
+        return Err(Problem::too_large(WEBHOOK_BODY_LIMIT));
+    }
+    let source_id = uuid::Uuid::parse_str(source_id).map_err(|_| Problem::not_found())?.to_string();
+    let cfg = IngestConfig::from_vars(vars)?;
+    let source = load_source(db, &cfg, &source_id).await?.ok_or_else(Problem::not_found)?;
+    let webhook_id = verify::verify(&source.keys, req.body(), req.headers(), unix_now()).map_err(|r| {
+        Problem::new(StatusCode::UNAUTHORIZED, "invalid-signature", "The webhook signature could not be verified")
+            .with_detail(r.message())
+    })?;
+    if !source.active {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "source-disabled", "This webhook source is disabled"));
+    }
+    if kind == Kind::Roster && source.kind != "sas" {
+        return Err(Problem::forbidden("only school administrative system (sas) sources may post rosters"));
+    }
+    if let Some(previous) = stored_outcome(db, &source_id, &webhook_id).await? {
+        return previous;
+    }
+    let value: serde_json::Value = read_json(req, WEBHOOK_BODY_LIMIT)?;
+
+    let applied = transaction(db, async |db| {
+        let summary = match kind {
+            Kind::Roster => roster::apply(db, meta, &cfg, &source.tenant_id, &source_id, from_value(value)?).await?,
+            Kind::Results => results::apply(db, meta, &cfg, &source.tenant_id, &source_id, from_value(value)?).await?,
+        };
+        let recorded = db
+            .execute(
+                "INSERT INTO webhook_deliveries (source_id, webhook_id, tenant_id, status, response) \
+                 VALUES ($1::uuid, $2::text, $3::uuid, 200, $4::jsonb)",
+                &[uuid(&source_id), webhook_id.clone().into(), uuid(&source.tenant_id), Value::Json(summary.clone())],
+            )
+            .await;
+        match recorded {
+            Ok(_) => Ok(summary),
+            // The same delivery was applied concurrently: undo ours, answer as it did.
+            Err(e) if e.is_unique_violation("webhook_deliveries_pkey") => Err(Problem::conflict("replayed")),
+            Err(e) => Err(Problem::from(e)),
+        }
+    })
+    .await;
+    match applied {
+        Ok(summary) => outcome(StatusCode::OK, &summary, false),
+        Err(p) if p.slug == "conflict" && p.detail.as_deref() == Some("replayed") => {
+            stored_outcome(db, &source_id, &webhook_id).await?.unwrap_or_else(|| Err(Problem::internal()))
+        }
+        Err(p) => Err(p),
+    }
+}

@@ -1,0 +1,113 @@
+//! Component `ingest`: signed webhooks from school administrative systems
+//! (rosters) and test publishers (results), and the administration of the
+//! webhook sources that may send them.
+//!
+//! A delivery is verified (Standard Webhooks), then applied in one
+//! transaction together with its idempotency record, so a re-delivered
+//! `webhook-id` returns the original outcome and applies nothing twice.
+
+mod deliveries;
+mod pupils;
+mod results;
+mod roster;
+mod sources;
+pub mod verify;
+
+use http::{Method, Request, Response};
+use tavle_core::crypto::{BlindIndex, IdentityCipher};
+use tavle_core::db::Db;
+use tavle_core::identity::SyntheticPolicy;
+use tavle_core::vars::Variables;
+use tavle_core::web::{self, match_path, Body, HttpResult, RequestMeta};
+use tavle_core::Problem;
+
+/// Largest webhook body; larger ones get 413 before any parsing.
+pub const WEBHOOK_BODY_LIMIT: usize = 10 * 1024 * 1024;
+/// Largest admin body.
+pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+#[cfg(target_arch = "wasm32")]
+tavle_core::spin_component!(crate::handle);
+
+pub async fn handle(req: Request<Body>, vars: &impl Variables, db: &mut impl Db) -> Response<Body> {
+    web::serve(req, async |req, meta| route(req, meta, vars, db).await).await
+}
+
+async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if let Some(p) = match_path("/ingest/{source}/{kind}", &path) {
+        let (source, kind) = (p[0].to_owned(), p[1]);
+        return match (kind, &method) {
+            ("roster", &Method::POST) => {
+                deliveries::receive(&req, &meta, vars, db, &source, deliveries::Kind::Roster).await
+            }
+            ("results", &Method::POST) => {
+                deliveries::receive(&req, &meta, vars, db, &source, deliveries::Kind::Results).await
+            }
+            ("roster" | "results", _) => Err(Problem::method_not_allowed()),
+            _ => Err(Problem::not_found()),
+        };
+    }
+    if match_path("/admin/sources", &path).is_some() {
+        return match method {
+            Method::GET => sources::list(&req, vars, db).await,
+            Method::POST => sources::create(&req, &meta, vars, db).await,
+            _ => Err(Problem::method_not_allowed()),
+        };
+    }
+    if let Some(p) = match_path("/admin/sources/{id}", &path) {
+        return match method {
+            Method::GET => sources::get(&req, vars, db, p[0]).await,
+            _ => Err(Problem::method_not_allowed()),
+        };
+    }
+    if let Some(p) = match_path("/admin/sources/{id}/{action}", &path) {
+        let (id, action) = (p[0].to_owned(), p[1]);
+        return match (action, &method) {
+            ("rotate", &Method::POST) => sources::rotate(&req, &meta, vars, db, &id).await,
+            ("disable", &Method::POST) => sources::disable(&req, &meta, vars, db, &id).await,
+            ("rotate" | "disable", _) => Err(Problem::method_not_allowed()),
+            _ => Err(Problem::not_found()),
+        };
+    }
+    Err(Problem::not_found())
+}
+
+/// Keys and policies of this component, from its Spin variables.
+pub(crate) struct IngestConfig {
+    pub identity: IdentityCipher,
+    pub blind_index: BlindIndex,
+    pub secrets: IdentityCipher,
+    pub synthetic: SyntheticPolicy,
+    pub overlap_hours: i64,
+}
+
+fn config_error(name: &str, e: impl std::fmt::Display) -> Problem {
+    eprintln!("error: configuration variable `{name}`: {e}");
+    Problem::internal()
+}
+
+impl IngestConfig {
+    pub fn from_vars(vars: &impl Variables) -> Result<Self, Problem> {
+        let identity = IdentityCipher::from_config(
+            &vars.require("identity_key")?,
+            &vars.get("identity_previous_keys").unwrap_or_default(),
+        )
+        .map_err(|e| config_error("identity_key", e))?;
+        let blind_index = BlindIndex::from_config(&vars.require("blind_index_key")?)
+            .map_err(|e| config_error("blind_index_key", e))?;
+        let secrets = IdentityCipher::from_config(
+            &vars.require("webhook_secret_key")?,
+            &vars.get("webhook_secret_previous_keys").unwrap_or_default(),
+        )
+        .map_err(|e| config_error("webhook_secret_key", e))?;
+        let synthetic = match vars.get("accept_synthetic_identity_numbers").as_deref().map(str::trim) {
+            Some("true") => SyntheticPolicy::Accept,
+            None | Some("") | Some("false") => SyntheticPolicy::Reject,
+            Some(_) => return Err(config_error("accept_synthetic_identity_numbers", "must be true or false")),
+        };
+        let overlap_hours = vars.number("webhook_secret_overlap_hours", 24)?;
+        Ok(IngestConfig { identity, blind_index, secrets, synthetic, overlap_hours })
+    }
+}

@@ -1,0 +1,288 @@
+//! Webhook sources, administered by tenant admins inside their own tenant.
+//! A shared secret is shown exactly once (on creation or rotation), stored
+//! encrypted with the `webhook_secret_key`, and never logged or returned again.
+
+use crate::{verify, IngestConfig, ADMIN_BODY_LIMIT};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use tavle_core::audit::{self, Actor, Event};
+use tavle_core::auth::{authenticate, Principal, Role};
+use tavle_core::db::{transaction, uuid, Db, Row, Value};
+use tavle_core::problem::field;
+use tavle_core::vars::Variables;
+use tavle_core::web::{
+    decode_cursor, encode_cursor, json, page_limit, read_json, Body, Checks, HttpResult, RequestMeta,
+};
+use tavle_core::Problem;
+
+type Request = http::Request<Body>;
+
+async fn admin(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Result<Principal, Problem> {
+    let who = authenticate(req, db, vars).await?;
+    who.require(Role::TenantAdmin)?;
+    Ok(who)
+}
+
+fn source_id(id: &str) -> Result<String, Problem> {
+    uuid::Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| Problem::not_found())
+}
+
+const SOURCE_COLUMNS: &str = "s.id, s.kind, s.name, s.active, rfc3339(s.created_at), rfc3339(s.disabled_at), \
+     (SELECT coalesce(jsonb_agg(jsonb_build_object('created_at', rfc3339(k.created_at), \
+        'expires_at', rfc3339(k.expires_at), 'scheme', CASE WHEN k.public_key IS NULL THEN 'v1' ELSE 'v1a' END) \
+        ORDER BY k.created_at), '[]'::jsonb) \
+      FROM webhook_secrets k WHERE k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now()))";
+
+fn source_view(row: &Row) -> Result<serde_json::Value, Problem> {
+    let id = row.text(0)?;
+    Ok(json!({
+        "id": id,
+        "kind": row.text(1)?,
+        "name": row.text(2)?,
+        "active": row.bool(3)?,
+        "created_at": row.text(4)?,
+        "disabled_at": row.opt_text(5)?,
+        "keys": row.json(6)?,
+        "endpoints": {
+            "roster": format!("/ingest/{id}/roster"),
+            "results": format!("/ingest/{id}/results"),
+        },
+    }))
+}
+
+async fn load(db: &mut impl Db, tenant_id: &str, id: &str) -> Result<serde_json::Value, Problem> {
+    let row = db
+        .query_opt(
+            &format!("SELECT {SOURCE_COLUMNS} FROM webhook_sources s WHERE s.tenant_id = $1::uuid AND s.id = $2::uuid"),
+            &[uuid(tenant_id), uuid(id)],
+        )
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    source_view(&row)
+}
+
+#[derive(Deserialize)]
+struct Cursor {
+    id: String,
+}
+
+pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let limit = page_limit(req)?;
+    let cursor: Option<Cursor> = decode_cursor(req)?;
+    let after = match cursor {
+        Some(c) => uuid::Uuid::parse_str(&c.id)
+            .map(|u| uuid(u.to_string()))
+            .map_err(|_| Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]))?,
+        None => Value::Null,
+    };
+    let who = admin(req, vars, db).await?;
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {SOURCE_COLUMNS} FROM webhook_sources s \
+                 WHERE s.tenant_id = $1::uuid AND ($2::uuid IS NULL OR s.id > $2::uuid) \
+                 ORDER BY s.id LIMIT $3::int8"
+            ),
+            &[uuid(&who.tenant_id), after, (limit + 1).into()],
+        )
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let items = rows.iter().take(limit as usize).map(source_view).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = match more {
+        true => Some(encode_cursor(&json!({"id": rows[limit as usize - 1].text(0)?}))),
+        false => None,
+    };
+    json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
+}
+
+pub async fn get(req: &Request, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
+    let who = admin(req, vars, db).await?;
+    json(StatusCode::OK, &load(db, &who.tenant_id, &source_id(id)?).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSource {
+    kind: String,
+    name: String,
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+/// The key to store for a new key: an encrypted fresh secret (returned once
+/// as text) or a registered public key.
+fn new_key(cfg: &IngestConfig, source_id: &str, public_key: Option<&[u8]>) -> (Value, Value, Option<String>) {
+    match public_key {
+        Some(pk) => (Value::Null, Value::Bytes(pk.to_vec()), None),
+        None => {
+            let (raw, text) = verify::new_secret();
+            (Value::Bytes(cfg.secrets.encrypt(&raw, source_id.as_bytes())), Value::Null, Some(text))
+        }
+    }
+}
+
+pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let who = admin(req, vars, db).await?;
+    let cfg = IngestConfig::from_vars(vars)?;
+    let body: NewSource = read_json(req, ADMIN_BODY_LIMIT)?;
+    let mut checks = Checks::default();
+    if !["sas", "publisher"].contains(&body.kind.as_str()) {
+        checks.fail("/kind", "must be sas or publisher");
+    }
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        checks.fail("/name", "must be 1 to 200 characters without control characters");
+    }
+    let public_key = match body.public_key.as_deref() {
+        Some(text) => {
+            let parsed = verify::parse_public_key(text);
+            if parsed.is_none() {
+                checks.fail("/public_key", "must be an Ed25519 public key: whpk_ + base64 of 32 bytes");
+            }
+            parsed
+        }
+        None => None,
+    };
+    checks.finish()?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (secret_enc, pk, secret_text) = new_key(&cfg, &id, public_key.as_deref());
+    transaction(db, async |db| {
+        db.execute(
+            "INSERT INTO webhook_sources (id, tenant_id, kind, name) VALUES ($1::uuid, $2::uuid, $3::text, $4::text)",
+            &[uuid(&id), uuid(&who.tenant_id), body.kind.clone().into(), name.into()],
+        )
+        .await?;
+        db.execute(
+            "INSERT INTO webhook_secrets (tenant_id, source_id, secret_enc, public_key) \
+             VALUES ($1::uuid, $2::uuid, $3::bytea, $4::bytea)",
+            &[uuid(&who.tenant_id), uuid(&id), secret_enc, pk],
+        )
+        .await?;
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "source.created")
+                .target("webhook_source", &id)
+                .details(json!({"kind": body.kind, "scheme": if secret_text.is_some() { "v1" } else { "v1a" }})),
+        )
+        .await?;
+        Ok::<_, Problem>(())
+    })
+    .await?;
+    let mut view = load(db, &who.tenant_id, &id).await?;
+    if let Some(secret) = secret_text {
+        view["secret"] = secret.into();
+    }
+    json(StatusCode::CREATED, &view)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotation {
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+/// New key; the previous ones stay valid for the overlap period so senders
+/// can switch without downtime.
+pub async fn rotate(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    id: &str,
+) -> HttpResult {
+    let who = admin(req, vars, db).await?;
+    let cfg = IngestConfig::from_vars(vars)?;
+    let id = source_id(id)?;
+    let body: Rotation = if req.body().is_empty() { Rotation::default() } else { read_json(req, ADMIN_BODY_LIMIT)? };
+    let current = load(db, &who.tenant_id, &id).await?;
+    let uses_public_keys = current["keys"].as_array().is_some_and(|k| k.iter().any(|k| k["scheme"] == "v1a"));
+    let public_key = match (uses_public_keys, body.public_key.as_deref()) {
+        (true, Some(text)) => Some(verify::parse_public_key(text).ok_or_else(|| {
+            Problem::validation(vec![field("/public_key", "must be an Ed25519 public key: whpk_ + base64 of 32 bytes")])
+        })?),
+        (true, None) => {
+            return Err(Problem::validation(vec![field(
+                "/public_key",
+                "this source verifies with public keys; send the new one",
+            )]))
+        }
+        (false, Some(_)) => {
+            return Err(Problem::validation(vec![field("/public_key", "this source uses a shared secret")]))
+        }
+        (false, None) => None,
+    };
+    let (secret_enc, pk, secret_text) = new_key(&cfg, &id, public_key.as_deref());
+    let valid_until = transaction(db, async |db| {
+        let until = db
+            .query_one(
+                "SELECT rfc3339(now() + make_interval(hours => $1::int8::int))",
+                &[cfg.overlap_hours.into()],
+            )
+            .await?
+            .text(0)?;
+        db.execute(
+            "UPDATE webhook_secrets SET expires_at = now() + make_interval(hours => $3::int8::int) \
+             WHERE tenant_id = $1::uuid AND source_id = $2::uuid AND (expires_at IS NULL OR expires_at > now() + make_interval(hours => $3::int8::int))",
+            &[uuid(&who.tenant_id), uuid(&id), cfg.overlap_hours.into()],
+        )
+        .await?;
+        db.execute(
+            "INSERT INTO webhook_secrets (tenant_id, source_id, secret_enc, public_key) \
+             VALUES ($1::uuid, $2::uuid, $3::bytea, $4::bytea)",
+            &[uuid(&who.tenant_id), uuid(&id), secret_enc, pk],
+        )
+        .await?;
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "source.key_rotated")
+                .target("webhook_source", &id)
+                .details(json!({"previous_valid_until": until})),
+        )
+        .await?;
+        Ok::<_, Problem>(until)
+    })
+    .await?;
+    let mut view = load(db, &who.tenant_id, &id).await?;
+    view["previous_keys_valid_until"] = valid_until.into();
+    if let Some(secret) = secret_text {
+        view["secret"] = secret.into();
+    }
+    json(StatusCode::OK, &view)
+}
+
+pub async fn disable(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    id: &str,
+) -> HttpResult {
+    let who = admin(req, vars, db).await?;
+    let id = source_id(id)?;
+    transaction(db, async |db| {
+        let changed = db
+            .execute(
+                "UPDATE webhook_sources SET active = false, disabled_at = coalesce(disabled_at, now()) \
+                 WHERE tenant_id = $1::uuid AND id = $2::uuid",
+                &[uuid(&who.tenant_id), uuid(&id)],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(Problem::not_found());
+        }
+        audit::record(
+            db,
+            Some(meta),
+            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "source.disabled")
+                .target("webhook_source", &id),
+        )
+        .await?;
+        Ok(())
+    })
+    .await?;
+    json(StatusCode::OK, &load(db, &who.tenant_id, &id).await?)
+}
