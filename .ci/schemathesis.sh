@@ -20,7 +20,7 @@
 #
 # Settings (environment): SCHEMATHESIS_MAX_EXAMPLES (default 30),
 # SCHEMATHESIS_SEED (default: random), SCHEMATHESIS_WORKERS (default 2),
-# SCHEMATHESIS_CHECKS (comma-separated; default: the five conformance checks),
+# SCHEMATHESIS_CHECKS (comma-separated; default: see CHECKS below),
 # TAVLE_PROFILE (cargo profile of the host; default release), TAVLE_BIN (an
 # already built `tavle` binary: skips the build), PYTHON (default python3).
 set -euo pipefail
@@ -36,7 +36,11 @@ MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-30}"
 WORKERS="${SCHEMATHESIS_WORKERS:-2}"
 PROFILE="${TAVLE_PROFILE:-release}"
 PYTHON="${PYTHON:-python3}"
-CHECKS="${SCHEMATHESIS_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance}"
+# The conformance checks, plus: protected operations refuse requests without
+# credentials (ignored_auth), a deleted user is gone (use_after_free), a
+# created user can be read back (ensure_resource_availability).
+# `unsupported_method` is left out while 405 answers lack an `Allow` header.
+CHECKS="${SCHEMATHESIS_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,ignored_auth,use_after_free,ensure_resource_availability}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 

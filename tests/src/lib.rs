@@ -273,6 +273,11 @@ impl TestApp {
             "sessions",
             "pupils",
             "group_memberships",
+            "webhook_sources",
+            "webhook_secrets",
+            "webhook_deliveries",
+            "assessments",
+            "results",
             "audit_log",
         ] {
             if table == "audit_log" && !with_audit {
@@ -302,9 +307,71 @@ impl TestApp {
     }
 }
 
+/// A webhook source as its owner sees it.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub id: String,
+    pub secret: String,
+}
+
+impl TestApp {
+    /// Registers a webhook source (`sas` or `publisher`) through the admin API.
+    pub async fn create_source(&self, admin: &Session, kind: &str) -> Source {
+        let r = self
+            .post("/admin/sources", Some(&admin.token), json!({"kind": kind, "name": format!("{kind} system")}))
+            .await;
+        assert_eq!(r.status, 201, "create source: {}", r.text());
+        let body = r.json();
+        Source { id: body["id"].as_str().unwrap().to_owned(), secret: body["secret"].as_str().unwrap().to_owned() }
+    }
+
+    /// Posts a body signed with `secret` (Standard Webhooks v1) at `timestamp`.
+    pub async fn deliver_signed(
+        &self,
+        path: &str,
+        secret: &str,
+        webhook_id: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) -> TestResponse {
+        let wh = standardwebhooks::Webhook::new(secret).unwrap();
+        let signature = wh.sign(webhook_id, timestamp, body).unwrap();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_vec())
+            .unwrap();
+        self.call(req).await
+    }
+
+    /// Posts a roster or results body (`kind`) for a source, signed now.
+    pub async fn deliver(&self, source: &Source, kind: &str, webhook_id: &str, body: &Value) -> TestResponse {
+        let path = format!("/ingest/{}/{kind}", source.id);
+        self.deliver_signed(&path, &source.secret, webhook_id, unix_now(), &serde_json::to_vec(body).unwrap()).await
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A synthetic identity number (Tenor, month + 80) for test pupil `n`.
+pub fn synthetic_id(n: u32) -> String {
+    // 84 distinct birth dates, then individual numbers 7 apart: unique for n < 11,000.
+    tavle_core::identity::IdentityNumber::synthetic((2014 + (n % 4) as i32, 1 + n % 12, 1 + n % 28), n / 84 * 7)
+        .expect("synthetic numbers exist")
+        .expose()
+        .to_owned()
+}
+
 /// A random 32-byte key, base64 (as `tavle keygen` prints).
 pub fn random_key() -> String {
-    let bytes: Vec<u8> = uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).copied().collect();
+    let bytes: Vec<u8> =
+        uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).copied().collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
