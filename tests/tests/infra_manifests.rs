@@ -1160,12 +1160,12 @@ fn fails_on_broken_yaml_and_missing_fields() {
 #[test]
 fn fails_when_a_postgres_component_is_missing_from_runtime_config() {
     let spin = format!(
-        "{}\n[component.ingest]\nsource = \"x.wasm\"\nallowed_outbound_hosts = [\"postgres://{{{{ db_host }}}}\"]\n[component.ingest.variables]\ndb_url = \"{{{{ db_url }}}}\"\n",
+        "{}\n[component.newcomer]\nsource = \"x.wasm\"\nallowed_outbound_hosts = [\"postgres://{{{{ db_host }}}}\"]\n[component.newcomer.variables]\ndb_url = \"{{{{ db_url }}}}\"\n",
         load_spin_toml()
     );
     assert_flags(
         &check_deployment(&spin, &load_manifests(), None),
-        "component \"ingest\" connects to PostgreSQL",
+        "component \"newcomer\" connects to PostgreSQL",
     );
 }
 
