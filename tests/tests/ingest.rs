@@ -653,3 +653,24 @@ async fn huge_arrays_are_refused() {
     assert_eq!(p["errors"][0]["pointer"], "/results");
     assert_eq!(w.app.count("SELECT count(*) FROM results").await, 0);
 }
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_webhook_id_apply_once() {
+    let w = world().await;
+    load_roster(&w, 40).await;
+    let rows: Vec<Value> = (0..40).map(|i| result(&format!("c{i}"), i, 5.0)).collect();
+    let body = results("concurrent", rows);
+    let (a, b, c) = tokio::join!(
+        w.app.deliver(&w.publisher, "results", "same-id", &body),
+        w.app.deliver(&w.publisher, "results", "same-id", &body),
+        w.app.deliver(&w.publisher, "results", "same-id", &body),
+    );
+    for r in [&a, &b, &c] {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["created"], 40, "every answer is the original outcome");
+    }
+    let replayed = [&a, &b, &c].iter().filter(|r| r.header("webhook-replayed").is_some()).count();
+    assert_eq!(replayed, 2);
+    assert_eq!(w.app.count("SELECT count(*) FROM results").await, 40);
+    assert_eq!(w.app.count("SELECT count(*) FROM audit_log WHERE action = 'results.ingested'").await, 1);
+}

@@ -1,0 +1,895 @@
+//! Ingest benchmark (issue 3, "Measured"): results per second through the
+//! native host over real TCP into real PostgreSQL, the ratio to a raw
+//! `COPY ... FROM STDIN` of the same rows into the same table measured in the
+//! same run, and the time per 2,000-pupil roster.
+//!
+//!     cargo bench -p tavle-tests --bench ingest
+//!
+//! A plain `fn main` (harness = false). Phases:
+//! 1. load `BENCH_PUPILS` pupils (default 5,000) with rosters of 1,000 (timed
+//!    separately);
+//! 2. `BENCH_RESULTS` results (default 100,000) in signed posts of
+//!    `BENCH_BATCH` (default 5,000; one assessment per post, every pupil once,
+//!    `BENCH_ITEMS` per-item scores per result, default 5), first over one
+//!    keep-alive connection, then (after `TRUNCATE results`) over two at once;
+//! 3. the same rows, read back from the table, `TRUNCATE`d and loaded with
+//!    `COPY ... FROM STDIN` (sqlx `copy_in_raw`): once as one COPY, once as
+//!    COPYs of `BENCH_BATCH` rows;
+//! 4. a breakdown of one extra post: host-side CPU steps replayed in this
+//!    thread, the post's SQL statements timed one by one, `EXPLAIN ANALYZE`
+//!    of the results upsert;
+//! 5. `BENCH_ROSTERS` posts (default 10) of a `BENCH_ROSTER`-pupil roster
+//!    (default 2,000): the first creates the pupils, each later one renames
+//!    5%, drops 2% (marked left) and adds 2%.
+//!
+//! `BENCH_WORKERS` host worker threads (default 2). The host's per-request
+//! log goes to `target/bench-ingest-host.log`; handler times come from it.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, Row};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tavle_core::crypto::BlindIndex;
+use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
+use tavle_host::host::HostConfig;
+use tavle_host::manifest::Manifest;
+use tavle_tests::{project_root, synthetic_id, unix_now, Source, TestApp};
+
+const COLUMNS: &str = "tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let total = Instant::now();
+    let n_results = env_usize("BENCH_RESULTS", 100_000);
+    let batch = env_usize("BENCH_BATCH", 5_000).max(1);
+    let n_pupils = env_usize("BENCH_PUPILS", 5_000);
+    let n_items = env_usize("BENCH_ITEMS", 5);
+    let roster_size = env_usize("BENCH_ROSTER", 2_000);
+    let n_rosters = env_usize("BENCH_ROSTERS", 10).max(1);
+    let workers = env_usize("BENCH_WORKERS", 2).max(1);
+    assert!(batch <= n_pupils, "a post holds each pupil at most once: BENCH_BATCH <= BENCH_PUPILS");
+    assert!(n_pupils + roster_size + n_rosters * roster_size / 50 < 11_000, "synthetic_id gives 11,000 numbers");
+    let n_posts = n_results.div_ceil(batch);
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        println!("benchmark failed: {info}");
+        default_hook(info);
+    }));
+    let log_path = project_root().join("target").join("bench-ingest-host.log");
+    let redirect = StderrRedirect::to(&log_path);
+
+    // Fresh database, a tenant, a school-system and a publisher source.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (app, tenant_id, sas, publisher, pg_version) = rt.block_on(async {
+        let app = TestApp::spawn().await;
+        let admin = app.seed_tenant("bench").await;
+        let session = app.login(&admin).await;
+        let sas = app.create_source(&session, "sas").await;
+        let publisher = app.create_source(&session, "publisher").await;
+        let v: String = sqlx::query_scalar("SELECT current_setting('server_version')").fetch_one(&app.pool).await.unwrap();
+        (app, admin.tenant_id, sas, publisher, v)
+    });
+
+    // The native host on an ephemeral port, with the test app's variables.
+    let manifest = Manifest::load(&project_root().join("spin.toml")).expect("spin.toml loads");
+    let config = HostConfig::new(manifest, &app.variables).expect("host config from spin.toml");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::Builder::new()
+        .name("bench-server".into())
+        .spawn(move || tavle_host::server::serve(listener, config, workers).expect("host serves"))
+        .unwrap();
+    let mut client = Client::connect(addr);
+
+    // 1. Pupils for the results: rosters of 1,000 (not part of the results figure).
+    let t = Instant::now();
+    let mut load_times = Vec::new();
+    for (k, start) in (0..n_pupils).step_by(1_000).enumerate() {
+        let ns: Vec<u32> = (start as u32..(start + 1_000).min(n_pupils) as u32).collect();
+        let names: HashMap<u32, String> = HashMap::new();
+        let body = roster_body(&format!("load-{k}"), &ns, &names);
+        let s = Instant::now();
+        let r = client.deliver(&sas, "roster", &format!("load-{k}"), &body);
+        load_times.push(s.elapsed());
+        assert_eq!(r["pupils"]["created"], ns.len(), "load roster: {r}");
+    }
+    let load_wall = t.elapsed();
+
+    // 2. Results. Bodies are built before timing; each is signed just before it is sent.
+    let bodies: Vec<Vec<u8>> = (0..n_posts)
+        .map(|k| results_body(&format!("a{k}"), k, (batch).min(n_results - k * batch), n_pupils, n_items))
+        .collect();
+    let body_bytes: usize = bodies.iter().map(Vec::len).sum();
+    checkpoint(&rt, &app);
+    let probe = Probe::take();
+    let t = Instant::now();
+    let mut seq_lat = Vec::new();
+    let mut signing = Duration::ZERO;
+    for (k, body) in bodies.iter().enumerate() {
+        let s = Instant::now();
+        let r = client.post_signed(&publisher, "results", &format!("seq-{k}"), body, &mut signing);
+        seq_lat.push(s.elapsed());
+        check_results(&r, body);
+    }
+    let seq_wall = t.elapsed();
+    let seq_use = probe.since();
+
+    // The rows as stored, in insertion order, as COPY text.
+    let (copy_text, copy_rows, lines) = rt.block_on(copy_text(&app));
+    assert_eq!(copy_rows, n_results, "every result stored once");
+
+    // 2b. The same posts over two connections at once (assessments now exist: upserted).
+    truncate_results(&rt, &app);
+    checkpoint(&rt, &app);
+    let probe = Probe::take();
+    let t = Instant::now();
+    let conc_lat: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|c| {
+                let (bodies, publisher) = (&bodies, &publisher);
+                s.spawn(move || {
+                    let mut client = Client::connect(addr);
+                    let mut lat = Vec::new();
+                    for k in (c..bodies.len()).step_by(2) {
+                        let s = Instant::now();
+                        let r = client.post_signed(publisher, "results", &format!("c2-{k}"), &bodies[k], &mut Duration::ZERO);
+                        lat.push(s.elapsed());
+                        check_results(&r, &bodies[k]);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect()
+    });
+    let conc_wall = t.elapsed();
+    let conc_use = probe.since();
+
+    // 3. Raw COPY of the same rows into the same (truncated) table.
+    truncate_results(&rt, &app);
+    checkpoint(&rt, &app);
+    let probe = Probe::take();
+    let copy_one = rt.block_on(copy_in(&app, &[copy_text.as_bytes()]));
+    let copy_use = probe.since();
+    let chunks: Vec<Vec<u8>> = lines.chunks(batch).map(|c| c.concat().into_bytes()).collect();
+    let chunk_refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    truncate_results(&rt, &app);
+    checkpoint(&rt, &app);
+    let copy_chunked = rt.block_on(copy_in(&app, &chunk_refs));
+    let stored: i64 = rt.block_on(async { sqlx::query_scalar("SELECT count(*) FROM results").fetch_one(&app.pool).await.unwrap() });
+    assert_eq!(stored as usize, n_results, "COPY stored every row");
+
+    // 4. Breakdown of one more post of the same shape (new assessment, new ids).
+    let extra = results_body("x", n_posts, batch, n_pupils, n_items);
+    let breakdown = rt.block_on(breakdown(&app, &tenant_id, &publisher, &extra));
+    let s = Instant::now();
+    let r = client.post_signed(&publisher, "results", "extra", &extra, &mut Duration::ZERO);
+    let extra_rt = s.elapsed();
+    check_results(&r, &extra);
+
+    // 5. Rosters: one school of `roster_size` pupils, re-synced with changes.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next_n = n_pupils as u32;
+    let mut current: Vec<u32> = (0..roster_size as u32).map(|i| i + next_n).collect();
+    next_n += roster_size as u32;
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut roster_lat = Vec::new();
+    let probe = Probe::take();
+    for r in 0..n_rosters {
+        let (mut renamed, mut dropped, mut added) = (0, 0, 0);
+        if r > 0 {
+            let (n5, n2) = (roster_size / 20, roster_size / 50);
+            // 2% leave, 2% join, 5% of those who stay get a new given name.
+            for _ in 0..n2 {
+                let i = (xorshift(&mut rng) as usize) % current.len();
+                current.swap_remove(i);
+                dropped += 1;
+            }
+            let stay = current.len();
+            for _ in 0..n2 {
+                current.push(next_n);
+                next_n += 1;
+                added += 1;
+            }
+            let mut picked = std::collections::HashSet::new();
+            while picked.len() < n5 {
+                picked.insert(current[(xorshift(&mut rng) as usize) % stay]);
+            }
+            for n in picked {
+                names.insert(n, format!("Navn{n}-r{r}"));
+                renamed += 1;
+            }
+        }
+        let body = roster_body("roster-school", &current, &names);
+        let s = Instant::now();
+        let resp = client.deliver(&sas, "roster", &format!("roster-{r}"), &body);
+        roster_lat.push(s.elapsed());
+        let p = &resp["pupils"];
+        let created = if r == 0 { roster_size } else { added };
+        assert_eq!((p["created"].as_u64(), p["updated"].as_u64(), p["left"].as_u64()),
+            (Some(created as u64), Some(renamed as u64), Some(dropped as u64)), "roster {r}: {resp}");
+    }
+    let roster_use = probe.since();
+
+    drop(redirect);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let handler = |id: &str| handler_ms(&log, id);
+
+    // Report.
+    let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+    let seq_rate = rate(n_results, seq_wall);
+    let conc_rate = rate(n_results, conc_wall);
+    let copy_rate = rate(n_results, copy_one);
+    let copy_chunked_rate = rate(n_results, copy_chunked);
+    println!();
+    println!("Tavle ingest benchmark — {cpus} CPUs, host workers: {workers}; PostgreSQL {pg_version} (throwaway cluster, fsync=off)");
+    println!("load average before: {}", load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!(
+        "{n_results} results in {n_posts} posts of {batch} ({n_items} items each, identity numbers), {:.1} MB of JSON ({:.0} KB/post)",
+        body_bytes as f64 / 1e6,
+        body_bytes as f64 / n_posts as f64 / 1e3
+    );
+    println!();
+    println!(
+        "pupils loaded: {n_pupils} in {} rosters, {:.2} s ({:.0} ms per 1,000-pupil roster)",
+        load_times.len(),
+        load_wall.as_secs_f64(),
+        ms(mean(&load_times))
+    );
+    println!();
+    println!("{:<44} {:>9} {:>10} {:>9} {:>9}", "phase", "wall s", "rows/s", "p50 ms", "max ms");
+    let row = |name: &str, wall: Duration, rows_s: f64, lat: &[Duration]| {
+        let (p50, max) = if lat.is_empty() { ("-".into(), "-".into()) } else { (format!("{:.0}", ms(pct(lat, 0.5))), format!("{:.0}", ms(pct(lat, 1.0)))) };
+        println!("{:<44} {:>9.2} {:>10.0} {:>9} {:>9}", name, wall.as_secs_f64(), rows_s, p50, max);
+    };
+    row("ingest, 1 connection (sequential posts)", seq_wall, seq_rate, &seq_lat);
+    row("ingest, 2 connections", conc_wall, conc_rate, &conc_lat);
+    row("COPY FROM STDIN, one COPY", copy_one, copy_rate, &[]);
+    row(&format!("COPY FROM STDIN, {} COPYs of {batch}", chunks.len()), copy_chunked, copy_chunked_rate, &[]);
+    println!(
+        "(client-side signing of all posts: {:.0} ms; host handler p50 of the sequential posts: {} ms)",
+        ms(signing),
+        median_of((0..n_posts).filter_map(|k| handler(&format!("seq-{k}"))).collect())
+    );
+    println!();
+    let ratio = seq_rate / copy_rate;
+    println!(
+        "ratio ingest / COPY = {seq_rate:.0} / {copy_rate:.0} rows/s = {ratio:.2}  (aim >= 0.25: {}); \
+         2 connections: {:.2}; vs COPYs of {batch}: {:.2}",
+        if ratio >= 0.25 { "met" } else { "NOT met" },
+        conc_rate / copy_rate,
+        seq_rate / copy_chunked_rate,
+    );
+    println!();
+    println!("CPU use per phase in cores (machine = all processes; other = not this bench):");
+    println!("{:<26} {:>8} {:>18} {:>9} {:>7}", "phase", "machine", "host workers", "postgres", "other");
+    for (name, u) in [("ingest, 1 connection", &seq_use), ("ingest, 2 connections", &conc_use), ("one COPY", &copy_use), ("rosters", &roster_use)] {
+        let w: Vec<String> = u.workers.iter().map(|c| format!("{c:.2}")).collect();
+        println!("{:<26} {:>8.2} {:>18} {:>9.2} {:>7.2}", name, u.machine, w.join(" + "), u.postgres, (u.machine - u.process - u.postgres).max(0.0));
+    }
+    println!();
+    println!("Breakdown of one post of {batch} results (a new assessment; table holds {n_results} rows):");
+    println!("  end to end over TCP {:.0} ms, host handler {} ms", ms(extra_rt), handler("extra").map_or("-".into(), |v| v.to_string()));
+    for (name, d) in &breakdown.steps {
+        println!("  {name:<58} {:>7.1} ms", ms(*d));
+    }
+    println!("  EXPLAIN (ANALYZE, BUFFERS) of the results upsert:");
+    for line in &breakdown.explain {
+        println!("    {line}");
+    }
+    println!();
+    println!("Rosters of {roster_size} pupils, {n_rosters} posts (1st creates; later: 5% renamed, 2% left, 2% new):");
+    for (r, d) in roster_lat.iter().enumerate() {
+        println!("  roster {r:>2}: {:>7.0} ms (host handler {} ms)", ms(*d), handler(&format!("roster-{r}")).map_or("-".into(), |v| v.to_string()));
+    }
+    let resync = &roster_lat[1.min(roster_lat.len() - 1)..];
+    println!(
+        "  mean {:.0} ms, median {:.0} ms (all {n_rosters}); re-syncs only: mean {:.0} ms, median {:.0} ms",
+        ms(mean(&roster_lat)),
+        ms(pct(&roster_lat, 0.5)),
+        ms(mean(resync)),
+        ms(pct(resync, 0.5))
+    );
+    println!();
+    println!(
+        "load average after: {}; host log: {}; total {:.0} s",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        log_path.display(),
+        total.elapsed().as_secs_f64()
+    );
+    drop(app);
+    std::process::exit(0); // the host's worker threads never return
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// A full roster of one school: pupils `ns` (synthetic identity numbers and
+/// Feide usernames), each in a class of ~25 and in one of 20 subject groups.
+fn roster_body(school: &str, ns: &[u32], names: &HashMap<u32, String>) -> Vec<u8> {
+    let classes = ns.len().div_ceil(25).max(1);
+    let mut groups: Vec<Value> =
+        (0..classes).map(|c| json!({"external_id": format!("k{c}"), "name": format!("{}{}", 1 + c % 7, (b'A' + (c / 7 % 26) as u8) as char), "year_level": 1 + c % 7})).collect();
+    groups.extend((0..20).map(|g| json!({"external_id": format!("f{g}"), "name": format!("Fag {g}")})));
+    let pupils: Vec<Value> = ns
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let class = i / 25;
+            json!({
+                "identity_number": synthetic_id(n),
+                "feide_username": format!("elev{n}@skole.no"),
+                "given_name": names.get(&n).cloned().unwrap_or_else(|| format!("Navn{n}")),
+                "family_name": format!("Etternavn{}", n % 997),
+                "year_level": 1 + class % 7,
+                "gender": ["female", "male"][n as usize % 2],
+                "special_needs": n % 23 == 0,
+                "groups": [format!("k{class}"), format!("f{}", n % 20)],
+            })
+        })
+        .collect();
+    let body = json!({"school": {"external_id": school, "name": format!("{school} skole")}, "groups": groups, "pupils": pupils});
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// One assessment and `count` results for distinct pupils.
+fn results_body(prefix: &str, k: usize, count: usize, n_pupils: usize, n_items: usize) -> Vec<u8> {
+    let results: Vec<Value> = (0..count)
+        .map(|j| {
+            let n = ((k * count + j) % n_pupils) as u32;
+            let items: Vec<Value> = (0..n_items)
+                .map(|q| json!({"item": format!("q{}", q + 1), "score": (j + q) % 2, "answer": ["A", "B", "C", "D"][(j + q) % 4]}))
+                .collect();
+            let mut r = json!({
+                "external_id": format!("{prefix}-{j}"),
+                "pupil": {"identity_number": synthetic_id(n)},
+                "score": ((j * 7 + k) % 41) as f64,
+                "status": "completed",
+                "completed_at": format!("2026-03-02T{:02}:{:02}:{:02}Z", 8 + j % 6, j % 60, (j * 7) % 60),
+            });
+            if n_items > 0 {
+                r["items"] = json!(items);
+            }
+            r
+        })
+        .collect();
+    let body = json!({
+        "assessment": {"external_id": format!("bench-{prefix}"), "title": format!("Kartlegging {prefix}"), "subject": "norsk",
+                       "year_level": 5, "max_score": 40, "administered_on": "2026-03-02"},
+        "results": results,
+    });
+    serde_json::to_vec(&body).unwrap()
+}
+
+fn check_results(r: &Value, body: &[u8]) {
+    let expected = serde_json::from_slice::<Value>(body).unwrap()["results"].as_array().unwrap().len();
+    assert_eq!((r["created"].as_u64(), r["rejected"].as_u64()), (Some(expected as u64), Some(0)), "results post: {r}");
+}
+
+fn checkpoint(rt: &tokio::runtime::Runtime, app: &TestApp) {
+    rt.block_on(async {
+        let _ = sqlx::query("CHECKPOINT").execute(&app.pool).await;
+    });
+}
+
+fn truncate_results(rt: &tokio::runtime::Runtime, app: &TestApp) {
+    rt.block_on(async { sqlx::query("TRUNCATE results").execute(&app.pool).await.unwrap() });
+}
+
+/// The `results` rows in insertion order as COPY text: (all, row count, lines).
+async fn copy_text(app: &TestApp) -> (String, usize, Vec<String>) {
+    let rows = sqlx::query(&format!(
+        "SELECT tenant_id::text, pupil_id::text, assessment_id::text, source_id::text, external_id, score::text, status, \
+                completed_at::text, items::text FROM results ORDER BY ctid"
+    ))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let fields: Vec<String> = (0..9)
+                .map(|i| match r.get::<Option<String>, _>(i) {
+                    None => "\\N".to_owned(),
+                    Some(v) => v.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r"),
+                })
+                .collect();
+            fields.join("\t") + "\n"
+        })
+        .collect();
+    (lines.concat(), lines.len(), lines)
+}
+
+/// One `COPY results (...) FROM STDIN` per chunk (each its own transaction); total time.
+async fn copy_in(app: &TestApp, chunks: &[&[u8]]) -> Duration {
+    let mut conn = app.pool.acquire().await.unwrap();
+    let t = Instant::now();
+    for chunk in chunks {
+        let mut copy = conn.copy_in_raw(&format!("COPY results ({COLUMNS}) FROM STDIN")).await.unwrap();
+        copy.send(*chunk).await.unwrap();
+        copy.finish().await.unwrap();
+    }
+    t.elapsed()
+}
+
+struct Breakdown {
+    steps: Vec<(String, Duration)>,
+    explain: Vec<String>,
+}
+
+// Mirror of functions/ingest/src/results.rs's request types (private there).
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostMirror {
+    assessment: AssessmentMirror,
+    results: Vec<ResultMirror>,
+}
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssessmentMirror {
+    external_id: String,
+    title: String,
+    subject: String,
+    year_level: Option<i64>,
+    max_score: f64,
+    administered_on: String,
+}
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultMirror {
+    external_id: String,
+    pupil: PupilMirror,
+    score: Option<f64>,
+    status: String,
+    completed_at: Option<String>,
+    #[serde(default)]
+    items: Vec<ItemMirror>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PupilMirror {
+    identity_number: Option<String>,
+}
+#[allow(dead_code)]
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct ItemMirror {
+    item: String,
+    score: Option<f64>,
+    answer: Option<String>,
+}
+
+/// Where the time of one results post goes: the host's CPU steps replayed
+/// here (same functions or the same crates), then the post's SQL, statement
+/// by statement, on one connection (second of two runs, rolled back), then
+/// `EXPLAIN ANALYZE` of the upsert.
+async fn breakdown(app: &TestApp, tenant_id: &str, source: &Source, body: &[u8]) -> Breakdown {
+    let mut steps = Vec::new();
+    let mut step = |name: &str, t: Instant| steps.push((name.to_owned(), t.elapsed()));
+
+    // CPU: signature, JSON, identity numbers.
+    let wh = standardwebhooks::Webhook::new(&source.secret).unwrap();
+    let ts = unix_now();
+    let sig = wh.sign("extra-cpu", ts, body).unwrap();
+    let req = http::Request::builder()
+        .header("content-type", "application/json")
+        .header("webhook-id", "extra-cpu")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(body.to_vec())
+        .unwrap();
+    let t = Instant::now();
+    wh.verify(body, req.headers()).unwrap();
+    step("verify signature (standardwebhooks v1, HMAC-SHA256)", t);
+    let t = Instant::now();
+    let v: Value = serde_json::from_slice(body).unwrap();
+    step("  (for scale) serde_json::from_slice -> Value only", t);
+    drop(v);
+    let t = Instant::now();
+    let value: Value = tavle_core::web::read_json(&req, 10 << 20).unwrap();
+    step("read_json -> Value (parse, NUL walk, Value->Value copy)", t);
+    let t = Instant::now();
+    let post: PostMirror = tavle_core::web::from_value(value).unwrap();
+    step("from_value -> typed post (serde_path_to_error)", t);
+    let t = Instant::now();
+    let direct: PostMirror = serde_json::from_slice(body).unwrap();
+    step("  (alternative) serde_json::from_slice -> typed post", t);
+    drop(direct);
+    let blind = BlindIndex::from_config(&app.variables["blind_index_key"]).unwrap();
+    let t = Instant::now();
+    let indexes: Vec<String> = post
+        .results
+        .iter()
+        .map(|r| {
+            let id = IdentityNumber::parse(r.pupil.identity_number.as_deref().unwrap(), SyntheticPolicy::Accept).unwrap();
+            tavle_core::auth::hex(&blind.index(tenant_id, &id))
+        })
+        .collect();
+    step("identity numbers: parse + blind index (HMAC) + hex", t);
+    let t = Instant::now();
+    let items: Vec<String> = post.results.iter().map(|r| serde_json::to_string(&r.items).unwrap()).collect();
+    step("items re-serialised to JSON text per row", t);
+
+    // SQL, as the handler sends it (text arrays, casts), twice; the second run is reported.
+    let mut conn = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    let uuid = |s: &str| uuid::Uuid::parse_str(s).unwrap();
+    let (tenant, src) = (uuid(tenant_id), uuid(&source.id));
+    let a = &post.assessment;
+    let ext: Vec<String> = post.results.iter().map(|r| r.external_id.clone()).collect();
+    let score: Vec<String> = post.results.iter().map(|r| r.score.map(|s| s.to_string()).unwrap_or_default()).collect();
+    let status: Vec<String> = post.results.iter().map(|r| r.status.clone()).collect();
+    let completed: Vec<String> = post.results.iter().map(|r| r.completed_at.clone().unwrap_or_default()).collect();
+    let mut sql_steps = Vec::new();
+    for run in 0..2 {
+        let mut s: Vec<(String, Duration)> = Vec::new();
+        let t = Instant::now();
+        sqlx::query(
+            "SELECT s.tenant_id, s.kind, s.active, k.secret_enc, k.public_key FROM webhook_sources s \
+             LEFT JOIN webhook_secrets k ON k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now()) \
+             WHERE s.id = $1::uuid",
+        )
+        .bind(src)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        s.push(("SQL load source + secrets".into(), t.elapsed()));
+        let t = Instant::now();
+        sqlx::query("SELECT status, response FROM webhook_deliveries WHERE source_id = $1::uuid AND webhook_id = $2::text")
+            .bind(src)
+            .bind("extra-sql")
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        s.push(("SQL idempotency lookup".into(), t.elapsed()));
+        conn.execute("BEGIN").await.unwrap();
+        let t = Instant::now();
+        let assessment: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, administered_on) \
+             VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::int8::int, $7::float8, $8::text::date) \
+             ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title, subject = EXCLUDED.subject, \
+                 year_level = EXCLUDED.year_level, max_score = EXCLUDED.max_score, \
+                 administered_on = EXCLUDED.administered_on, updated_at = now() \
+             RETURNING id",
+        )
+        .bind(tenant)
+        .bind(src)
+        .bind(&a.external_id)
+        .bind(&a.title)
+        .bind(&a.subject)
+        .bind(a.year_level)
+        .bind(a.max_score)
+        .bind(&a.administered_on)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        s.push(("SQL assessment upsert".into(), t.elapsed()));
+        let t = Instant::now();
+        let known = sqlx::query(
+            "SELECT id, encode(identity_index, 'hex'), feide_username, restricted FROM pupils \
+             WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
+                   OR feide_username = ANY($3::text[]))",
+        )
+        .bind(tenant)
+        .bind(&indexes)
+        .bind(Vec::<String>::new())
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        s.push((format!("SQL resolve pupils ({} found)", known.len()), t.elapsed()));
+        let by_index: HashMap<String, String> =
+            known.iter().map(|r| (r.get::<String, _>(1), r.get::<uuid::Uuid, _>(0).to_string())).collect();
+        let pupil: Vec<String> = indexes.iter().map(|i| by_index[i].clone()).collect();
+        let t = Instant::now();
+        let out = sqlx::query(&format!("INSERT INTO results ({COLUMNS}) {UPSERT_TAIL}"))
+            .bind(tenant)
+            .bind(assessment)
+            .bind(src)
+            .bind(&ext)
+            .bind(&pupil)
+            .bind(&score)
+            .bind(&status)
+            .bind(&completed)
+            .bind(&items)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        s.push((format!("SQL results upsert via unnest ({} rows returned)", out.len()), t.elapsed()));
+        let t = Instant::now();
+        sqlx::query(
+            "INSERT INTO audit_log (tenant_id, actor_user_id, actor, action, target_kind, target_id, client_ip, request_id, details) \
+             VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::jsonb)",
+        )
+        .bind(tenant)
+        .bind(Option::<uuid::Uuid>::None)
+        .bind("system:webhook")
+        .bind("results.ingested")
+        .bind("webhook_source")
+        .bind(&source.id)
+        .bind("127.0.0.1")
+        .bind("extra-sql")
+        .bind(sqlx::types::Json(json!({"received": ext.len()})))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (source_id, webhook_id, tenant_id, status, response) \
+             VALUES ($1::uuid, $2::text, $3::uuid, 200, $4::jsonb)",
+        )
+        .bind(src)
+        .bind("extra-sql")
+        .bind(tenant)
+        .bind(sqlx::types::Json(json!({"created": ext.len(), "updated_external_ids": [], "rejected_rows": []})))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        s.push(("SQL audit + delivery record".into(), t.elapsed()));
+        conn.execute("ROLLBACK").await.unwrap();
+        if run == 1 {
+            sql_steps = s;
+        }
+    }
+    let sql_total: Duration = sql_steps.iter().map(|s| s.1).sum();
+    steps.extend(sql_steps);
+    steps.push(("SQL total (round trips included)".into(), sql_total));
+
+    // EXPLAIN ANALYZE of the upsert (inside a transaction that is rolled back).
+    conn.execute("BEGIN").await.unwrap();
+    let assessment: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, max_score, administered_on) \
+         VALUES ($1, $2, 'explain', 't', 's', 40, '2026-03-02') RETURNING id",
+    )
+    .bind(tenant)
+    .bind(src)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let pupils: Vec<String> = sqlx::query_scalar("SELECT id::text FROM pupils ORDER BY created_at LIMIT $1")
+        .bind(ext.len() as i64)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let explain: Vec<String> = match sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS) INSERT INTO results ({COLUMNS}) {UPSERT_TAIL}"))
+        .bind(tenant)
+        .bind(assessment)
+        .bind(src)
+        .bind(&ext)
+        .bind(&pupils)
+        .bind(&score)
+        .bind(&status)
+        .bind(&completed)
+        .bind(&items)
+        .fetch_all(&mut conn)
+        .await
+    {
+        Ok(lines) => lines,
+        Err(e) => vec![format!("EXPLAIN failed: {e}")],
+    };
+    conn.execute("ROLLBACK").await.unwrap();
+    Breakdown { steps, explain }
+}
+
+/// The handler's upsert after its column list (functions/ingest/src/results.rs).
+const UPSERT_TAIL: &str = "SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, nullif(x.s, '')::float8, x.st, \
+        nullif(x.c, '')::timestamptz, nullif(x.i, '')::jsonb \
+     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS x(e, p, s, st, c, i) \
+     ON CONFLICT (source_id, external_id) DO UPDATE SET pupil_id = EXCLUDED.pupil_id, \
+         assessment_id = EXCLUDED.assessment_id, score = EXCLUDED.score, status = EXCLUDED.status, \
+         completed_at = EXCLUDED.completed_at, items = EXCLUDED.items, updated_at = now() \
+     WHERE (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
+           IS DISTINCT FROM (EXCLUDED.pupil_id, EXCLUDED.assessment_id, EXCLUDED.score, EXCLUDED.status, \
+                             EXCLUDED.completed_at, EXCLUDED.items) \
+     RETURNING xmax = 0, external_id";
+
+/// A minimal blocking HTTP/1.1 keep-alive client (one request in flight).
+struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to host");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    fn deliver(&mut self, source: &Source, kind: &str, webhook_id: &str, body: &[u8]) -> Value {
+        self.post_signed(source, kind, webhook_id, body, &mut Duration::ZERO)
+    }
+
+    /// Signs (Standard Webhooks v1, now) and posts; asserts 200; the JSON answer.
+    fn post_signed(&mut self, source: &Source, kind: &str, webhook_id: &str, body: &[u8], signing: &mut Duration) -> Value {
+        let t = Instant::now();
+        let ts = unix_now();
+        let signature = standardwebhooks::Webhook::new(&source.secret).unwrap().sign(webhook_id, ts, body).unwrap();
+        *signing += t.elapsed();
+        let head = format!(
+            "POST /ingest/{}/{kind} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json\r\n\
+             X-Request-Id: {webhook_id}\r\nwebhook-id: {webhook_id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {signature}\r\n\
+             Content-Length: {}\r\n\r\n",
+            source.id,
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes()).expect("send request");
+        self.stream.write_all(body).expect("send body");
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut length = None;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("header line");
+            let h = line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut response = vec![0; length.expect("response has content-length")];
+        self.reader.read_exact(&mut response).expect("response body");
+        assert_eq!(status, 200, "{kind} post {webhook_id}: {}", String::from_utf8_lossy(&response));
+        serde_json::from_slice(&response).expect("JSON answer")
+    }
+}
+
+fn pct(v: &[Duration], q: f64) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+fn mean(v: &[Duration]) -> Duration {
+    v.iter().sum::<Duration>() / v.len().max(1) as u32
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Handler time (ms) of the request with this id, from the host's log.
+fn handler_ms(log: &str, id: &str) -> Option<u64> {
+    let needle = format!("request id={id} ");
+    log.lines().find(|l| l.starts_with(&needle)).and_then(|l| l.rsplit_once("ms=")).and_then(|(_, v)| v.trim().parse().ok())
+}
+
+fn median_of(mut v: Vec<u64>) -> String {
+    v.sort();
+    v.get(v.len().saturating_sub(1) / 2).map_or("-".into(), |m| m.to_string())
+}
+
+/// Counters read before a phase; [`Probe::since`] turns them into cores used.
+struct Probe {
+    at: Instant,
+    machine_busy: u64,
+    process: u64,
+    postgres: u64,
+    workers: Vec<(String, u64)>,
+}
+
+/// CPU use during a phase, in cores (CPU seconds per wall second).
+struct Usage {
+    machine: f64,
+    process: f64,
+    postgres: f64,
+    workers: Vec<f64>,
+}
+
+impl Probe {
+    fn take() -> Probe {
+        Probe { at: Instant::now(), machine_busy: machine_busy(), process: ticks(Path::new("/proc/self")), postgres: postgres_ticks(), workers: workers() }
+    }
+
+    fn since(&self) -> Usage {
+        let wall = self.at.elapsed().as_secs_f64() * 100.0; // USER_HZ
+        let before = |name: &str| self.workers.iter().find(|w| w.0 == name).map_or(0, |w| w.1);
+        Usage {
+            machine: machine_busy().saturating_sub(self.machine_busy) as f64 / wall,
+            process: ticks(Path::new("/proc/self")).saturating_sub(self.process) as f64 / wall,
+            postgres: postgres_ticks().saturating_sub(self.postgres) as f64 / wall,
+            workers: workers().iter().map(|(n, t)| t.saturating_sub(before(n)) as f64 / wall).collect(),
+        }
+    }
+}
+
+/// utime + stime (ticks) of a process or thread.
+fn ticks(dir: &Path) -> u64 {
+    let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+    let rest: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split_whitespace().collect());
+    let n = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn workers() -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim().starts_with("tavle-worker") {
+            out.push((comm.trim().to_owned(), ticks(&task.path())));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn machine_busy() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+}
+
+/// CPU ticks of every live descendant of this process (the PostgreSQL cluster).
+fn postgres_ticks() -> u64 {
+    let me = std::process::id();
+    let mut parent = HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if let Some(ppid) = stat.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok()) {
+            parent.insert(pid, ppid);
+        }
+    }
+    let descends = |mut pid: u32| {
+        while let Some(&p) = parent.get(&pid) {
+            if p == me {
+                return true;
+            }
+            pid = p;
+        }
+        false
+    };
+    parent.keys().filter(|&&pid| pid != me && descends(pid)).map(|&pid| ticks(&PathBuf::from(format!("/proc/{pid}")))).sum()
+}
+
+/// Points fd 2 at a file until dropped.
+struct StderrRedirect {
+    saved: i32,
+}
+
+impl StderrRedirect {
+    fn to(path: &Path) -> StderrRedirect {
+        let _ = std::fs::create_dir_all(path.parent().unwrap());
+        let file = File::create(path).expect("host log file");
+        // SAFETY: plain fd duplication; `file` stays open until dup2 has copied it.
+        unsafe {
+            let saved = libc::dup(2);
+            assert!(saved >= 0 && libc::dup2(file.as_raw_fd(), 2) >= 0, "redirecting stderr");
+            StderrRedirect { saved }
+        }
+    }
+}
+
+impl Drop for StderrRedirect {
+    fn drop(&mut self) {
+        // SAFETY: restores the descriptor saved in `to`.
+        unsafe {
+            libc::dup2(self.saved, 2);
+            libc::close(self.saved);
+        }
+    }
+}
