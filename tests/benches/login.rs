@@ -92,6 +92,7 @@ fn main() {
     };
 
     // Warm-up: DB connections of every worker, prepared statements.
+    let whole = Probe::take();
     {
         let mut conns: Vec<Client> = (0..workers.max(2)).map(|_| Client::connect(addr)).collect();
         for i in 0..WARM_UP {
@@ -148,6 +149,7 @@ fn main() {
         let (lat, wall) = concurrent(addr, &users, conns, conc_n);
         conc.push((conns, lat, wall, probe.since()));
     }
+    let whole_use = whole.since();
     drop(redirect);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
 
@@ -159,7 +161,10 @@ fn main() {
     println!("PostgreSQL {pg_version}, throwaway cluster (fsync=off, synchronous_commit=off), same machine");
     println!("argon2id m=19456 KiB, t=2, p=1 (password::argon2); {} users, every login answered 200", users.len());
     println!();
-    println!("{:<34} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8}", "phase", "n", "conns", "per sec", "p50 ms", "p99 ms", "host p50");
+    println!(
+        "{:<34} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8}",
+        "phase", "n", "conns", "per sec", "p50 ms", "p99 ms", "host p50"
+    );
     let row = |name: &str, lat: &[Duration], conns: &str, per_sec: f64, host: String| {
         println!(
             "{:<34} {:>5} {:>5} {:>8.1} {:>8.2} {:>8.2} {:>8}",
@@ -217,6 +222,13 @@ fn main() {
     cpu_row("login, sequential", &seq_use);
     for (conns, _, _, u) in &conc {
         cpu_row(&format!("login, {conns} conns"), u);
+    }
+    cpu_row("whole measurement", &whole_use);
+    let other = whole_use.machine - whole_use.process - whole_use.postgres;
+    if other > 0.2 {
+        println!(
+            "WARNING: other processes used {other:.2} cores while measuring; these figures are not representative"
+        );
     }
     println!();
 
@@ -300,7 +312,8 @@ impl Client {
         self.stream.write_all(request.as_bytes()).expect("send request");
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
-        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let status: u16 =
+            line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
         let mut length = None;
         loop {
             line.clear();
@@ -313,7 +326,10 @@ impl Client {
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse::<usize>().ok();
                 }
-                assert!(!k.eq_ignore_ascii_case("connection") || !v.trim().eq_ignore_ascii_case("close"), "server closed keep-alive");
+                assert!(
+                    !k.eq_ignore_ascii_case("connection") || !v.trim().eq_ignore_ascii_case("close"),
+                    "server closed keep-alive"
+                );
             }
         }
         let mut response = vec![0; length.expect("response has content-length")];
@@ -354,7 +370,13 @@ struct Usage {
 impl Probe {
     fn take() -> Probe {
         let (process, _) = task_stat(Path::new("/proc/self"));
-        Probe { at: Instant::now(), machine_busy: machine_busy(), process, postgres: postgres_ticks(), workers: workers() }
+        Probe {
+            at: Instant::now(),
+            machine_busy: machine_busy(),
+            process,
+            postgres: postgres_ticks(),
+            workers: workers(),
+        }
     }
 
     fn since(&self) -> Usage {
@@ -406,7 +428,8 @@ fn workers() -> Vec<(String, u64, u64)> {
 /// Busy ticks of the whole machine (all CPUs) from /proc/stat.
 fn machine_busy() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
     v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
 }
@@ -433,7 +456,11 @@ fn postgres_ticks() -> u64 {
         }
         false
     };
-    parent.keys().filter(|&&pid| pid != me && descends(pid)).map(|&pid| task_stat(&PathBuf::from(format!("/proc/{pid}"))).0).sum()
+    parent
+        .keys()
+        .filter(|&&pid| pid != me && descends(pid))
+        .map(|&pid| task_stat(&PathBuf::from(format!("/proc/{pid}"))).0)
+        .sum()
 }
 
 /// Median handler time (ms) of successful logins whose request id starts with `prefix`.
@@ -441,7 +468,12 @@ fn host_p50(log: &str, prefix: &str) -> String {
     let needle = format!("id={prefix}");
     let mut ms: Vec<u64> = log
         .lines()
-        .filter(|l| l.starts_with("request ") && l.contains(&needle) && l.contains("path=/auth/login ") && l.contains("status=200"))
+        .filter(|l| {
+            l.starts_with("request ")
+                && l.contains(&needle)
+                && l.contains("path=/auth/login ")
+                && l.contains("status=200")
+        })
         .filter_map(|l| l.rsplit_once("ms=").and_then(|(_, v)| v.trim().parse().ok()))
         .collect();
     if ms.is_empty() {
@@ -461,10 +493,7 @@ fn components() -> Vec<(String, String, Option<String>)> {
             let source = c.get("source").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
             let command = c.get("build").and_then(|b| b.get("command")).and_then(|s| s.as_str()).unwrap_or_default();
             let words: Vec<&str> = command.split_whitespace().collect();
-            let krate = words
-                .windows(2)
-                .find(|w| w[0] == "-p" || w[0] == "--package")
-                .map(|w| w[1].to_owned());
+            let krate = words.windows(2).find(|w| w[0] == "-p" || w[0] == "--package").map(|w| w[1].to_owned());
             out.push((name.clone(), source, krate));
         }
     }

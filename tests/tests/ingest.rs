@@ -35,8 +35,8 @@ fn pupil(n: u32, groups: &[&str]) -> Value {
         "given_name": format!("Elev{n}"),
         "family_name": "Nordmann",
         "year_level": 5,
-        "gender": if n % 2 == 0 { "female" } else { "male" },
-        "special_needs": n % 7 == 0,
+        "gender": if n.is_multiple_of(2) { "female" } else { "male" },
+        "special_needs": n.is_multiple_of(7),
         "groups": groups,
     })
 }

@@ -73,7 +73,7 @@ pub fn check_text(checks: &mut Checks, pointer: &str, value: &str, max: usize) {
 }
 
 fn is_leap(y: u32) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
 }
 
 /// `YYYY-MM-DD`, a real calendar date between 1900 and 2199.
