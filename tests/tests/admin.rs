@@ -70,6 +70,7 @@ async fn bad_cursors_and_page_sizes_are_400s() {
         "cursor=eyJ1IjoiYSIsImlkIjoiJyBPUiAxPTEgLS0ifQ", // id is SQL, not a uuid
         "cursor=%ZZ",
         "cursor=%00",
+        "cursor=eyJ1IjogImFcdTAwMDBiIiwgImlkIjogIjAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMCJ9", // {"u":"a\u0000b",...}: NUL inside the decoded cursor
         "limit=1%00",
     ] {
         let r = app.get(&format!("/admin/users?{query}"), &s.token).await;
@@ -112,6 +113,7 @@ async fn creating_users_validates_every_field_and_changes_nothing_on_error() {
         (with("roles", json!([{"role": "teacher", "group_id": bergen_group}])), "/roles"),
         (with("roles", json!([{"role": "teacher", "group_id": uuid::Uuid::new_v4().to_string()}])), "/roles"),
         (with("roles", json!([{"role": "superuser"}])), "/roles/0/role"),
+        (with("roles", json!([{"role": "privacy_officer", "scope": "whole-tenant"}])), "/roles/0"),
         (with("password", json!(12345678)), "/password"),
         (with("unexpected", json!(true)), ""),
         (json!({"display_name": "Kari", "password": "Fjord-Lysne-42"}), "/username"),

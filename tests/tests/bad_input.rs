@@ -68,6 +68,15 @@ async fn malformed_login_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(r.status, status, "{what}: {}", r.text());
         r.assert_problem(status, slug);
     }
+    // 405s say what is allowed; HEAD is GET without a body.
+    let r = app.call(raw(Method::TRACE, "/auth/me", None, Vec::new())).await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    let r = app.call(raw(Method::GET, "/auth/login", None, Vec::new())).await;
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = app.call(raw(Method::PATCH, "/admin/users", None, Vec::new())).await;
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+    let head = app.call(raw(Method::HEAD, "/auth/me", None, Vec::new())).await;
+    assert_eq!((head.status, head.body.len()), (401, 0));
     // Missing fields and wrong types are pointed at.
     let r =
         app.call(raw(Method::POST, "/auth/login", json_ct, br#"{"tenant":"oslo","username":"admin"}"#.to_vec())).await;

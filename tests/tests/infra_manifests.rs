@@ -43,8 +43,7 @@ fn load_manifests() -> Vec<(String, String)> {
         .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
         .map(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let text =
-                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
             (name, text)
         })
         .collect();
@@ -93,9 +92,7 @@ fn template_refs(s: &str) -> Vec<String> {
 }
 
 fn parse_spin(text: &str) -> Result<Spin, String> {
-    let doc: toml::Table = text
-        .parse()
-        .map_err(|e| format!("spin.toml: TOML parse error: {e}"))?;
+    let doc: toml::Table = text.parse().map_err(|e| format!("spin.toml: TOML parse error: {e}"))?;
     let mut spin = Spin::default();
     if let Some(vars) = doc.get("variables").and_then(|v| v.as_table()) {
         for (name, def) in vars {
@@ -113,10 +110,7 @@ fn parse_spin(text: &str) -> Result<Spin, String> {
                     }
                 }
             }
-            if let Some(hosts) = comp
-                .get("allowed_outbound_hosts")
-                .and_then(|v| v.as_array())
-            {
+            if let Some(hosts) = comp.get("allowed_outbound_hosts").and_then(|v| v.as_array()) {
                 for h in hosts.iter().filter_map(|h| h.as_str()) {
                     refs.extend(template_refs(h));
                     if h.starts_with("postgres://") {
@@ -127,11 +121,7 @@ fn parse_spin(text: &str) -> Result<Spin, String> {
             spin.component_refs.insert(id.clone(), refs);
         }
     }
-    if let Some(http) = doc
-        .get("trigger")
-        .and_then(|t| t.get("http"))
-        .and_then(|h| h.as_array())
-    {
+    if let Some(http) = doc.get("trigger").and_then(|t| t.get("http")).and_then(|h| h.as_array()) {
         for t in http {
             if let Some(r) = t.get("route").and_then(|r| r.as_str()) {
                 spin.routes.push(r.to_string());
@@ -179,18 +169,9 @@ fn parse_yaml_stream(file: &str, text: &str, problems: &mut Vec<String>) -> Vec<
     for (i, chunk) in chunks.iter().enumerate() {
         match serde_yaml_ng::from_str::<Value>(chunk) {
             Ok(Value::Null) => {} // empty document (comments only)
-            Ok(value @ Value::Object(_)) => docs.push(Doc {
-                file: file.to_string(),
-                value,
-            }),
-            Ok(other) => problems.push(format!(
-                "{file}: document {} is not a mapping: {other}",
-                i + 1
-            )),
-            Err(e) => problems.push(format!(
-                "{file}: YAML parse error in document {}: {e}",
-                i + 1
-            )),
+            Ok(value @ Value::Object(_)) => docs.push(Doc { file: file.to_string(), value }),
+            Ok(other) => problems.push(format!("{file}: document {} is not a mapping: {other}", i + 1)),
+            Err(e) => problems.push(format!("{file}: YAML parse error in document {}: {e}", i + 1)),
         }
     }
     docs
@@ -207,8 +188,7 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 fn is_dns1123(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -233,18 +213,8 @@ fn pod_spec(doc: &Doc) -> Option<&Value> {
 fn pod_secret_refs(spec: &Value) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     for list in ["containers", "initContainers"] {
-        for c in spec
-            .get(list)
-            .and_then(|c| c.as_array())
-            .into_iter()
-            .flatten()
-        {
-            for e in c
-                .get("env")
-                .and_then(|e| e.as_array())
-                .into_iter()
-                .flatten()
-            {
+        for c in spec.get(list).and_then(|c| c.as_array()).into_iter().flatten() {
+            for e in c.get("env").and_then(|e| e.as_array()).into_iter().flatten() {
                 if let (Some(n), Some(k)) = (
                     str_at(e, &["valueFrom", "secretKeyRef", "name"]),
                     str_at(e, &["valueFrom", "secretKeyRef", "key"]),
@@ -252,24 +222,14 @@ fn pod_secret_refs(spec: &Value) -> Vec<(String, Option<String>)> {
                     out.push((n.to_string(), Some(k.to_string())));
                 }
             }
-            for e in c
-                .get("envFrom")
-                .and_then(|e| e.as_array())
-                .into_iter()
-                .flatten()
-            {
+            for e in c.get("envFrom").and_then(|e| e.as_array()).into_iter().flatten() {
                 if let Some(n) = str_at(e, &["secretRef", "name"]) {
                     out.push((n.to_string(), None));
                 }
             }
         }
     }
-    for vol in spec
-        .get("volumes")
-        .and_then(|v| v.as_array())
-        .into_iter()
-        .flatten()
-    {
+    for vol in spec.get("volumes").and_then(|v| v.as_array()).into_iter().flatten() {
         if let Some(n) = str_at(vol, &["secret", "secretName"]) {
             out.push((n.to_string(), None));
         }
@@ -278,9 +238,7 @@ fn pod_secret_refs(spec: &Value) -> Vec<(String, Option<String>)> {
 }
 
 fn containers_text(spec: &Value) -> String {
-    spec.get("containers")
-        .map(|c| c.to_string())
-        .unwrap_or_default()
+    spec.get("containers").map(|c| c.to_string()).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------
@@ -290,11 +248,7 @@ fn containers_text(spec: &Value) -> String {
 /// Checks the deployment manifests against `spin.toml`. Returns every problem found
 /// (empty = consistent). `tf_db_subnet_cidr` is the database subnet from
 /// `infra/terraform`, when known.
-fn check_deployment(
-    spin_toml: &str,
-    files: &[(String, String)],
-    tf_db_subnet_cidr: Option<&str>,
-) -> Vec<String> {
+fn check_deployment(spin_toml: &str, files: &[(String, String)], tf_db_subnet_cidr: Option<&str>) -> Vec<String> {
     let mut problems = Vec::new();
     let spin = match parse_spin(spin_toml) {
         Ok(s) => s,
@@ -320,11 +274,7 @@ fn check_deployment(
             continue;
         }
         if !is_dns1123(d.name()) {
-            problems.push(format!(
-                "{}: metadata.name {:?} missing or not a DNS-1123 name",
-                d.id(),
-                d.name()
-            ));
+            problems.push(format!("{}: metadata.name {:?} missing or not a DNS-1123 name", d.id(), d.name()));
         }
         let ns = str_at(v, &["metadata", "namespace"]);
         if d.kind() == "Namespace" {
@@ -332,18 +282,13 @@ fn check_deployment(
                 problems.push(format!("{}: expected Namespace {NAMESPACE:?}", d.id()));
             }
         } else if ns != Some(NAMESPACE) {
-            problems.push(format!(
-                "{}: metadata.namespace must be {NAMESPACE:?}, is {ns:?}",
-                d.id()
-            ));
+            problems.push(format!("{}: metadata.namespace must be {NAMESPACE:?}, is {ns:?}", d.id()));
         }
         if !seen.insert((d.kind().to_string(), d.name().to_string())) {
             problems.push(format!("{}: duplicate object", d.id()));
         }
         let require = |problems: &mut Vec<String>, path: &str| {
-            if v.pointer(path)
-                .is_none_or(|x| x.is_null() || x.as_str() == Some(""))
-            {
+            if v.pointer(path).is_none_or(|x| x.is_null() || x.as_str() == Some("")) {
                 problems.push(format!("{}: missing {path}", d.id()));
             }
         };
@@ -387,7 +332,10 @@ fn check_deployment(
                 require(&mut problems, "/spec/provider/azurekv/vaultUrl");
                 let url = str_at(v, &["spec", "provider", "azurekv", "vaultUrl"]).unwrap_or("");
                 if !(url.starts_with("https://") && url.trim_end_matches('/').ends_with(".vault.azure.net")) {
-                    problems.push(format!("{}: vaultUrl must be an Azure Key Vault URL (https://<name>.vault.azure.net)", d.id()));
+                    problems.push(format!(
+                        "{}: vaultUrl must be an Azure Key Vault URL (https://<name>.vault.azure.net)",
+                        d.id()
+                    ));
                 }
             }
             "NetworkPolicy" => {
@@ -415,36 +363,21 @@ fn check_deployment(
             }
             for c in containers.into_iter().flatten() {
                 if str_at(c, &["name"]).is_none() || str_at(c, &["image"]).is_none() {
-                    problems.push(format!(
-                        "{}: every container needs a name and an image",
-                        d.id()
-                    ));
+                    problems.push(format!("{}: every container needs a name and an image", d.id()));
                 }
             }
             if matches!(d.kind(), "Job" | "CronJob")
-                && !matches!(
-                    str_at(spec, &["restartPolicy"]),
-                    Some("Never" | "OnFailure")
-                )
+                && !matches!(str_at(spec, &["restartPolicy"]), Some("Never" | "OnFailure"))
             {
-                problems.push(format!(
-                    "{}: restartPolicy must be Never or OnFailure",
-                    d.id()
-                ));
+                problems.push(format!("{}: restartPolicy must be Never or OnFailure", d.id()));
             }
         }
     }
 
     // --- kustomization lists every file ----------------------------------------------
-    let kustomizations: Vec<&Doc> = docs
-        .iter()
-        .filter(|d| d.kind() == "Kustomization")
-        .collect();
+    let kustomizations: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "Kustomization").collect();
     if kustomizations.len() != 1 {
-        problems.push(format!(
-            "expected one kustomization.yaml, found {}",
-            kustomizations.len()
-        ));
+        problems.push(format!("expected one kustomization.yaml, found {}", kustomizations.len()));
     }
     for k in &kustomizations {
         let listed: BTreeSet<String> = k.value["resources"]
@@ -453,11 +386,7 @@ fn check_deployment(
             .flatten()
             .filter_map(|r| r.as_str().map(str::to_string))
             .collect();
-        let present: BTreeSet<String> = files
-            .iter()
-            .map(|(f, _)| f.clone())
-            .filter(|f| *f != k.file)
-            .collect();
+        let present: BTreeSet<String> = files.iter().map(|(f, _)| f.clone()).filter(|f| *f != k.file).collect();
         for f in present.difference(&listed) {
             problems.push(format!("{}: {f} is not listed in resources", k.file));
         }
@@ -469,26 +398,13 @@ fn check_deployment(
     // --- what the manifests produce -----------------------------------------------
     // Secret name -> keys, for Secrets materialised by ExternalSecrets.
     let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let stores: BTreeSet<&str> = docs
-        .iter()
-        .filter(|d| d.kind() == "SecretStore")
-        .map(|d| d.name())
-        .collect();
-    let service_accounts: BTreeSet<&str> = docs
-        .iter()
-        .filter(|d| d.kind() == "ServiceAccount")
-        .map(|d| d.name())
-        .collect();
+    let stores: BTreeSet<&str> = docs.iter().filter(|d| d.kind() == "SecretStore").map(|d| d.name()).collect();
+    let service_accounts: BTreeSet<&str> =
+        docs.iter().filter(|d| d.kind() == "ServiceAccount").map(|d| d.name()).collect();
     for d in docs.iter().filter(|d| d.kind() == "SecretStore") {
-        if let Some(sa) = str_at(
-            &d.value,
-            &["spec", "provider", "azurekv", "serviceAccountRef", "name"],
-        ) {
+        if let Some(sa) = str_at(&d.value, &["spec", "provider", "azurekv", "serviceAccountRef", "name"]) {
             if !service_accounts.contains(sa) {
-                problems.push(format!(
-                    "{}: serviceAccountRef {sa:?} is not defined",
-                    d.id()
-                ));
+                problems.push(format!("{}: serviceAccountRef {sa:?} is not defined", d.id()));
             }
         }
     }
@@ -496,21 +412,12 @@ fn check_deployment(
     for d in docs.iter().filter(|d| d.kind() == "ExternalSecret") {
         let v = &d.value;
         if let Some(store) = str_at(v, &["spec", "secretStoreRef", "name"]) {
-            if str_at(v, &["spec", "secretStoreRef", "kind"]) != Some("ClusterSecretStore")
-                && !stores.contains(store)
-            {
-                problems.push(format!(
-                    "{}: secretStoreRef {store:?} is not defined",
-                    d.id()
-                ));
+            if str_at(v, &["spec", "secretStoreRef", "kind"]) != Some("ClusterSecretStore") && !stores.contains(store) {
+                problems.push(format!("{}: secretStoreRef {store:?} is not defined", d.id()));
             }
         }
-        let target = str_at(v, &["spec", "target", "name"])
-            .unwrap_or(d.name())
-            .to_string();
-        let templated = v
-            .pointer("/spec/target/template/data")
-            .and_then(|t| t.as_object());
+        let target = str_at(v, &["spec", "target", "name"]).unwrap_or(d.name()).to_string();
+        let templated = v.pointer("/spec/target/template/data").and_then(|t| t.as_object());
         let keys: BTreeSet<String> = match templated {
             Some(t) => t.keys().cloned().collect(),
             None => v["spec"]["data"]
@@ -521,32 +428,24 @@ fn check_deployment(
                 .collect(),
         };
         if es_by_target.insert(target.clone(), d).is_some() {
-            problems.push(format!(
-                "{}: another ExternalSecret already writes Secret {target:?}",
-                d.id()
-            ));
+            problems.push(format!("{}: another ExternalSecret already writes Secret {target:?}", d.id()));
         }
         secrets.insert(target, keys);
     }
     let mut config_maps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for d in docs.iter().filter(|d| d.kind() == "ConfigMap") {
-        let keys = d.value["data"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
+        let keys = d.value["data"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
         config_maps.insert(d.name().to_string(), keys);
     }
-    let check_secret_ref = |problems: &mut Vec<String>,
-                            who: &str,
-                            name: &str,
-                            key: Option<&str>| match secrets.get(name) {
-        None => problems.push(format!(
-            "{who}: Secret {name:?} is not produced by any ExternalSecret in infra/k8s"
-        )),
+    let check_secret_ref = |problems: &mut Vec<String>, who: &str, name: &str, key: Option<&str>| match secrets
+        .get(name)
+    {
+        None => problems.push(format!("{who}: Secret {name:?} is not produced by any ExternalSecret in infra/k8s")),
         Some(keys) => {
             if let Some(k) = key {
                 if !keys.contains(k) {
-                    problems.push(format!("{who}: Secret {name:?} has no key {k:?} (ExternalSecret provides {keys:?})"));
+                    problems
+                        .push(format!("{who}: Secret {name:?} has no key {k:?} (ExternalSecret provides {keys:?})"));
                 }
             }
         }
@@ -555,10 +454,7 @@ fn check_deployment(
     // --- SpinApp variables vs spin.toml ----------------------------------------------
     let spinapps: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "SpinApp").collect();
     if spinapps.len() != 1 {
-        problems.push(format!(
-            "expected exactly one SpinApp, found {}",
-            spinapps.len()
-        ));
+        problems.push(format!("expected exactly one SpinApp, found {}", spinapps.len()));
     }
     for (component, refs) in &spin.component_refs {
         for r in refs.iter().filter(|r| !spin.vars.contains_key(*r)) {
@@ -571,13 +467,7 @@ fn check_deployment(
         let who = app.id();
         let mut provided: BTreeMap<String, &Value> = BTreeMap::new();
         let mut app_secrets: BTreeSet<String> = BTreeSet::new();
-        for var in app
-            .value
-            .pointer("/spec/variables")
-            .and_then(|v| v.as_array())
-            .into_iter()
-            .flatten()
-        {
+        for var in app.value.pointer("/spec/variables").and_then(|v| v.as_array()).into_iter().flatten() {
             let Some(name) = str_at(var, &["name"]) else {
                 problems.push(format!("{who}: variable entry without a name"));
                 continue;
@@ -586,17 +476,14 @@ fn check_deployment(
                 problems.push(format!("{who}: variable {name:?} is bound twice"));
             }
             let Some(decl) = spin.vars.get(name) else {
-                problems.push(format!(
-                    "{who}: provides variable {name:?}, which spin.toml [variables] does not declare"
-                ));
+                problems
+                    .push(format!("{who}: provides variable {name:?}, which spin.toml [variables] does not declare"));
                 continue;
             };
             let has_value = var.get("value").is_some_and(|x| !x.is_null());
             let from = var.get("valueFrom");
             if has_value == from.is_some() {
-                problems.push(format!(
-                    "{who}: variable {name:?} needs exactly one of value / valueFrom"
-                ));
+                problems.push(format!("{who}: variable {name:?} needs exactly one of value / valueFrom"));
             }
             if let Some(value) = var.get("value") {
                 if !value.is_string() {
@@ -611,55 +498,32 @@ fn check_deployment(
                 ));
             }
             if let Some(s) = sref {
-                let (sn, sk) = (
-                    str_at(s, &["name"]).unwrap_or(""),
-                    str_at(s, &["key"]).unwrap_or(""),
-                );
-                check_secret_ref(
-                    &mut problems,
-                    &format!("{who}: variable {name:?}"),
-                    sn,
-                    Some(sk),
-                );
+                let (sn, sk) = (str_at(s, &["name"]).unwrap_or(""), str_at(s, &["key"]).unwrap_or(""));
+                check_secret_ref(&mut problems, &format!("{who}: variable {name:?}"), sn, Some(sk));
                 app_secrets.insert(sn.to_string());
             } else if let Some(c) = cref {
-                let (cn, ck) = (
-                    str_at(c, &["name"]).unwrap_or(""),
-                    str_at(c, &["key"]).unwrap_or(""),
-                );
+                let (cn, ck) = (str_at(c, &["name"]).unwrap_or(""), str_at(c, &["key"]).unwrap_or(""));
                 match config_maps.get(cn) {
-                    None => problems.push(format!(
-                        "{who}: variable {name:?}: ConfigMap {cn:?} is not defined"
-                    )),
-                    Some(keys) if !keys.contains(ck) => problems.push(format!(
-                        "{who}: variable {name:?}: ConfigMap {cn:?} has no key {ck:?}"
-                    )),
+                    None => problems.push(format!("{who}: variable {name:?}: ConfigMap {cn:?} is not defined")),
+                    Some(keys) if !keys.contains(ck) => {
+                        problems.push(format!("{who}: variable {name:?}: ConfigMap {cn:?} has no key {ck:?}"))
+                    }
                     _ => {}
                 }
             } else if from.is_some() {
-                problems.push(format!(
-                    "{who}: variable {name:?}: only secretKeyRef or configMapKeyRef are allowed"
-                ));
+                problems.push(format!("{who}: variable {name:?}: only secretKeyRef or configMapKeyRef are allowed"));
             }
         }
         // Every declared application variable and every variable a component uses.
-        let mut needed: BTreeMap<&str, Vec<&str>> =
-            spin.vars.keys().map(|k| (k.as_str(), vec![])).collect();
+        let mut needed: BTreeMap<&str, Vec<&str>> = spin.vars.keys().map(|k| (k.as_str(), vec![])).collect();
         for (component, refs) in &spin.component_refs {
             for r in refs {
-                needed
-                    .entry(r.as_str())
-                    .or_default()
-                    .push(component.as_str());
+                needed.entry(r.as_str()).or_default().push(component.as_str());
             }
         }
         for (name, users) in &needed {
             if !provided.contains_key(*name) {
-                let users = if users.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (used by component(s) {users:?})")
-                };
+                let users = if users.is_empty() { String::new() } else { format!(" (used by component(s) {users:?})") };
                 problems.push(format!(
                     "spin.toml declares variable {name:?}{users} but {} does not provide it: add it to spec.variables (secret -> ExternalSecret + secretKeyRef, otherwise ConfigMap)",
                     app.file
@@ -677,9 +541,7 @@ fn check_deployment(
                     str_at(v, &["valueFrom", "secretKeyRef", "name"]) == Some(s.as_str())
                         && str_at(v, &["valueFrom", "secretKeyRef", "key"]) == Some(key.as_str())
                 }) {
-                    problems.push(format!(
-                        "Secret {s:?} holds {key:?} but the SpinApp never binds it"
-                    ));
+                    problems.push(format!("Secret {s:?} holds {key:?} but the SpinApp never binds it"));
                 }
             }
         }
@@ -687,34 +549,17 @@ fn check_deployment(
         // Runtime config: a Secret with runtime-config.toml; PostgreSQL components listed.
         if let Some(rc) = str_at(&app.value, &["spec", "runtimeConfig", "loadFromSecret"]) {
             match es_by_target.get(rc) {
-                None => problems.push(format!(
-                    "{who}: runtimeConfig secret {rc:?} is not produced by an ExternalSecret"
-                )),
-                Some(es) => match str_at(
-                    &es.value,
-                    &["spec", "target", "template", "data", "runtime-config.toml"],
-                ) {
-                    None => problems.push(format!(
-                        "{}: must template the key runtime-config.toml",
-                        es.id()
-                    )),
+                None => {
+                    problems.push(format!("{who}: runtimeConfig secret {rc:?} is not produced by an ExternalSecret"))
+                }
+                Some(es) => match str_at(&es.value, &["spec", "target", "template", "data", "runtime-config.toml"]) {
+                    None => problems.push(format!("{}: must template the key runtime-config.toml", es.id())),
                     Some(toml_text) => match toml_text.parse::<toml::Table>() {
-                        Err(e) => problems
-                            .push(format!("{}: runtime-config.toml is not TOML: {e}", es.id())),
+                        Err(e) => problems.push(format!("{}: runtime-config.toml is not TOML: {e}", es.id())),
                         Ok(rt) => {
                             let mut listed = BTreeSet::new();
-                            for tls in rt
-                                .get("client_tls")
-                                .and_then(|t| t.as_array())
-                                .into_iter()
-                                .flatten()
-                            {
-                                for c in tls
-                                    .get("component_ids")
-                                    .and_then(|c| c.as_array())
-                                    .into_iter()
-                                    .flatten()
-                                {
+                            for tls in rt.get("client_tls").and_then(|t| t.as_array()).into_iter().flatten() {
+                                for c in tls.get("component_ids").and_then(|c| c.as_array()).into_iter().flatten() {
                                     if let Some(c) = c.as_str() {
                                         listed.insert(c.to_string());
                                     }
@@ -726,14 +571,8 @@ fn check_deployment(
                                     es.id()
                                 ));
                             }
-                            for c in listed
-                                .iter()
-                                .filter(|c| !spin.component_refs.contains_key(*c))
-                            {
-                                problems.push(format!(
-                                    "{}: [[client_tls]] lists unknown component {c:?}",
-                                    es.id()
-                                ));
+                            for c in listed.iter().filter(|c| !spin.component_refs.contains_key(*c)) {
+                                problems.push(format!("{}: [[client_tls]] lists unknown component {c:?}", es.id()));
                             }
                         }
                     },
@@ -755,11 +594,7 @@ fn check_deployment(
             continue;
         }
         let suspended = d.value.pointer("/spec/suspend").and_then(|s| s.as_bool()) == Some(true);
-        let marked = d
-            .value
-            .pointer("/metadata/annotations")
-            .and_then(|a| a.get(INACTIVE_ANNOTATION))
-            .is_some();
+        let marked = d.value.pointer("/metadata/annotations").and_then(|a| a.get(INACTIVE_ANNOTATION)).is_some();
         if !retention_live {
             // Inactive template: excluded from the variable check until the route exists.
             if !suspended || !marked {
@@ -788,43 +623,33 @@ fn check_deployment(
         }
     }
     if !retention_live
-        && !docs.iter().any(|d| {
-            d.kind() == "CronJob"
-                && pod_spec(d).is_some_and(|s| containers_text(s).contains(RETENTION_ROUTE))
-        })
+        && !docs
+            .iter()
+            .any(|d| d.kind() == "CronJob" && pod_spec(d).is_some_and(|s| containers_text(s).contains(RETENTION_ROUTE)))
     {
-        problems.push(format!(
-            "no CronJob template calling POST {RETENTION_ROUTE}/run"
-        ));
+        problems.push(format!("no CronJob template calling POST {RETENTION_ROUTE}/run"));
     }
 
     // --- NetworkPolicies ---------------------------------------------------------------
-    let policies: Vec<&Doc> = docs
-        .iter()
-        .filter(|d| d.kind() == "NetworkPolicy")
-        .collect();
+    let policies: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "NetworkPolicy").collect();
     let default_deny = policies.iter().any(|p| {
         let v = &p.value;
-        v.pointer("/spec/podSelector")
-            .is_some_and(|s| s.as_object().is_some_and(|o| o.is_empty()))
+        v.pointer("/spec/podSelector").is_some_and(|s| s.as_object().is_some_and(|o| o.is_empty()))
             && v.pointer("/spec/ingress").is_none()
             && v.pointer("/spec/egress").is_none()
             && ["Ingress", "Egress"].iter().all(|t| {
-                v.pointer("/spec/policyTypes")
-                    .and_then(|a| a.as_array())
-                    .is_some_and(|a| a.iter().any(|x| x == t))
+                v.pointer("/spec/policyTypes").and_then(|a| a.as_array()).is_some_and(|a| a.iter().any(|x| x == t))
             })
     });
     if !default_deny {
-        problems.push("networkpolicy: a default-deny policy (podSelector {}, Ingress+Egress, no rules) is required".into());
+        problems
+            .push("networkpolicy: a default-deny policy (podSelector {}, Ingress+Egress, no rules) is required".into());
     }
     for app in &spinapps {
         let selecting: Vec<&&Doc> = policies
             .iter()
             .filter(|p| {
-                p.value
-                    .pointer("/spec/podSelector/matchLabels/core.spinkube.dev~1app-name")
-                    .and_then(|x| x.as_str())
+                p.value.pointer("/spec/podSelector/matchLabels/core.spinkube.dev~1app-name").and_then(|x| x.as_str())
                     == Some(app.name())
             })
             .collect();
@@ -836,46 +661,26 @@ fn check_deployment(
         }
         for p in selecting {
             let v = &p.value;
-            let types = v
-                .pointer("/spec/policyTypes")
-                .map(|t| t.to_string())
-                .unwrap_or_default();
+            let types = v.pointer("/spec/policyTypes").map(|t| t.to_string()).unwrap_or_default();
             if !types.contains("Egress") || !types.contains("Ingress") {
                 problems.push(format!("{}: must restrict both Ingress and Egress", p.id()));
             }
             let mut db_rule = false;
-            for rule in v
-                .pointer("/spec/egress")
-                .and_then(|e| e.as_array())
-                .into_iter()
-                .flatten()
-            {
+            for rule in v.pointer("/spec/egress").and_then(|e| e.as_array()).into_iter().flatten() {
                 let ports: Vec<(String, i64)> = rule["ports"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|p| {
-                        (
-                            p["protocol"].as_str().unwrap_or("TCP").to_string(),
-                            p["port"].as_i64().unwrap_or(-1),
-                        )
-                    })
+                    .map(|p| (p["protocol"].as_str().unwrap_or("TCP").to_string(), p["port"].as_i64().unwrap_or(-1)))
                     .collect();
                 let to = rule["to"].as_array().cloned().unwrap_or_default();
                 if ports.is_empty() || to.is_empty() {
-                    problems.push(format!(
-                        "{}: every egress rule needs explicit `to` and `ports`",
-                        p.id()
-                    ));
+                    problems.push(format!("{}: every egress rule needs explicit `to` and `ports`", p.id()));
                     continue;
                 }
                 let dns = ports.iter().all(|(_, port)| *port == 53)
-                    && to
-                        .iter()
-                        .all(|t| t.get("podSelector").is_some() && t.get("ipBlock").is_none());
-                let db = ports
-                    .iter()
-                    .all(|(proto, port)| proto == "TCP" && *port == 5432)
+                    && to.iter().all(|t| t.get("podSelector").is_some() && t.get("ipBlock").is_none());
+                let db = ports.iter().all(|(proto, port)| proto == "TCP" && *port == 5432)
                     && to.iter().all(|t| t.get("ipBlock").is_some());
                 if db {
                     db_rule = true;
@@ -904,25 +709,12 @@ fn check_deployment(
                 }
             }
             if !db_rule {
-                problems.push(format!(
-                    "{}: no egress rule to the database subnet on TCP 5432",
-                    p.id()
-                ));
+                problems.push(format!("{}: no egress rule to the database subnet on TCP 5432", p.id()));
             }
-            for rule in v
-                .pointer("/spec/ingress")
-                .and_then(|e| e.as_array())
-                .into_iter()
-                .flatten()
-            {
-                if rule["from"]
-                    .as_array()
-                    .is_none_or(|a| a.is_empty() || a.iter().any(|f| f.get("ipBlock").is_some()))
+            for rule in v.pointer("/spec/ingress").and_then(|e| e.as_array()).into_iter().flatten() {
+                if rule["from"].as_array().is_none_or(|a| a.is_empty() || a.iter().any(|f| f.get("ipBlock").is_some()))
                 {
-                    problems.push(format!(
-                        "{}: ingress must come from named namespaces/pods only",
-                        p.id()
-                    ));
+                    problems.push(format!("{}: ingress must come from named namespaces/pods only", p.id()));
                 }
             }
         }
@@ -936,18 +728,12 @@ fn terraform_db_subnet_cidr() -> Option<String> {
     let text = std::fs::read_to_string(repo_root().join("infra/terraform/variables.tf")).ok()?;
     let block = &text[text.find("variable \"db_subnet_cidr\"")?..];
     let block = &block[..block.find("\n}").unwrap_or(block.len())];
-    let line = block
-        .lines()
-        .find(|l| l.trim_start().starts_with("default"))?;
+    let line = block.lines().find(|l| l.trim_start().starts_with("default"))?;
     Some(line.split('"').nth(1)?.to_string())
 }
 
 fn assert_clean(problems: &[String]) {
-    assert!(
-        problems.is_empty(),
-        "infra/k8s is inconsistent with spin.toml:\n  - {}",
-        problems.join("\n  - ")
-    );
+    assert!(problems.is_empty(), "infra/k8s is inconsistent with spin.toml:\n  - {}", problems.join("\n  - "));
 }
 
 fn assert_flags(problems: &[String], needle: &str) {
@@ -985,31 +771,18 @@ fn with_probe_component(spin_toml: &str, variables: &str) -> String {
 #[test]
 fn deployment_provides_exactly_the_spin_variables() {
     let cidr = terraform_db_subnet_cidr();
-    assert!(
-        cidr.is_some(),
-        "db_subnet_cidr default not found in infra/terraform/variables.tf"
-    );
-    assert_clean(&check_deployment(
-        &load_spin_toml(),
-        &load_manifests(),
-        cidr.as_deref(),
-    ));
+    assert!(cidr.is_some(), "db_subnet_cidr default not found in infra/terraform/variables.tf");
+    assert_clean(&check_deployment(&load_spin_toml(), &load_manifests(), cidr.as_deref()));
 }
 
 #[test]
 fn spin_toml_declares_variables_and_components() {
     // Guards against the checker silently passing on an empty model.
     let spin = parse_spin(&load_spin_toml()).expect("spin.toml parses");
-    assert!(
-        spin.vars.contains_key("db_url"),
-        "spin.toml declares db_url"
-    );
+    assert!(spin.vars.contains_key("db_url"), "spin.toml declares db_url");
     assert!(spin.vars["db_url"].secret, "db_url is secret");
     assert!(!spin.component_refs.is_empty(), "spin.toml has components");
-    assert!(
-        !spin.pg_components.is_empty(),
-        "some component talks to PostgreSQL"
-    );
+    assert!(!spin.pg_components.is_empty(), "some component talks to PostgreSQL");
 }
 
 #[test]
@@ -1022,10 +795,7 @@ fn every_manifest_parses_with_required_fields() {
         count += docs.len();
     }
     assert_clean(&problems);
-    assert!(
-        count >= 10,
-        "expected the full deployment, found {count} objects"
-    );
+    assert!(count >= 10, "expected the full deployment, found {count} objects");
 }
 
 // ---------------------------------------------------------------------------------
@@ -1035,19 +805,9 @@ fn every_manifest_parses_with_required_fields() {
 #[test]
 fn fails_when_a_component_gains_a_variable_the_deployment_lacks() {
     // A new component (e.g. ingest) declares a webhook secret that infra/k8s lacks.
-    let spin = with_probe_component(
-        &load_spin_toml(),
-        "webhook_secret = \"{{ webhook_secret }}\"\n",
-    );
-    assert!(
-        spin.contains("[variables]\n"),
-        "spin.toml has a [variables] table"
-    );
-    let spin = spin.replacen(
-        "[variables]\n",
-        "[variables]\nwebhook_secret = { required = true, secret = true }\n",
-        1,
-    );
+    let spin = with_probe_component(&load_spin_toml(), "webhook_secret = \"{{ webhook_secret }}\"\n");
+    assert!(spin.contains("[variables]\n"), "spin.toml has a [variables] table");
+    let spin = spin.replacen("[variables]\n", "[variables]\nwebhook_secret = { required = true, secret = true }\n", 1);
     let problems = check_deployment(&spin, &load_manifests(), None);
     assert_flags(
         &problems,
@@ -1057,24 +817,14 @@ fn fails_when_a_component_gains_a_variable_the_deployment_lacks() {
 
 #[test]
 fn fails_when_an_application_variable_is_not_provided() {
-    let spin = load_spin_toml().replacen(
-        "[variables]\n",
-        "[variables]\nfeature_flag = { default = \"off\" }\n",
-        1,
-    );
-    assert_flags(
-        &check_deployment(&spin, &load_manifests(), None),
-        "declares variable \"feature_flag\"",
-    );
+    let spin = load_spin_toml().replacen("[variables]\n", "[variables]\nfeature_flag = { default = \"off\" }\n", 1);
+    assert_flags(&check_deployment(&spin, &load_manifests(), None), "declares variable \"feature_flag\"");
 }
 
 #[test]
 fn fails_when_a_component_references_an_undeclared_variable() {
     let spin = with_probe_component(&load_spin_toml(), "mystery = \"{{ mystery }}\"\n");
-    assert_flags(
-        &check_deployment(&spin, &load_manifests(), None),
-        "which [variables] does not declare",
-    );
+    assert_flags(&check_deployment(&spin, &load_manifests(), None), "which [variables] does not declare");
 }
 
 #[test]
@@ -1107,16 +857,8 @@ fn fails_when_a_secret_variable_is_a_literal() {
 
 #[test]
 fn fails_when_a_secret_key_is_not_in_key_vault() {
-    let files = patched(
-        &load_manifests(),
-        "spinapp.yaml",
-        "key: token_signing_key",
-        "key: token_signing_key_v2",
-    );
-    assert_flags(
-        &check_deployment(&load_spin_toml(), &files, None),
-        "has no key \"token_signing_key_v2\"",
-    );
+    let files = patched(&load_manifests(), "spinapp.yaml", "key: token_signing_key", "key: token_signing_key_v2");
+    assert_flags(&check_deployment(&load_spin_toml(), &files, None), "has no key \"token_signing_key_v2\"");
 }
 
 #[test]
@@ -1148,10 +890,7 @@ fn fails_when_a_raw_secret_is_committed() {
 #[test]
 fn fails_on_broken_yaml_and_missing_fields() {
     let mut files = patched(&load_manifests(), "configmap.yaml", "kind: ConfigMap\n", "");
-    files.push((
-        "broken.yaml".into(),
-        "apiVersion: v1\nkind: [unclosed\n".into(),
-    ));
+    files.push(("broken.yaml".into(), "apiVersion: v1\nkind: [unclosed\n".into()));
     let problems = check_deployment(&load_spin_toml(), &files, None);
     assert_flags(&problems, "broken.yaml: YAML parse error");
     assert_flags(&problems, "configmap.yaml: missing kind");
@@ -1163,50 +902,29 @@ fn fails_when_a_postgres_component_is_missing_from_runtime_config() {
         "{}\n[component.newcomer]\nsource = \"x.wasm\"\nallowed_outbound_hosts = [\"postgres://{{{{ db_host }}}}\"]\n[component.newcomer.variables]\ndb_url = \"{{{{ db_url }}}}\"\n",
         load_spin_toml()
     );
-    assert_flags(
-        &check_deployment(&spin, &load_manifests(), None),
-        "component \"newcomer\" connects to PostgreSQL",
-    );
+    assert_flags(&check_deployment(&spin, &load_manifests(), None), "component \"newcomer\" connects to PostgreSQL");
 }
 
 #[test]
 fn fails_when_egress_is_opened_or_the_db_cidr_drifts() {
-    let files = patched(
-        &load_manifests(),
-        "networkpolicy.yaml",
-        "port: 5432",
-        "port: 443",
-    );
+    let files = patched(&load_manifests(), "networkpolicy.yaml", "port: 5432", "port: 443");
     assert_flags(
         &check_deployment(&load_spin_toml(), &files, None),
         "only the database (TCP 5432) and cluster DNS (53) are allowed",
     );
     let problems = check_deployment(&load_spin_toml(), &load_manifests(), Some("10.99.0.0/24"));
-    assert_flags(
-        &problems,
-        "differs from infra/terraform db_subnet_cidr 10.99.0.0/24",
-    );
+    assert_flags(&problems, "differs from infra/terraform db_subnet_cidr 10.99.0.0/24");
 }
 
 #[test]
 fn retention_cronjob_is_gated_on_the_route() {
     // Not suspended while the route does not exist yet.
-    let files = patched(
-        &load_manifests(),
-        "retention-cronjob.yaml",
-        "\n  suspend: true",
-        "\n  suspend: false",
-    );
-    assert_flags(
-        &check_deployment(&load_spin_toml(), &files, None),
-        "must stay `suspend: true`",
-    );
+    let files = patched(&load_manifests(), "retention-cronjob.yaml", "\n  suspend: true", "\n  suspend: false");
+    assert_flags(&check_deployment(&load_spin_toml(), &files, None), "must stay `suspend: true`");
 
     // Route exists but the CronJob is still suspended and its token is undeclared.
-    let spin = format!(
-        "{}\n[[trigger.http]]\nroute = \"/internal/retention/...\"\ncomponent = \"login\"\n",
-        load_spin_toml()
-    );
+    let spin =
+        format!("{}\n[[trigger.http]]\nroute = \"/internal/retention/...\"\ncomponent = \"login\"\n", load_spin_toml());
     let problems = check_deployment(&spin, &load_manifests(), None);
     assert_flags(&problems, "activate the CronJob");
     assert_flags(&problems, "token key \"scheduler_token\"");

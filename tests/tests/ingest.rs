@@ -278,6 +278,7 @@ async fn bad_deliveries_are_refused_and_change_nothing() {
         let r = w.app.call(req).await;
         assert_eq!(r.status, status, "{what}: {}", r.text());
         r.assert_problem(status, slug);
+        assert!(r.header("www-authenticate").is_none(), "{what}: webhooks get no bearer challenge");
     }
     assert_eq!(before, w.app.snapshot(true).await, "nothing stored, not even an audit row");
 
@@ -574,6 +575,10 @@ async fn invalid_results_reject_the_whole_post_with_a_pointer_per_bad_row() {
         ),
         (results("a", vec![good(), with(&|r| r["completed_at"] = json!("yesterday"))]), "/results/1/completed_at"),
         (
+            results("a", vec![good(), with(&|r| r["completed_at"] = json!("2026-09-14T09:41:00+20:00"))]),
+            "/results/1/completed_at",
+        ),
+        (
             results("a", vec![good(), with(&|r| r["pupil"] = json!({"identity_number": "12345678901"}))]),
             "/results/1/pupil/identity_number",
         ),
@@ -673,4 +678,48 @@ async fn concurrent_deliveries_of_one_webhook_id_apply_once() {
     assert_eq!(replayed, 2);
     assert_eq!(w.app.count("SELECT count(*) FROM results").await, 40);
     assert_eq!(w.app.count("SELECT count(*) FROM audit_log WHERE action = 'results.ingested'").await, 1);
+}
+
+#[tokio::test]
+async fn feide_usernames_cannot_be_shared_or_stolen_between_pupils() {
+    let w = world().await;
+    let with_feide = |n: u32, feide: &str| {
+        let mut p = pupil(n, &["5A"]);
+        p["feide_username"] = json!(feide);
+        p
+    };
+    let r = w
+        .app
+        .deliver(&w.sas, "roster", "dup", &roster(vec![with_feide(1, "ola@nordby.no"), with_feide(2, "OLA@nordby.no")]))
+        .await;
+    let p = r.assert_problem(422, "validation-failed");
+    assert_eq!(p["errors"][0]["pointer"], "/pupils/1/feide_username");
+    let ok = w
+        .app
+        .deliver(&w.sas, "roster", "ok", &roster(vec![with_feide(1, "ola@nordby.no"), with_feide(2, "kari@nordby.no")]))
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let before = w.app.snapshot(true).await;
+    // Pupil 2 (known by identity number) now claims pupil 1's Feide username.
+    let r = w.app.deliver(&w.sas, "roster", "steal", &roster(vec![with_feide(2, "ola@nordby.no")])).await;
+    r.assert_problem(409, "conflict");
+    assert_eq!(before, w.app.snapshot(true).await, "the roster applied nothing");
+}
+
+#[tokio::test]
+async fn one_pupil_named_two_ways_cannot_get_two_results() {
+    let w = world().await;
+    let mut p = pupil(1, &["5A"]);
+    p["feide_username"] = json!("ola@nordby.no");
+    assert_eq!(w.app.deliver(&w.sas, "roster", "r", &roster(vec![p])).await.status, 200);
+    let by_feide =
+        json!({"external_id": "b", "pupil": {"feide_username": "ola@nordby.no"}, "score": 2, "status": "completed"});
+    let r =
+        w.app.deliver(&w.publisher, "results", "two-ways", &results("a", vec![result("a", 1, 1.0), by_feide])).await;
+    let p = r.assert_problem(422, "validation-failed");
+    assert_eq!(p["errors"][0]["pointer"], "/results/1/pupil");
+    assert_eq!(
+        w.app.count("SELECT count(*) FROM results").await + w.app.count("SELECT count(*) FROM assessments").await,
+        0
+    );
 }

@@ -131,6 +131,7 @@ impl Role {
 
 /// One role grant with its scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Grant {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,11 +25,13 @@ pub struct Problem {
     pub detail: Option<String>,
     pub errors: Vec<FieldError>,
     pub retry_after: Option<u32>,
+    /// Methods the resource supports (the `Allow` header of a 405).
+    pub allow: Option<&'static str>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str) -> Self {
-        Problem { status, slug, title, detail: None, errors: Vec::new(), retry_after: None }
+        Problem { status, slug, title, detail: None, errors: Vec::new(), retry_after: None, allow: None }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -89,8 +91,12 @@ impl Problem {
         )
     }
 
-    pub fn method_not_allowed() -> Self {
-        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+    /// 405 with the `Allow` header listing `allow` (e.g. "GET, POST").
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Problem {
+            allow: Some(allow),
+            ..Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+        }
     }
 
     pub fn unavailable() -> Self {

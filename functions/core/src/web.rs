@@ -54,16 +54,24 @@ fn client_ip<B>(req: &Request<B>) -> Option<String> {
 
 /// Wraps a handler: request id on every response, problems rendered as
 /// problem+json, defensive headers, one log line without query strings.
-pub async fn serve<F>(req: Request<Body>, handler: F) -> Response<Body>
+pub async fn serve<F>(mut req: Request<Body>, handler: F) -> Response<Body>
 where
     F: AsyncFnOnce(Request<Body>, RequestMeta) -> HttpResult,
 {
+    // HEAD is GET without the body (RFC 9110 9.3.2).
+    let head = req.method() == Method::HEAD;
+    if head {
+        *req.method_mut() = Method::GET;
+    }
     let meta = RequestMeta::of(&req);
     let started = std::time::Instant::now();
     let mut response = match handler(req, meta.clone()).await {
         Ok(r) => r,
         Err(p) => problem_response(&p, &meta),
     };
+    if head {
+        response.body_mut().clear();
+    }
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
         h.insert(REQUEST_ID, v);
@@ -92,7 +100,11 @@ pub fn problem_response(p: &Problem, meta: &RequestMeta) -> Response<Body> {
     if let Some(secs) = p.retry_after {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if p.status == StatusCode::UNAUTHORIZED {
+    if let Some(allow) = p.allow {
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    // Bearer challenges only where a bearer token is the answer (not webhooks).
+    if p.status == StatusCode::UNAUTHORIZED && matches!(p.slug, "unauthenticated" | "invalid-credentials") {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
@@ -125,8 +137,19 @@ pub fn read_json<T: DeserializeOwned>(req: &Request<Body>, limit: usize) -> Resu
     if body.len() > limit {
         return Err(Problem::too_large(limit));
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Problem::malformed(format!("invalid JSON at line {} column {}", e.line(), e.column())))?;
+    // Fast path: straight into the typed value. A NUL can only arrive as the
+    // escape `\u0000`; bodies that might hold one take the checked path.
+    let might_hold_nul = body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"));
+    if !might_hold_nul {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+        return match parsed {
+            Ok(v) => de.end().map(|_| v).map_err(|e| malformed_json(&e)),
+            Err(e) if e.inner().classify() == serde_json::error::Category::Data => Err(path_error(&e)),
+            Err(e) => Err(malformed_json(e.inner())),
+        };
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed_json(&e))?;
     let mut nul = Vec::new();
     find_nul(&value, &mut String::new(), &mut nul);
     if !nul.is_empty() {
@@ -166,16 +189,23 @@ fn find_nul(value: &serde_json::Value, pointer: &mut String, out: &mut Vec<Field
     }
 }
 
+fn malformed_json(e: &serde_json::Error) -> Problem {
+    Problem::malformed(format!("invalid JSON at line {} column {}", e.line(), e.column()))
+}
+
+/// 422 for a type or shape error at a path; the message never quotes values.
+fn path_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> Problem {
+    let mut pointer = to_pointer(e.path());
+    let message = redact(&e.inner().to_string());
+    if let Some(name) = missing_field(&message) {
+        pointer = format!("{}/{}", pointer.trim_end_matches('/'), name);
+    }
+    Problem::validation(vec![field(pointer, message)])
+}
+
 /// Deserializes an already-parsed JSON value with pointer-addressed errors.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Problem> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let mut pointer = to_pointer(e.path());
-        let message = redact(&e.inner().to_string());
-        if let Some(name) = missing_field(&message) {
-            pointer = format!("{}/{}", pointer.trim_end_matches('/'), name);
-        }
-        Problem::validation(vec![field(pointer, message)])
-    })
+    serde_path_to_error::deserialize(value).map_err(|e| path_error(&e))
 }
 
 fn to_pointer(path: &serde_path_to_error::Path) -> String {
@@ -282,7 +312,13 @@ pub fn decode_cursor<T: DeserializeOwned>(req: &Request<Body>) -> Result<Option<
         return Err(bad());
     }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.as_bytes()).map_err(|_| bad())?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let mut nul = Vec::new();
+    find_nul(&value, &mut String::new(), &mut nul);
+    if !nul.is_empty() {
+        return Err(bad());
+    }
+    serde_json::from_value(value).map(Some).map_err(|_| bad())
 }
 
 pub fn cookie(req: &Request<Body>, name: &str) -> Option<String> {

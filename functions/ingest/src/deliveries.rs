@@ -7,13 +7,18 @@ use crate::{results, roster, IngestConfig, WEBHOOK_BODY_LIMIT};
 use http::{HeaderValue, StatusCode};
 use tavle_core::db::{transaction, uuid, Db, Value};
 use tavle_core::vars::Variables;
-use tavle_core::web::{from_value, read_json, Body, HttpResult, RequestMeta};
+use tavle_core::web::{read_json, Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Roster,
     Results,
+}
+
+enum Post {
+    Roster(roster::RosterPost),
+    Results(results::ResultsPost),
 }
 
 struct Source {
@@ -107,12 +112,15 @@ pub async fn receive(
     if let Some(previous) = stored_outcome(db, &source_id, &webhook_id).await? {
         return previous;
     }
-    let value: serde_json::Value = read_json(req, WEBHOOK_BODY_LIMIT)?;
+    let post = match kind {
+        Kind::Roster => Post::Roster(read_json(req, WEBHOOK_BODY_LIMIT)?),
+        Kind::Results => Post::Results(read_json(req, WEBHOOK_BODY_LIMIT)?),
+    };
 
     let applied = transaction(db, async |db| {
-        let summary = match kind {
-            Kind::Roster => roster::apply(db, meta, &cfg, &source.tenant_id, &source_id, from_value(value)?).await?,
-            Kind::Results => results::apply(db, meta, &cfg, &source.tenant_id, &source_id, from_value(value)?).await?,
+        let summary = match post {
+            Post::Roster(p) => roster::apply(db, meta, &cfg, &source.tenant_id, &source_id, p).await?,
+            Post::Results(p) => results::apply(db, meta, &cfg, &source.tenant_id, &source_id, p).await?,
         };
         let recorded = db
             .execute(

@@ -45,7 +45,7 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
             ("results", &Method::POST) => {
                 deliveries::receive(&req, &meta, vars, db, &source, deliveries::Kind::Results).await
             }
-            ("roster" | "results", _) => Err(Problem::method_not_allowed()),
+            ("roster" | "results", _) => Err(Problem::method_not_allowed("POST")),
             _ => Err(Problem::not_found()),
         };
     }
@@ -53,13 +53,13 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         return match method {
             Method::GET => sources::list(&req, vars, db).await,
             Method::POST => sources::create(&req, &meta, vars, db).await,
-            _ => Err(Problem::method_not_allowed()),
+            _ => Err(Problem::method_not_allowed("GET, POST")),
         };
     }
     if let Some(p) = match_path("/admin/sources/{id}", &path) {
         return match method {
             Method::GET => sources::get(&req, vars, db, p[0]).await,
-            _ => Err(Problem::method_not_allowed()),
+            _ => Err(Problem::method_not_allowed("GET")),
         };
     }
     if let Some(p) = match_path("/admin/sources/{id}/{action}", &path) {
@@ -67,7 +67,7 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         return match (action, &method) {
             ("rotate", &Method::POST) => sources::rotate(&req, &meta, vars, db, &id).await,
             ("disable", &Method::POST) => sources::disable(&req, &meta, vars, db, &id).await,
-            ("rotate" | "disable", _) => Err(Problem::method_not_allowed()),
+            ("rotate" | "disable", _) => Err(Problem::method_not_allowed("POST")),
             _ => Err(Problem::not_found()),
         };
     }

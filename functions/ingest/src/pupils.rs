@@ -98,7 +98,7 @@ pub async fn resolve(db: &mut impl Db, tenant_id: &str, keys: &[&PupilKey]) -> R
         .query(
             "SELECT id, encode(identity_index, 'hex'), feide_username, restricted FROM pupils \
              WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
-                   OR feide_username = ANY($3::text[]))",
+                   OR feide_username IN (SELECT unnest($3::text[])))",
             &[uuid(tenant_id), Value::TextArray(indexes), Value::TextArray(feides)],
         )
         .await?;

@@ -116,7 +116,7 @@ pub fn valid_datetime(s: &str) -> bool {
     let parts: Vec<&str> = hms.split(':').collect();
     let clock_ok = parts.len() == 3 && two(parts[0], 23) && two(parts[1], 59) && two(parts[2], 59);
     let frac_ok = frac.is_none_or(|f| (1..=9).contains(&f.len()) && f.bytes().all(|c| c.is_ascii_digit()));
-    let offset_ok = offset.is_none_or(|o| o.len() == 5 && &o[2..3] == ":" && two(&o[..2], 23) && two(&o[3..], 59));
+    let offset_ok = offset.is_none_or(|o| o.len() == 5 && &o[2..3] == ":" && two(&o[..2], 15) && two(&o[3..], 59));
     clock_ok && frac_ok && offset_ok
 }
 
@@ -237,10 +237,18 @@ pub async fn apply(
     let mut rejected = Vec::new();
     let (mut ext, mut pupil, mut score, mut status, mut completed, mut items) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut stored_pupils = HashSet::with_capacity(rows.len());
     for row in &rows {
         let reason = match pupils::lookup(&known, &row.key) {
             None => Some("unknown_pupil"),
             Some(k) if k.restricted => Some("processing_restricted"),
+            // The same pupil named once by identity number and once by Feide username.
+            Some(k) if !stored_pupils.insert(k.id.as_str()) => {
+                return Err(Problem::validation(vec![tavle_core::problem::field(
+                    format!("/results/{}/pupil", row.index),
+                    "this pupil already has a result in this post",
+                )]));
+            }
             Some(k) => {
                 ext.push(row.input.external_id.clone());
                 pupil.push(k.id.clone());

@@ -97,6 +97,7 @@ pub async fn apply(
     }
     let mut keys = Vec::with_capacity(post.pupils.len());
     let mut seen = HashSet::new();
+    let mut seen_feide = HashSet::new();
     for (i, p) in post.pupils.iter().enumerate() {
         let ptr = format!("/pupils/{i}");
         check_text(&mut checks, &format!("{ptr}/given_name"), &p.given_name, 200);
@@ -115,6 +116,9 @@ pub async fn apply(
         if let Some(key) = pupils::parse(&p.ids, cfg, tenant_id, &ptr, &mut checks) {
             if !seen.insert(key.dedup_key()) {
                 checks.fail(&ptr, "this pupil appears twice in the roster");
+            }
+            if key.feide.as_ref().is_some_and(|f| !seen_feide.insert(f.clone())) {
+                checks.fail(&format!("{ptr}/feide_username"), "this feide_username appears twice in the roster");
             }
             keys.push((i, key));
         }
@@ -227,7 +231,8 @@ pub async fn apply(
                     x.given, x.family, nullif(x.year, '')::int, nullif(x.gender, ''), x.sn::bool, NULL::date)",
             &params,
         )
-        .await?
+        .await
+        .map_err(pupil_conflict)?
     };
     let created = if ins[0].is_empty() {
         Vec::new()
@@ -244,7 +249,8 @@ pub async fn apply(
              ORDER BY x.n RETURNING id",
             &params,
         )
-        .await?
+        .await
+        .map_err(pupil_conflict)?
     };
     for (row, i) in created.iter().zip(&new_keys) {
         let id = row.text(0)?;
@@ -256,7 +262,7 @@ pub async fn apply(
         .execute(
             "UPDATE pupils SET left_at = current_date, updated_at = now() \
              WHERE tenant_id = $1::uuid AND school_id = $2::uuid AND left_at IS NULL AND NOT restricted \
-               AND id <> ALL($3::text[]::uuid[])",
+               AND id NOT IN (SELECT x::uuid FROM unnest($3::text[]) AS x)",
             &[uuid(tenant_id), uuid(&school_id), Value::TextArray(present)],
         )
         .await?;
@@ -347,4 +353,14 @@ pub async fn apply(
     )
     .await?;
     Ok(summary)
+}
+
+/// A Feide username or identity number that the roster gives to one pupil
+/// but the tenant already has on another: the roster contradicts stored data.
+fn pupil_conflict(e: tavle_core::db::DbError) -> Problem {
+    if e.is_unique_violation("pupils_feide") || e.is_unique_violation("pupils_identity_index") {
+        Problem::conflict("a feide_username or identity number in this roster belongs to another pupil of the tenant")
+    } else {
+        e.into()
+    }
 }

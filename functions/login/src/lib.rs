@@ -33,14 +33,16 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     if path.starts_with("/auth/") {
-        return match (path.as_str(), &method) {
+        let path = path.trim_end_matches('/');
+        return match (path, &method) {
             ("/auth/login", &Method::POST) => session::login(&req, &meta, vars, db).await,
             ("/auth/logout", &Method::POST) => session::logout(&req, &meta, vars, db).await,
             ("/auth/refresh", &Method::POST) => session::refresh(&req, &meta, vars, db).await,
             ("/auth/me", &Method::GET) => session::me(&req, vars, db).await,
             ("/auth/password", &Method::POST) => session::change_password(&req, &meta, vars, db).await,
-            ("/auth/login" | "/auth/logout" | "/auth/refresh" | "/auth/me" | "/auth/password", _) => {
-                Err(Problem::method_not_allowed())
+            ("/auth/me", _) => Err(Problem::method_not_allowed("GET")),
+            ("/auth/login" | "/auth/logout" | "/auth/refresh" | "/auth/password", _) => {
+                Err(Problem::method_not_allowed("POST"))
             }
             _ => Err(Problem::not_found()),
         };
@@ -49,7 +51,7 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         return match method {
             Method::GET => admin::list(&req, vars, db).await,
             Method::POST => admin::create(&req, &meta, vars, db).await,
-            _ => Err(Problem::method_not_allowed()),
+            _ => Err(Problem::method_not_allowed("GET, POST")),
         };
     }
     if let Some(p) = match_path("/admin/users/{id}", &path) {
@@ -57,7 +59,7 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         return match method {
             Method::GET => admin::get(&req, vars, db, &id).await,
             Method::DELETE => admin::delete(&req, &meta, vars, db, &id).await,
-            _ => Err(Problem::method_not_allowed()),
+            _ => Err(Problem::method_not_allowed("GET, DELETE")),
         };
     }
     if let Some(p) = match_path("/admin/users/{id}/{action}", &path) {
@@ -67,7 +69,8 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
             ("deactivate", &Method::POST) => admin::set_active(&req, &meta, vars, db, &id, false).await,
             ("activate", &Method::POST) => admin::set_active(&req, &meta, vars, db, &id, true).await,
             ("unlock", &Method::POST) => admin::unlock(&req, &meta, vars, db, &id).await,
-            ("roles" | "deactivate" | "activate" | "unlock", _) => Err(Problem::method_not_allowed()),
+            ("roles", _) => Err(Problem::method_not_allowed("PUT")),
+            ("deactivate" | "activate" | "unlock", _) => Err(Problem::method_not_allowed("POST")),
             _ => Err(Problem::not_found()),
         };
     }
