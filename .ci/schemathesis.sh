@@ -39,8 +39,7 @@ PYTHON="${PYTHON:-python3}"
 # The conformance checks, plus: protected operations refuse requests without
 # credentials (ignored_auth), a deleted user is gone (use_after_free), a
 # created user can be read back (ensure_resource_availability).
-# `unsupported_method` is left out while 405 answers lack an `Allow` header.
-CHECKS="${SCHEMATHESIS_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,ignored_auth,use_after_free,ensure_resource_availability}"
+CHECKS="${SCHEMATHESIS_CHECKS:-not_a_server_error,unsupported_method,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,ignored_auth,use_after_free,ensure_resource_availability}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
