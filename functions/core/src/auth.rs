@@ -303,6 +303,18 @@ pub async fn authenticate(req: &Request<Body>, db: &mut impl Db, vars: &impl Var
     Err(Problem::unauthenticated())
 }
 
+/// Authenticates and requires one role: 401 without a live session, 403 without the role.
+pub async fn authenticate_as(
+    req: &Request<Body>,
+    db: &mut impl Db,
+    vars: &impl Variables,
+    role: Role,
+) -> Result<Principal, Problem> {
+    let who = authenticate(req, db, vars).await?;
+    who.require(role)?;
+    Ok(who)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

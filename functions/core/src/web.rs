@@ -298,6 +298,29 @@ pub fn page_limit(req: &Request<Body>) -> Result<i64, Problem> {
     }
 }
 
+/// A path segment that must be an id: anything but a uuid names nothing
+/// visible, so it is a 404 like an unknown id.
+pub fn path_id(segment: &str) -> Result<String, Problem> {
+    uuid::Uuid::parse_str(segment).map(|u| u.to_string()).map_err(|_| Problem::not_found())
+}
+
+/// A cursor page from `limit + 1` fetched rows: the items, and the cursor of
+/// the last item shown when more rows follow.
+pub fn page(
+    rows: &[crate::db::Row],
+    limit: i64,
+    view: impl Fn(&crate::db::Row) -> Result<serde_json::Value, Problem>,
+    cursor_of: impl Fn(&crate::db::Row) -> Result<serde_json::Value, Problem>,
+) -> HttpResult {
+    let shown = &rows[..rows.len().min(limit as usize)];
+    let items = shown.iter().map(view).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = match (rows.len() > shown.len(), shown.last()) {
+        (true, Some(last)) => Some(encode_cursor(&cursor_of(last)?)),
+        _ => None,
+    };
+    json(StatusCode::OK, &serde_json::json!({"items": items, "next_cursor": next_cursor}))
+}
+
 /// Opaque cursor: base64url of JSON. Malformed cursors are a 400.
 pub fn encode_cursor(value: &serde_json::Value) -> String {
     use base64::Engine;

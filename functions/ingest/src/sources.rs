@@ -7,25 +7,19 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 use tavle_core::audit::{self, Actor, Event};
-use tavle_core::auth::{authenticate, Principal, Role};
+use tavle_core::auth::{authenticate_as, Principal, Role};
 use tavle_core::db::{transaction, uuid, Db, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
 use tavle_core::web::{
-    decode_cursor, encode_cursor, json, page_limit, read_json, Body, Checks, HttpResult, RequestMeta,
+    decode_cursor, json, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
 };
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
 
 async fn admin(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Result<Principal, Problem> {
-    let who = authenticate(req, db, vars).await?;
-    who.require(Role::TenantAdmin)?;
-    Ok(who)
-}
-
-fn source_id(id: &str) -> Result<String, Problem> {
-    uuid::Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| Problem::not_found())
+    authenticate_as(req, db, vars, Role::TenantAdmin).await
 }
 
 const SOURCE_COLUMNS: &str = "s.id, s.kind, s.name, s.active, rfc3339(s.created_at), rfc3339(s.disabled_at), \
@@ -87,18 +81,28 @@ pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Htt
             &[uuid(&who.tenant_id), after, (limit + 1).into()],
         )
         .await?;
-    let more = rows.len() as i64 > limit;
-    let items = rows.iter().take(limit as usize).map(source_view).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = match more {
-        true => Some(encode_cursor(&json!({"id": rows[limit as usize - 1].text(0)?}))),
-        false => None,
-    };
-    json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
+    page(&rows, limit, source_view, |last| Ok(json!({"id": last.text(0)?})))
 }
 
 pub async fn get(req: &Request, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
     let who = admin(req, vars, db).await?;
-    json(StatusCode::OK, &load(db, &who.tenant_id, &source_id(id)?).await?)
+    json(StatusCode::OK, &load(db, &who.tenant_id, &path_id(id)?).await?)
+}
+
+async fn store_key(
+    db: &mut impl Db,
+    tenant_id: &str,
+    source_id: &str,
+    secret_enc: Value,
+    public_key: Value,
+) -> Result<(), Problem> {
+    db.execute(
+        "INSERT INTO webhook_secrets (tenant_id, source_id, secret_enc, public_key) \
+         VALUES ($1::uuid, $2::uuid, $3::bytea, $4::bytea)",
+        &[uuid(tenant_id), uuid(source_id), secret_enc, public_key],
+    )
+    .await?;
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -153,12 +157,7 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
             &[uuid(&id), uuid(&who.tenant_id), body.kind.clone().into(), name.into()],
         )
         .await?;
-        db.execute(
-            "INSERT INTO webhook_secrets (tenant_id, source_id, secret_enc, public_key) \
-             VALUES ($1::uuid, $2::uuid, $3::bytea, $4::bytea)",
-            &[uuid(&who.tenant_id), uuid(&id), secret_enc, pk],
-        )
-        .await?;
+        store_key(db, &who.tenant_id, &id, secret_enc, pk).await?;
         audit::record(
             db,
             Some(meta),
@@ -195,7 +194,7 @@ pub async fn rotate(
 ) -> HttpResult {
     let who = admin(req, vars, db).await?;
     let cfg = IngestConfig::from_vars(vars)?;
-    let id = source_id(id)?;
+    let id = path_id(id)?;
     let body: Rotation = if req.body().is_empty() { Rotation::default() } else { read_json(req, ADMIN_BODY_LIMIT)? };
     let current = load(db, &who.tenant_id, &id).await?;
     let uses_public_keys = current["keys"].as_array().is_some_and(|k| k.iter().any(|k| k["scheme"] == "v1a"));
@@ -229,12 +228,7 @@ pub async fn rotate(
             &[uuid(&who.tenant_id), uuid(&id), cfg.overlap_hours.into()],
         )
         .await?;
-        db.execute(
-            "INSERT INTO webhook_secrets (tenant_id, source_id, secret_enc, public_key) \
-             VALUES ($1::uuid, $2::uuid, $3::bytea, $4::bytea)",
-            &[uuid(&who.tenant_id), uuid(&id), secret_enc, pk],
-        )
-        .await?;
+        store_key(db, &who.tenant_id, &id, secret_enc, pk).await?;
         audit::record(
             db,
             Some(meta),
@@ -262,7 +256,7 @@ pub async fn disable(
     id: &str,
 ) -> HttpResult {
     let who = admin(req, vars, db).await?;
-    let id = source_id(id)?;
+    let id = path_id(id)?;
     transaction(db, async |db| {
         let changed = db
             .execute(

@@ -9,26 +9,19 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 use tavle_core::audit::{self, Actor, Event};
-use tavle_core::auth::{authenticate, Grant, Principal, Role};
+use tavle_core::auth::{authenticate_as, Grant, Principal, Role};
 use tavle_core::db::{transaction, uuid, Db, DbError, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
 use tavle_core::web::{
-    decode_cursor, encode_cursor, json, page_limit, read_json, Body, Checks, HttpResult, RequestMeta,
+    decode_cursor, json, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
 };
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
 
 async fn admin(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Result<Principal, Problem> {
-    let who = authenticate(req, db, vars).await?;
-    who.require(Role::TenantAdmin)?;
-    Ok(who)
-}
-
-/// A path id that is not a uuid cannot name a visible user.
-fn user_id(id: &str) -> Result<String, Problem> {
-    uuid::Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| Problem::not_found())
+    authenticate_as(req, db, vars, Role::TenantAdmin).await
 }
 
 const USER_COLUMNS: &str = "u.id, u.username, u.display_name, u.email, u.active, \
@@ -96,20 +89,12 @@ pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Htt
             &[uuid(&who.tenant_id), after_u, after_id, (limit + 1).into()],
         )
         .await?;
-    let more = rows.len() as i64 > limit;
-    let items = rows.iter().take(limit as usize).map(user_view).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if more {
-        let last = &rows[limit as usize - 1];
-        Some(encode_cursor(&json!({"u": last.text(1)?, "id": last.text(0)?})))
-    } else {
-        None
-    };
-    json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
+    page(&rows, limit, user_view, |last| Ok(json!({"u": last.text(1)?, "id": last.text(0)?})))
 }
 
 pub async fn get(req: &Request, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
     let who = admin(req, vars, db).await?;
-    let id = user_id(id)?;
+    let id = path_id(id)?;
     json(StatusCode::OK, &load_user(db, &who.tenant_id, &id).await?)
 }
 
@@ -312,7 +297,7 @@ pub async fn set_roles(
     id: &str,
 ) -> HttpResult {
     let who = admin(req, vars, db).await?;
-    let id = user_id(id)?;
+    let id = path_id(id)?;
     let body: RolesBody = read_json(req, BODY_LIMIT)?;
     let mut checks = Checks::default();
     let grants = check_grants(&mut checks, "/roles", &body.roles);
@@ -403,7 +388,7 @@ pub async fn set_active(
     active: bool,
 ) -> HttpResult {
     let who = admin(req, vars, db).await?;
-    let id = user_id(id)?;
+    let id = path_id(id)?;
     if !active {
         refuse_self(&who, &id, "deactivate")?;
     }
@@ -426,7 +411,7 @@ pub async fn unlock(
     id: &str,
 ) -> HttpResult {
     let who = admin(req, vars, db).await?;
-    let id = user_id(id)?;
+    let id = path_id(id)?;
     transaction(db, async |db| {
         change_state(db, meta, &who, &id, "failed_logins = 0, locked_until = NULL", false, "user.unlocked").await
     })
@@ -444,7 +429,7 @@ pub async fn delete(
     id: &str,
 ) -> HttpResult {
     let who = admin(req, vars, db).await?;
-    let id = user_id(id)?;
+    let id = path_id(id)?;
     refuse_self(&who, &id, "delete")?;
     transaction(db, async |db| {
         change_state(db, meta, &who, &id, "active = false, deleted_at = now()", true, "user.deleted").await?;
