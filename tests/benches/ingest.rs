@@ -31,27 +31,25 @@
 //! `BENCH_PG_SETTINGS="name=value;..."` sets PostgreSQL settings for the
 //! host's connections (e.g. `plan_cache_mode=force_custom_plan`).
 
+mod common;
+
+use common::{
+    env_usize, mean, ms, pct, print_cpu_table, print_panics, server_version, start_host, Client, Probe, Response,
+    StderrRedirect,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, Row};
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tavle_core::crypto::BlindIndex;
 use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
-use tavle_host::host::HostConfig;
-use tavle_host::manifest::Manifest;
 use tavle_tests::{project_root, synthetic_id, unix_now, Source, TestApp};
 
 const COLUMNS: &str = "tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+/// How long a client waits for an answer (a post of 5,000 results takes a while).
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn main() {
     let total = Instant::now();
@@ -68,11 +66,7 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        println!("benchmark failed: {info}");
-        default_hook(info);
-    }));
+    print_panics();
     let log_path = project_root().join("target").join("bench-ingest-host.log");
     let redirect = StderrRedirect::to(&log_path);
 
@@ -84,8 +78,7 @@ fn main() {
         let session = app.login(&admin).await;
         let sas = app.create_source(&session, "sas").await;
         let publisher = app.create_source(&session, "publisher").await;
-        let v: String =
-            sqlx::query_scalar("SELECT current_setting('server_version')").fetch_one(&app.pool).await.unwrap();
+        let v = server_version(&app).await;
         (app, admin.tenant_id, sas, publisher, v)
     });
     // Diagnosis only: `BENCH_AUTO_EXPLAIN=<ms>` logs the plans (with actual
@@ -98,15 +91,8 @@ fn main() {
     rt.block_on(alter_database(&app, pg_settings.split(';').map(str::trim).filter(|s| !s.is_empty())));
 
     // The native host on an ephemeral port, with the test app's variables.
-    let manifest = Manifest::load(&project_root().join("spin.toml")).expect("spin.toml loads");
-    let config = HostConfig::new(manifest, &app.variables).expect("host config from spin.toml");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::Builder::new()
-        .name("bench-server".into())
-        .spawn(move || tavle_host::server::serve(listener, config, workers).expect("host serves"))
-        .unwrap();
-    let mut client = Client::connect(addr);
+    let (addr, _) = start_host(&app.variables, workers);
+    let mut client = Client::connect(addr, READ_TIMEOUT);
 
     // 1. Pupils for the results: rosters of 1,000 (not part of the results figure).
     let t = Instant::now();
@@ -156,7 +142,7 @@ fn main() {
             .map(|c| {
                 let (bodies, publisher, counts) = (&bodies, &publisher, &counts);
                 s.spawn(move || {
-                    let mut client = Client::connect(addr);
+                    let mut client = Client::connect(addr, READ_TIMEOUT);
                     let (mut lat, mut signing) = (Vec::new(), Duration::ZERO);
                     for k in (c..bodies.len()).step_by(2) {
                         let s = Instant::now();
@@ -303,24 +289,13 @@ fn main() {
         seq_rate / copy_chunked_rate,
     );
     println!();
-    println!("CPU use per phase in cores (machine = all processes; other = not this bench):");
-    println!("{:<26} {:>8} {:>18} {:>9} {:>7}", "phase", "machine", "host workers", "postgres", "other");
-    for (name, u) in [
+    let cpu_rows = [
         ("ingest, 1 connection", &seq_use),
         ("ingest, 2 connections", &conc_use),
         ("one COPY", &copy_use),
         ("rosters", &roster_use),
-    ] {
-        let w: Vec<String> = u.workers.iter().map(|c| format!("{c:.2}")).collect();
-        println!(
-            "{:<26} {:>8.2} {:>18} {:>9.2} {:>7.2}",
-            name,
-            u.machine,
-            w.join(" + "),
-            u.postgres,
-            (u.machine - u.process - u.postgres).max(0.0)
-        );
-    }
+    ];
+    print_cpu_table(&cpu_rows, (26, 18));
     println!();
     println!("Breakdown of one post of {batch} results (a new assessment; table holds {n_results} rows):");
     println!(
@@ -775,21 +750,7 @@ const UPSERT_TAIL: &str = "SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, 
                              EXCLUDED.completed_at, EXCLUDED.items) \
      RETURNING xmax = 0, external_id";
 
-/// A minimal blocking HTTP/1.1 keep-alive client (one request in flight).
-struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
 impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to host");
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Client { stream, reader }
-    }
-
     fn deliver(&mut self, source: &Source, kind: &str, webhook_id: &str, body: &[u8]) -> Value {
         self.post_signed(source, kind, webhook_id, body, &mut Duration::default())
     }
@@ -814,46 +775,10 @@ impl Client {
             source.id,
             body.len()
         );
-        self.stream.write_all(head.as_bytes()).expect("send request");
-        self.stream.write_all(body).expect("send body");
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("status line");
-        let status: u16 =
-            line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
-        let mut length = None;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).expect("header line");
-            let h = line.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse::<usize>().ok();
-                }
-            }
-        }
-        let mut response = vec![0; length.expect("response has content-length")];
-        self.reader.read_exact(&mut response).expect("response body");
+        let Response { status, body: response, .. } = self.send(&[head.as_bytes(), body]);
         assert_eq!(status, 200, "{kind} post {webhook_id}: {}", String::from_utf8_lossy(&response));
         serde_json::from_slice(&response).expect("JSON answer")
     }
-}
-
-fn pct(v: &[Duration], q: f64) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
-}
-
-fn mean(v: &[Duration]) -> Duration {
-    v.iter().sum::<Duration>() / v.len().max(1) as u32
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Handler time (ms) of the request with this id, from the host's log.
@@ -868,126 +793,4 @@ fn handler_ms(log: &str, id: &str) -> Option<u64> {
 fn median_of(mut v: Vec<u64>) -> String {
     v.sort();
     v.get(v.len().saturating_sub(1) / 2).map_or("-".into(), |m| m.to_string())
-}
-
-/// Counters read before a phase; [`Probe::since`] turns them into cores used.
-struct Probe {
-    at: Instant,
-    machine_busy: u64,
-    process: u64,
-    postgres: u64,
-    workers: Vec<(String, u64)>,
-}
-
-/// CPU use during a phase, in cores (CPU seconds per wall second).
-struct Usage {
-    machine: f64,
-    process: f64,
-    postgres: f64,
-    workers: Vec<f64>,
-}
-
-impl Probe {
-    fn take() -> Probe {
-        Probe {
-            at: Instant::now(),
-            machine_busy: machine_busy(),
-            process: ticks(Path::new("/proc/self")),
-            postgres: postgres_ticks(),
-            workers: workers(),
-        }
-    }
-
-    fn since(&self) -> Usage {
-        let wall = self.at.elapsed().as_secs_f64() * 100.0; // USER_HZ
-        let before = |name: &str| self.workers.iter().find(|w| w.0 == name).map_or(0, |w| w.1);
-        Usage {
-            machine: machine_busy().saturating_sub(self.machine_busy) as f64 / wall,
-            process: ticks(Path::new("/proc/self")).saturating_sub(self.process) as f64 / wall,
-            postgres: postgres_ticks().saturating_sub(self.postgres) as f64 / wall,
-            workers: workers().iter().map(|(n, t)| t.saturating_sub(before(n)) as f64 / wall).collect(),
-        }
-    }
-}
-
-/// utime + stime (ticks) of a process or thread.
-fn ticks(dir: &Path) -> u64 {
-    let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-    let rest: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split_whitespace().collect());
-    let n = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-fn workers() -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with("tavle-worker") {
-            out.push((comm.trim().to_owned(), ticks(&task.path())));
-        }
-    }
-    out.sort();
-    out
-}
-
-fn machine_busy() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> =
-        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
-}
-
-/// CPU ticks of every live descendant of this process (the PostgreSQL cluster).
-fn postgres_ticks() -> u64 {
-    let me = std::process::id();
-    let mut parent = HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if let Some(ppid) = stat.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok()) {
-            parent.insert(pid, ppid);
-        }
-    }
-    let descends = |mut pid: u32| {
-        while let Some(&p) = parent.get(&pid) {
-            if p == me {
-                return true;
-            }
-            pid = p;
-        }
-        false
-    };
-    parent
-        .keys()
-        .filter(|&&pid| pid != me && descends(pid))
-        .map(|&pid| ticks(&PathBuf::from(format!("/proc/{pid}"))))
-        .sum()
-}
-
-/// Points fd 2 at a file until dropped.
-struct StderrRedirect {
-    saved: i32,
-}
-
-impl StderrRedirect {
-    fn to(path: &Path) -> StderrRedirect {
-        let _ = std::fs::create_dir_all(path.parent().unwrap());
-        let file = File::create(path).expect("host log file");
-        // SAFETY: plain fd duplication; `file` stays open until dup2 has copied it.
-        unsafe {
-            let saved = libc::dup(2);
-            assert!(saved >= 0 && libc::dup2(file.as_raw_fd(), 2) >= 0, "redirecting stderr");
-            StderrRedirect { saved }
-        }
-    }
-}
-
-impl Drop for StderrRedirect {
-    fn drop(&mut self) {
-        // SAFETY: restores the descriptor saved in `to`.
-        unsafe {
-            libc::dup2(self.saved, 2);
-            libc::close(self.saved);
-        }
-    }
 }

@@ -15,24 +15,22 @@
 //! redirected to `target/bench-login-host.log` so the table stays readable
 //! (the write still happens, as it would in production).
 
+mod common;
+
+use common::{
+    env_usize, ms, pct, print_cpu_table, print_panics, server_version, start_host, thread_minflt, Client, Probe,
+    Response, StderrRedirect,
+};
 use serde_json::json;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tavle_host::host::HostConfig;
-use tavle_host::manifest::Manifest;
 use tavle_login::password::{self, NewPassword};
 use tavle_tests::{project_root, Staff, TestApp, ORIGIN};
 
 const EXTRA_USERS: usize = 20;
 const WARM_UP: usize = 20;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+/// How long a client waits for an answer.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() {
     let total = Instant::now();
@@ -42,12 +40,7 @@ fn main() {
     let workers = env_usize("BENCH_WORKERS", 2).max(1);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
 
-    // A panic while stderr is redirected must still be visible.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        println!("benchmark failed: {info}");
-        default_hook(info);
-    }));
+    print_panics();
     let log_path = project_root().join("target").join("bench-login-host.log");
     let redirect = StderrRedirect::to(&log_path);
 
@@ -61,21 +54,12 @@ fn main() {
         for i in 0..EXTRA_USERS {
             users.push(app.create_user(&session, &admin, &format!("bench{i:02}"), json!([])).await);
         }
-        let pg_version: String =
-            sqlx::query_scalar("SELECT current_setting('server_version')").fetch_one(&app.pool).await.unwrap();
+        let pg_version = server_version(&app).await;
         (app, users, pg_version)
     });
 
     // 2. The native host on an ephemeral port, with the test app's variables.
-    let manifest = Manifest::load(&project_root().join("spin.toml")).expect("spin.toml loads");
-    let config = HostConfig::new(manifest, &app.variables).expect("host config from spin.toml");
-    let max_db = config.max_connections;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::Builder::new()
-        .name("bench-server".into())
-        .spawn(move || tavle_host::server::serve(listener, config, workers).expect("host serves"))
-        .unwrap();
+    let (addr, max_db) = start_host(&app.variables, workers);
 
     // Bare argon2id: verifying a correct password against a stored hash is
     // exactly the argon2 work of a successful login. Half before, half after
@@ -94,7 +78,7 @@ fn main() {
     // Warm-up: DB connections of every worker, prepared statements.
     let whole = Probe::take();
     {
-        let mut conns: Vec<Client> = (0..workers.max(2)).map(|_| Client::connect(addr)).collect();
+        let mut conns: Vec<Client> = (0..workers.max(2)).map(|_| Client::connect(addr, READ_TIMEOUT)).collect();
         for i in 0..WARM_UP {
             let c = i % conns.len();
             conns[c].login(&users[i % users.len()], &format!("warm-{i}"));
@@ -109,7 +93,7 @@ fn main() {
     bare(&mut argon, argon_n / 2);
     let mut argon_faults = thread_minflt() - faults0;
     let seq_probe = Probe::take();
-    let mut client = Client::connect(addr);
+    let mut client = Client::connect(addr, READ_TIMEOUT);
     let t = Instant::now();
     let mut seq = Vec::with_capacity(seq_n);
     for i in 0..seq_n {
@@ -239,25 +223,11 @@ fn main() {
         seq_use.worker_faults as f64 / seq.len() as f64
     );
     println!();
-    println!("CPU use per phase in cores (machine = all processes; other = not this bench):");
-    println!("{:<22} {:>8} {:>22} {:>9} {:>7}", "phase", "machine", "host workers", "postgres", "other");
-    let cpu_row = |name: &str, u: &Usage| {
-        let workers: Vec<String> = u.workers.iter().map(|c| format!("{c:.2}")).collect();
-        println!(
-            "{:<22} {:>8.2} {:>22} {:>9.2} {:>7.2}",
-            name,
-            u.machine,
-            workers.join(" + "),
-            u.postgres,
-            (u.machine - u.process - u.postgres).max(0.0)
-        );
-    };
-    cpu_row("login, sequential", &seq_use);
-    for (conns, _, _, u) in &conc {
-        cpu_row(&format!("login, {conns} conns"), u);
-    }
-    cpu_row("whole measurement", &whole_use);
-    let other = whole_use.machine - whole_use.process - whole_use.postgres;
+    let mut cpu_rows = vec![("login, sequential".to_owned(), &seq_use)];
+    cpu_rows.extend(conc.iter().map(|(conns, _, _, u)| (format!("login, {conns} conns"), u)));
+    cpu_rows.push(("whole measurement".to_owned(), &whole_use));
+    print_cpu_table(&cpu_rows, (22, 22));
+    let other = whole_use.other();
     if other > 0.2 {
         println!(
             "WARNING: other processes used {other:.2} cores while measuring; these figures are not representative"
@@ -298,7 +268,7 @@ fn concurrent(addr: SocketAddr, users: &[Staff], conns: usize, total: usize) -> 
             let users = users.to_vec();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let mut client = Client::connect(addr);
+                let mut client = Client::connect(addr, READ_TIMEOUT);
                 barrier.wait();
                 let mut lat = Vec::new();
                 for i in (c..total).step_by(conns) {
@@ -314,186 +284,20 @@ fn concurrent(addr: SocketAddr, users: &[Staff], conns: usize, total: usize) -> 
     (lat, t.elapsed())
 }
 
-/// A minimal blocking HTTP/1.1 keep-alive client (one request in flight).
-struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
 impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to host");
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Client { stream, reader }
-    }
-
+    /// One `POST /auth/login` as `who`; asserts 200 with an access token.
     fn login(&mut self, who: &Staff, request_id: &str) {
         let body = json!({"tenant": who.tenant, "username": who.username, "password": who.password}).to_string();
-        let (status, response) = self.post("/auth/login", &body, request_id);
-        assert_eq!(status, 200, "login of {} failed: {}", who.username, String::from_utf8_lossy(&response));
-        assert!(response.starts_with(b"{\"access_token\""), "unexpected body: {}", String::from_utf8_lossy(&response));
-    }
-
-    fn post(&mut self, path: &str, body: &str, request_id: &str) -> (u16, Vec<u8>) {
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {ORIGIN}\r\nContent-Type: application/json\r\n\
+            "POST /auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {ORIGIN}\r\nContent-Type: application/json\r\n\
              Accept: application/json\r\nX-Request-Id: {request_id}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        self.stream.write_all(request.as_bytes()).expect("send request");
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("status line");
-        let status: u16 =
-            line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
-        let mut length = None;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).expect("header line");
-            let h = line.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse::<usize>().ok();
-                }
-                assert!(
-                    !k.eq_ignore_ascii_case("connection") || !v.trim().eq_ignore_ascii_case("close"),
-                    "server closed keep-alive"
-                );
-            }
-        }
-        let mut response = vec![0; length.expect("response has content-length")];
-        self.reader.read_exact(&mut response).expect("response body");
-        (status, response)
+        let Response { status, body: response, close } = self.send(&[request.as_bytes()]);
+        assert!(!close, "server closed keep-alive");
+        assert_eq!(status, 200, "login of {} failed: {}", who.username, String::from_utf8_lossy(&response));
+        assert!(response.starts_with(b"{\"access_token\""), "unexpected body: {}", String::from_utf8_lossy(&response));
     }
-}
-
-fn pct(v: &[Duration], q: f64) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Counters read before a phase; [`Probe::since`] turns them into cores used.
-struct Probe {
-    at: Instant,
-    machine_busy: u64,
-    process: u64,
-    postgres: u64,
-    workers: Vec<(String, u64, u64)>,
-}
-
-/// CPU use during a phase, in cores (CPU seconds per wall second).
-struct Usage {
-    machine: f64,
-    process: f64,
-    postgres: f64,
-    workers: Vec<f64>,
-    worker_faults: u64,
-}
-
-impl Probe {
-    fn take() -> Probe {
-        let (process, _) = task_stat(Path::new("/proc/self"));
-        Probe {
-            at: Instant::now(),
-            machine_busy: machine_busy(),
-            process,
-            postgres: postgres_ticks(),
-            workers: workers(),
-        }
-    }
-
-    fn since(&self) -> Usage {
-        let wall = self.at.elapsed().as_secs_f64() * TICKS_PER_SEC;
-        let (process, _) = task_stat(Path::new("/proc/self"));
-        let now = workers();
-        let before = |name: &str| self.workers.iter().find(|w| w.0 == name).map_or((0, 0), |w| (w.1, w.2));
-        Usage {
-            machine: machine_busy().saturating_sub(self.machine_busy) as f64 / wall,
-            process: process.saturating_sub(self.process) as f64 / wall,
-            postgres: postgres_ticks().saturating_sub(self.postgres) as f64 / wall,
-            workers: now.iter().map(|(n, t, _)| t.saturating_sub(before(n).0) as f64 / wall).collect(),
-            worker_faults: now.iter().map(|(n, _, f)| f.saturating_sub(before(n).1)).sum(),
-        }
-    }
-}
-
-/// USER_HZ of /proc; 100 on every Linux platform Rust targets.
-const TICKS_PER_SEC: f64 = 100.0;
-
-/// (utime + stime in ticks, minor faults) of a process or thread.
-fn task_stat(dir: &Path) -> (u64, u64) {
-    let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-    // Fields after "(comm) ": state ppid ... minflt is the 8th, utime/stime the 12th/13th.
-    let rest: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, r)| r.split_whitespace().collect());
-    let n = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (n(11) + n(12), n(7))
-}
-
-fn thread_minflt() -> u64 {
-    task_stat(Path::new("/proc/thread-self")).1
-}
-
-/// (name, CPU ticks, minor faults) of each host worker thread.
-fn workers() -> Vec<(String, u64, u64)> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with("tavle-worker") {
-            let (ticks, faults) = task_stat(&task.path());
-            out.push((comm.trim().to_owned(), ticks, faults));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Busy ticks of the whole machine (all CPUs) from /proc/stat.
-fn machine_busy() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> =
-        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
-    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
-}
-
-/// CPU ticks of every live descendant of this process (the PostgreSQL
-/// postmaster and its backends).
-fn postgres_ticks() -> u64 {
-    let me = std::process::id();
-    let mut parent = std::collections::HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
-            parent.insert(pid, ppid);
-        }
-    }
-    let descends = |mut pid: u32| {
-        while let Some(&p) = parent.get(&pid) {
-            if p == me {
-                return true;
-            }
-            pid = p;
-        }
-        false
-    };
-    parent
-        .keys()
-        .filter(|&&pid| pid != me && descends(pid))
-        .map(|&pid| task_stat(&PathBuf::from(format!("/proc/{pid}"))).0)
-        .sum()
 }
 
 /// Median handler time (ms) of successful logins whose request id starts with `prefix`.
@@ -548,33 +352,5 @@ fn build_component(krate: Option<&str>) -> Result<(), String> {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().rev().find(|l| l.starts_with("error")).unwrap_or("build failed");
         Err(last.to_owned())
-    }
-}
-
-/// Points fd 2 at a file until dropped.
-struct StderrRedirect {
-    saved: i32,
-}
-
-impl StderrRedirect {
-    fn to(path: &PathBuf) -> StderrRedirect {
-        let _ = std::fs::create_dir_all(path.parent().unwrap());
-        let file = File::create(path).expect("host log file");
-        // SAFETY: plain fd duplication; `file` stays open until dup2 has copied it.
-        unsafe {
-            let saved = libc::dup(2);
-            assert!(saved >= 0 && libc::dup2(file.as_raw_fd(), 2) >= 0, "redirecting stderr");
-            StderrRedirect { saved }
-        }
-    }
-}
-
-impl Drop for StderrRedirect {
-    fn drop(&mut self) {
-        // SAFETY: restores the descriptor saved in `to`.
-        unsafe {
-            libc::dup2(self.saved, 2);
-            libc::close(self.saved);
-        }
     }
 }
