@@ -40,6 +40,11 @@ impl<'a> Event<'a> {
         }
     }
 
+    /// An event done by an authenticated staff user in their own tenant.
+    pub fn by(who: &'a crate::auth::Principal, action: &'a str) -> Self {
+        Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), action)
+    }
+
     pub fn target(mut self, kind: &'a str, id: &'a str) -> Self {
         self.target_kind = Some(kind);
         self.target_id = Some(id);

@@ -6,7 +6,7 @@ use crate::{verify, IngestConfig, ADMIN_BODY_LIMIT};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
-use tavle_core::audit::{self, Actor, Event};
+use tavle_core::audit::{self, Event};
 use tavle_core::auth::{authenticate_as, Principal, Role};
 use tavle_core::db::{transaction, uuid, Db, Row, Value};
 use tavle_core::problem::field;
@@ -161,7 +161,7 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
         audit::record(
             db,
             Some(meta),
-            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "source.created")
+            Event::by(&who, "source.created")
                 .target("webhook_source", &id)
                 .details(json!({"kind": body.kind, "scheme": if secret_text.is_some() { "v1" } else { "v1a" }})),
         )
@@ -232,7 +232,7 @@ pub async fn rotate(
         audit::record(
             db,
             Some(meta),
-            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "source.key_rotated")
+            Event::by(&who, "source.key_rotated")
                 .target("webhook_source", &id)
                 .details(json!({"previous_valid_until": until})),
         )
@@ -268,13 +268,7 @@ pub async fn disable(
         if changed == 0 {
             return Err(Problem::not_found());
         }
-        audit::record(
-            db,
-            Some(meta),
-            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "source.disabled")
-                .target("webhook_source", &id),
-        )
-        .await?;
+        audit::record(db, Some(meta), Event::by(&who, "source.disabled").target("webhook_source", &id)).await?;
         Ok(())
     })
     .await?;

@@ -8,7 +8,7 @@ use crate::BODY_LIMIT;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
-use tavle_core::audit::{self, Actor, Event};
+use tavle_core::audit::{self, Event};
 use tavle_core::auth::{authenticate_as, Grant, Principal, Role};
 use tavle_core::db::{transaction, uuid, Db, DbError, Row, Value};
 use tavle_core::problem::field;
@@ -272,9 +272,7 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
         audit::record(
             db,
             Some(meta),
-            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "user.created")
-                .target("user", &id)
-                .details(json!({"roles": grants})),
+            Event::by(&who, "user.created").target("user", &id).details(json!({"roles": grants})),
         )
         .await?;
         Ok(id)
@@ -316,7 +314,7 @@ pub async fn set_roles(
         audit::record(
             db,
             Some(meta),
-            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "user.roles_changed")
+            Event::by(&who, "user.roles_changed")
                 .target("user", &id)
                 .details(json!({"before": before["roles"], "after": grants})),
         )
@@ -370,12 +368,7 @@ async fn change_state(
             .await?;
         details = json!({"revoked_sessions": n});
     }
-    audit::record(
-        db,
-        Some(meta),
-        Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), action).target("user", id).details(details),
-    )
-    .await?;
+    audit::record(db, Some(meta), Event::by(who, action).target("user", id).details(details)).await?;
     Ok(())
 }
 

@@ -260,12 +260,7 @@ pub async fn logout(
             &[uuid(&who.session_id)],
         )
         .await?;
-        audit::record(
-            db,
-            Some(meta),
-            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "logout").target("session", &who.session_id),
-        )
-        .await?;
+        audit::record(db, Some(meta), Event::by(&who, "logout").target("session", &who.session_id)).await?;
         Ok::<_, Problem>(())
     })
     .await?;
@@ -297,13 +292,7 @@ pub async fn refresh(
             )
             .await?
             .ok_or_else(Problem::unauthenticated)?;
-        audit::record(
-            db,
-            Some(meta),
-            Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "session.refreshed")
-                .target("session", &who.session_id),
-        )
-        .await?;
+        audit::record(db, Some(meta), Event::by(&who, "session.refreshed").target("session", &who.session_id)).await?;
         Ok::<_, Problem>(session)
     })
     .await?;
@@ -376,13 +365,8 @@ pub async fn change_password(
         .text(0)?;
     if !password::verify(&body.current_password, &stored) {
         transaction(db, async |db| {
-            audit::record(
-                db,
-                Some(meta),
-                Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "password.change_failed")
-                    .target("user", &who.user_id),
-            )
-            .await?;
+            audit::record(db, Some(meta), Event::by(&who, "password.change_failed").target("user", &who.user_id))
+                .await?;
             count_failure(db, meta, &cfg, &who.tenant_id, &who.user_id).await
         })
         .await?;
@@ -405,7 +389,7 @@ pub async fn change_password(
                 &[uuid(&who.user_id), uuid(&who.session_id)],
             )
             .await?;
-        audit::record(db, Some(meta), Event::new(&who.tenant_id, Actor::User(who.user_id.clone()), "password.changed")
+        audit::record(db, Some(meta), Event::by(&who, "password.changed")
             .target("user", &who.user_id)
             .details(json!({"revoked_sessions": revoked})))
         .await?;
