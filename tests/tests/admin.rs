@@ -52,6 +52,19 @@ async fn admins_list_users_with_last_login_state_and_roles_page_by_page() {
     assert!(admin_row["last_login_at"].is_string(), "last login shown: {admin_row}");
     assert!(all["items"][4]["last_login_at"].is_null(), "dag never logged in");
     assert_eq!(all["items"][1]["roles"], json!([{"role": "teacher", "group_id": group}]));
+    // Staff data is personal data: each read is audited with who read it.
+    let anne = all["items"][1]["id"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/admin/users/{anne}"), &s.token).await.status, 200);
+    let reads: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT action, actor_user_id::text, target_id::text FROM audit_log \
+         WHERE action IN ('users.listed', 'user.viewed') ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reads.len(), 5, "{reads:?}");
+    assert!(reads.iter().all(|(_, actor, _)| actor.as_deref() == Some(admin.user_id.as_str())));
+    assert_eq!(reads[4], ("user.viewed".to_owned(), Some(admin.user_id.clone()), Some(anne.to_owned())));
 }
 
 #[tokio::test]

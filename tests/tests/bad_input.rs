@@ -104,6 +104,17 @@ async fn error_bodies_never_echo_secrets_or_sql_details() {
         .await;
     r.assert_problem(422, "validation-failed");
     assert!(!r.text().contains(secret), "{}", r.text());
+    // Values sent with the wrong type and unknown keys are not echoed either
+    // (serde quotes numbers and keys in backticks, not double quotes).
+    for body in [
+        r#"{"tenant":"oslo","username":"admin","password":98765432109}"#,
+        r#"{"tenant":"oslo","username":"admin","password":"x","98765432109":1}"#,
+        r#"{"tenant":"oslo","username":98765432109.5,"password":"x"}"#,
+    ] {
+        let r = app.call(raw(Method::POST, "/auth/login", Some("application/json"), body.as_bytes().to_vec())).await;
+        r.assert_problem(422, "validation-failed");
+        assert!(!r.text().contains("98765432109"), "{}", r.text());
+    }
     let r = app.login_response("oslo", "admin", secret).await;
     assert!(!r.text().contains(secret));
     for needle in ["SELECT", "syntax", "postgres", "sqlx", "panicked"] {

@@ -307,6 +307,13 @@ async fn a_replayed_webhook_id_returns_the_original_outcome_and_applies_nothing_
     assert_eq!(score, 10.0);
     let ingested = w.app.audit_actions(&w.admin.tenant_id).await.iter().filter(|a| *a == "results.ingested").count();
     assert_eq!(ingested, 1);
+    // The same id for another kind of post is a conflict, not a replay.
+    let sas_results = w.app.deliver(&w.sas, "results", "roster-once", &body).await;
+    assert_eq!(sas_results.status, 200, "{}", sas_results.text());
+    let roster_body = roster(vec![pupil(0, &["5A"])]);
+    let clash = w.app.deliver(&w.sas, "roster", "roster-once", &roster_body).await;
+    clash.assert_problem(409, "conflict");
+    assert_eq!(w.app.count("SELECT count(*) FROM pupils WHERE left_at IS NULL").await, 3);
     // The same id from another source is a different delivery.
     let other = w.app.create_source(&w.session, "publisher").await;
     assert_eq!(w.app.deliver(&other, "results", "delivery-1", &body).await.json()["created"], 2);
@@ -539,6 +546,46 @@ async fn restricted_pupils_and_other_tenants_pupils_get_no_results() {
         0
     );
     assert_eq!(w.app.count("SELECT count(*) FROM results").await, 1);
+}
+
+#[tokio::test]
+async fn restricted_pupils_keep_their_results_and_memberships_as_they_are() {
+    let w = world().await;
+    load_roster(&w, 3).await;
+    let s = w.app.deliver(&w.publisher, "results", "r1", &results("a", vec![result("x1", 1, 5.0)])).await.json();
+    assert_eq!(s["created"], 1);
+    sqlx::query("UPDATE pupils SET restricted = true WHERE given_name = 'Elev1'").execute(&w.app.pool).await.unwrap();
+    let memberships = "SELECT count(*) FROM group_memberships m JOIN pupils p ON p.id = m.pupil_id \
+                       WHERE p.given_name = 'Elev1'";
+    assert_eq!(w.app.count(memberships).await, 1);
+
+    // The publisher re-sends the same result naming another pupil: it stays put.
+    let s = w.app.deliver(&w.publisher, "results", "r2", &results("a", vec![result("x1", 2, 9.0)])).await.json();
+    assert_eq!((s["updated"].as_u64(), s["rejected"].as_u64()), (Some(0), Some(1)), "{s}");
+    assert_eq!(s["rejected_rows"][0]["reason"], "processing_restricted");
+    let held: (String, f64) = sqlx::query_as(
+        "SELECT p.given_name, r.score FROM results r JOIN pupils p ON p.id = r.pupil_id WHERE r.external_id = 'x1'",
+    )
+    .fetch_one(&w.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, ("Elev1".to_owned(), 5.0));
+
+    // A roster that moves the restricted pupil to another group, or leaves them
+    // out, changes neither their memberships nor their status.
+    for pupils in [vec![pupil(0, &["5A"]), pupil(1, &["5A"]), pupil(2, &["5A"])], vec![pupil(0, &["5A"])]] {
+        let r = w.app.deliver(&w.sas, "roster", &uuid::Uuid::new_v4().to_string(), &roster(pupils)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let group: String = sqlx::query_scalar(
+            "SELECT g.external_id FROM group_memberships m JOIN groups g ON g.id = m.group_id \
+             JOIN pupils p ON p.id = m.pupil_id WHERE p.given_name = 'Elev1'",
+        )
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+        assert_eq!(group, "5B");
+        assert_eq!(w.app.count("SELECT count(*) FROM pupils WHERE given_name = 'Elev1' AND left_at IS NULL").await, 1);
+    }
 }
 
 #[tokio::test]

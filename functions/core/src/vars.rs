@@ -28,6 +28,17 @@ pub trait Variables {
             }),
         }
     }
+
+    /// A number that must be above zero (counts, periods).
+    fn positive(&self, name: &str, default: i64) -> Result<i64, Problem> {
+        let n = self.number(name, default)?;
+        if n > 0 {
+            Ok(n)
+        } else {
+            eprintln!("error: configuration variable `{name}` must be positive");
+            Err(Problem::internal())
+        }
+    }
 }
 
 impl Variables for HashMap<String, String> {

@@ -193,14 +193,22 @@ fn malformed_json(e: &serde_json::Error) -> Problem {
     Problem::malformed(format!("invalid JSON at line {} column {}", e.line(), e.column()))
 }
 
-/// 422 for a type or shape error at a path; the message never quotes values.
+/// 422 for a type or shape error at a path; the message never quotes values
+/// (or unknown keys), which may be personal data sent in the wrong field.
 fn path_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> Problem {
-    let mut pointer = to_pointer(e.path());
-    let message = redact(&e.inner().to_string());
+    let message = e.inner().to_string();
+    let mut segments: Vec<_> = e.path().iter().collect();
+    if message.starts_with("unknown field") {
+        // The path may end in the unknown key itself: point at its object.
+        if let Some(serde_path_to_error::Segment::Map { .. }) = segments.last() {
+            segments.pop();
+        }
+    }
+    let mut pointer = to_pointer(segments);
     if let Some(name) = missing_field(&message) {
         pointer = format!("{}/{}", pointer.trim_end_matches('/'), name);
     }
-    Problem::validation(vec![field(pointer, message)])
+    Problem::validation(vec![field(pointer, describe(&message))])
 }
 
 /// Deserializes an already-parsed JSON value with pointer-addressed errors.
@@ -208,10 +216,10 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Pr
     serde_path_to_error::deserialize(value).map_err(|e| path_error(&e))
 }
 
-fn to_pointer(path: &serde_path_to_error::Path) -> String {
+fn to_pointer<'a>(segments: impl IntoIterator<Item = &'a serde_path_to_error::Segment>) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
-    for seg in path.iter() {
+    for seg in segments {
         match seg {
             Segment::Seq { index } => out.push_str(&format!("/{index}")),
             Segment::Map { key } => {
@@ -230,19 +238,50 @@ fn missing_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
-/// Serde messages quote offending values (`invalid type: string "…"`);
-/// drop anything between double quotes.
+/// A fixed description per kind of serde error. Serde quotes offending
+/// values in double quotes or backticks (`integer `12345678901``,
+/// `unknown field `x``), so only what follows ", expected" (our own type
+/// descriptions) is kept; anything else is reduced to its category.
+fn describe(message: &str) -> String {
+    let expected = message.split_once(", expected ").map(|(_, e)| e);
+    let with_expected = |what: &str| match expected {
+        Some(e) => format!("{what}; expected {e}"),
+        None => what.to_owned(),
+    };
+    if message.starts_with("missing field") {
+        "is required".to_owned()
+    } else if message.starts_with("unknown field") {
+        with_expected("unknown field")
+    } else if message.starts_with("unknown variant") {
+        with_expected("unknown value")
+    } else if message.starts_with("invalid type") {
+        with_expected("has the wrong type")
+    } else if message.starts_with("invalid value") {
+        with_expected("has an invalid value")
+    } else if message.starts_with("invalid length") {
+        with_expected("has the wrong length")
+    } else if message.starts_with("duplicate field") {
+        "appears more than once".to_owned()
+    } else {
+        // Our own parse errors (domain types) never contain the input, but
+        // strip anything quoted all the same.
+        redact(message)
+    }
+}
+
+/// Drops anything between double quotes or backticks.
 fn redact(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    let mut quoted = false;
+    let mut quote = None;
     for c in message.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"…\"");
+        match quote {
+            None if c == '"' || c == '`' => {
+                out.push('…');
+                quote = Some(c);
             }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
+            None => out.push(c),
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
         }
     }
     out
@@ -392,11 +431,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redact_drops_quoted_values() {
+    fn serde_messages_never_carry_values_or_unknown_keys() {
+        assert_eq!(describe("invalid type: string \"12345678901\", expected u32"), "has the wrong type; expected u32");
         assert_eq!(
-            redact("invalid type: string \"12345678901\", expected u32"),
-            "invalid type: string \"…\", expected u32"
+            describe("invalid type: integer `12345678901`, expected a string"),
+            "has the wrong type; expected a string"
         );
+        assert_eq!(
+            describe("unknown field `01017012345`, expected one of `tenant`, `username`"),
+            "unknown field; expected one of `tenant`, `username`"
+        );
+        assert_eq!(describe("missing field `name`"), "is required");
+        assert_eq!(redact("bad `secret` and \"other\" value"), "bad … and … value");
     }
 
     #[test]

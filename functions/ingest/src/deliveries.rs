@@ -16,6 +16,15 @@ pub enum Kind {
     Results,
 }
 
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Roster => "roster",
+            Kind::Results => "results",
+        }
+    }
+}
+
 enum Post {
     Roster(roster::RosterPost),
     Results(results::ResultsPost),
@@ -68,14 +77,22 @@ fn outcome(status: StatusCode, body: &serde_json::Value, replayed: bool) -> Http
     Ok(r)
 }
 
-async fn stored_outcome(db: &mut impl Db, source_id: &str, webhook_id: &str) -> Result<Option<HttpResult>, Problem> {
+async fn stored_outcome(
+    db: &mut impl Db,
+    source_id: &str,
+    webhook_id: &str,
+    kind: Kind,
+) -> Result<Option<HttpResult>, Problem> {
     let row = db
         .query_opt(
-            "SELECT status, response FROM webhook_deliveries WHERE source_id = $1::uuid AND webhook_id = $2::text",
+            "SELECT status, response, kind FROM webhook_deliveries WHERE source_id = $1::uuid AND webhook_id = $2::text",
             &[uuid(source_id), webhook_id.into()],
         )
         .await?;
     Ok(match row {
+        Some(r) if r.text(2)? != kind.as_str() => {
+            return Err(Problem::conflict("this webhook id was already used for another kind of post"));
+        }
         Some(r) => {
             let status = StatusCode::from_u16(r.int(0)? as u16).map_err(|_| Problem::internal())?;
             Some(outcome(status, &r.json(1)?, true))
@@ -109,7 +126,7 @@ pub async fn receive(
     if kind == Kind::Roster && source.kind != "sas" {
         return Err(Problem::forbidden("only school administrative system (sas) sources may post rosters"));
     }
-    if let Some(previous) = stored_outcome(db, &source_id, &webhook_id).await? {
+    if let Some(previous) = stored_outcome(db, &source_id, &webhook_id, kind).await? {
         return previous;
     }
     let post = match kind {
@@ -124,9 +141,15 @@ pub async fn receive(
         };
         let recorded = db
             .execute(
-                "INSERT INTO webhook_deliveries (source_id, webhook_id, tenant_id, status, response) \
-                 VALUES ($1::uuid, $2::text, $3::uuid, 200, $4::jsonb)",
-                &[uuid(&source_id), webhook_id.clone().into(), uuid(&source.tenant_id), Value::Json(summary.clone())],
+                "INSERT INTO webhook_deliveries (source_id, webhook_id, tenant_id, status, response, kind) \
+                 VALUES ($1::uuid, $2::text, $3::uuid, 200, $4::jsonb, $5::text)",
+                &[
+                    uuid(&source_id),
+                    webhook_id.clone().into(),
+                    uuid(&source.tenant_id),
+                    Value::Json(summary.clone()),
+                    kind.as_str().into(),
+                ],
             )
             .await;
         match recorded {
@@ -140,7 +163,7 @@ pub async fn receive(
     match applied {
         Ok(summary) => outcome(StatusCode::OK, &summary, false),
         Err(p) if p.slug == "conflict" && p.detail.as_deref() == Some("replayed") => {
-            stored_outcome(db, &source_id, &webhook_id).await?.unwrap_or_else(|| Err(Problem::internal()))
+            stored_outcome(db, &source_id, &webhook_id, kind).await?.unwrap_or_else(|| Err(Problem::internal()))
         }
         Err(p) => Err(p),
     }

@@ -107,7 +107,7 @@ impl IngestConfig {
             None | Some("") | Some("false") => SyntheticPolicy::Reject,
             Some(_) => return Err(config_error("accept_synthetic_identity_numbers", "must be true or false")),
         };
-        let overlap_hours = vars.number("webhook_secret_overlap_hours", 24)?;
+        let overlap_hours = vars.positive("webhook_secret_overlap_hours", 24)?;
         Ok(IngestConfig { identity, blind_index, secrets, synthetic, overlap_hours })
     }
 }

@@ -234,12 +234,26 @@ pub async fn apply(
 
     let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.key).collect();
     let known = pupils::resolve(db, tenant_id, &keys).await?;
+    // A result already held for a restricted pupil stays where it is, even if
+    // the publisher now names another pupil for it.
+    let all_ext: Vec<String> = rows.iter().map(|r| r.input.external_id.clone()).collect();
+    let held_for_restricted: HashSet<String> = db
+        .query(
+            "SELECT r.external_id FROM results r JOIN pupils p ON p.id = r.pupil_id \
+             WHERE r.source_id = $1::uuid AND r.external_id = ANY($2::text[]) AND p.restricted",
+            &[uuid(source_id), Value::TextArray(all_ext)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<_, _>>()?;
     let mut rejected = Vec::new();
     let (mut ext, mut pupil, mut score, mut status, mut completed, mut items) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stored_pupils = HashSet::with_capacity(rows.len());
     for row in &rows {
         let reason = match pupils::lookup(&known, &row.key) {
+            _ if held_for_restricted.contains(&row.input.external_id) => Some("processing_restricted"),
             None => Some("unknown_pupil"),
             Some(k) if k.restricted => Some("processing_restricted"),
             // The same pupil named once by identity number and once by Feide username.
@@ -279,7 +293,8 @@ pub async fn apply(
              ON CONFLICT (source_id, external_id) DO UPDATE SET pupil_id = EXCLUDED.pupil_id, \
                  assessment_id = EXCLUDED.assessment_id, score = EXCLUDED.score, status = EXCLUDED.status, \
                  completed_at = EXCLUDED.completed_at, items = EXCLUDED.items, updated_at = now() \
-             WHERE (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
+             WHERE NOT EXISTS (SELECT 1 FROM pupils rp WHERE rp.id = results.pupil_id AND rp.restricted) \
+               AND (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
                    IS DISTINCT FROM (EXCLUDED.pupil_id, EXCLUDED.assessment_id, EXCLUDED.score, EXCLUDED.status, \
                                      EXCLUDED.completed_at, EXCLUDED.items) \
              RETURNING xmax = 0, external_id",

@@ -178,12 +178,13 @@ pub async fn apply(
         let known_pupil = pupils::lookup(&known, key);
         if let Some(k) = known_pupil {
             present.push(k.id.clone());
-            pupil_id_at.insert(*i, k.id.clone());
             if k.restricted {
-                // Restricted processing: keep as is, but do not mark as left.
+                // Restricted processing: keep the pupil and their memberships
+                // exactly as they are, and do not mark them as left.
                 restricted_skipped += 1;
                 continue;
             }
+            pupil_id_at.insert(*i, k.id.clone());
         }
         let enc = key
             .identity
@@ -277,8 +278,9 @@ pub async fn apply(
         }
     }
     db.execute(
-        "DELETE FROM group_memberships m USING groups g \
-         WHERE m.group_id = g.id AND g.tenant_id = $1::uuid AND g.school_id = $2::uuid",
+        "DELETE FROM group_memberships m USING groups g, pupils p \
+         WHERE m.group_id = g.id AND g.tenant_id = $1::uuid AND g.school_id = $2::uuid \
+           AND p.id = m.pupil_id AND NOT p.restricted",
         &[uuid(tenant_id), uuid(&school_id)],
     )
     .await?;

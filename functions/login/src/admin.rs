@@ -68,7 +68,9 @@ struct Cursor {
     id: String,
 }
 
-pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+/// Staff names and e-mail addresses are personal data too: every read of
+/// them is audited in the same transaction, and not returned if it cannot be.
+pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
     let limit = page_limit(req)?;
     let cursor: Option<Cursor> = decode_cursor(req)?;
     if let Some(c) = &cursor {
@@ -78,24 +80,34 @@ pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Htt
     }
     let who = admin(req, vars, db).await?;
     let (after_u, after_id) = cursor.map_or((Value::Null, Value::Null), |c| (c.u.into(), uuid(c.id)));
-    let rows = db
-        .query(
-            &format!(
-                "SELECT {USER_COLUMNS} FROM users u \
-                 WHERE u.tenant_id = $1::uuid AND u.deleted_at IS NULL \
-                   AND ($2::text IS NULL OR (u.username, u.id) > ($2::text, $3::uuid)) \
-                 ORDER BY u.username, u.id LIMIT $4::int8"
-            ),
-            &[uuid(&who.tenant_id), after_u, after_id, (limit + 1).into()],
-        )
-        .await?;
-    page(&rows, limit, user_view, |last| Ok(json!({"u": last.text(1)?, "id": last.text(0)?})))
+    transaction(db, async |db| {
+        let rows = db
+            .query(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users u \
+                     WHERE u.tenant_id = $1::uuid AND u.deleted_at IS NULL \
+                       AND ($2::text IS NULL OR (u.username, u.id) > ($2::text, $3::uuid)) \
+                     ORDER BY u.username, u.id LIMIT $4::int8"
+                ),
+                &[uuid(&who.tenant_id), after_u, after_id, (limit + 1).into()],
+            )
+            .await?;
+        let shown = rows.len().min(limit as usize);
+        audit::record(db, Some(meta), Event::by(&who, "users.listed").details(json!({"count": shown}))).await?;
+        page(&rows, limit, user_view, |last| Ok(json!({"u": last.text(1)?, "id": last.text(0)?})))
+    })
+    .await
 }
 
-pub async fn get(req: &Request, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
+pub async fn get(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
     let who = admin(req, vars, db).await?;
     let id = path_id(id)?;
-    json(StatusCode::OK, &load_user(db, &who.tenant_id, &id).await?)
+    transaction(db, async |db| {
+        let user = load_user(db, &who.tenant_id, &id).await?;
+        audit::record(db, Some(meta), Event::by(&who, "user.viewed").target("user", &id)).await?;
+        json(StatusCode::OK, &user)
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -49,7 +49,7 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
     }
     if match_path("/admin/users", &path).is_some() {
         return match method {
-            Method::GET => admin::list(&req, vars, db).await,
+            Method::GET => admin::list(&req, &meta, vars, db).await,
             Method::POST => admin::create(&req, &meta, vars, db).await,
             _ => Err(Problem::method_not_allowed("GET, POST")),
         };
@@ -57,7 +57,7 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
     if let Some(p) = match_path("/admin/users/{id}", &path) {
         let id = p[0].to_owned();
         return match method {
-            Method::GET => admin::get(&req, vars, db, &id).await,
+            Method::GET => admin::get(&req, &meta, vars, db, &id).await,
             Method::DELETE => admin::delete(&req, &meta, vars, db, &id).await,
             _ => Err(Problem::method_not_allowed("GET, DELETE")),
         };
@@ -94,23 +94,14 @@ impl LoginConfig {
             eprintln!("error: token_signing_key: {e}");
             Problem::internal()
         })?;
-        let positive = |name: &str, default: i64| -> Result<i64, Problem> {
-            let n = vars.number(name, default)?;
-            if n > 0 {
-                Ok(n)
-            } else {
-                eprintln!("error: configuration variable `{name}` must be positive");
-                Err(Problem::internal())
-            }
-        };
         Ok(LoginConfig {
             signing_key,
             allowed_origins: vars.get("allowed_origins").unwrap_or_default(),
-            lockout_threshold: positive("lockout_threshold", 5)?,
-            lockout_minutes: positive("lockout_minutes", 15)?,
-            access_token_minutes: positive("access_token_minutes", 15)?,
-            session_idle_minutes: positive("session_idle_minutes", 30)?,
-            session_max_minutes: positive("session_max_minutes", 600)?,
+            lockout_threshold: vars.positive("lockout_threshold", 5)?,
+            lockout_minutes: vars.positive("lockout_minutes", 15)?,
+            access_token_minutes: vars.positive("access_token_minutes", 15)?,
+            session_idle_minutes: vars.positive("session_idle_minutes", 30)?,
+            session_max_minutes: vars.positive("session_max_minutes", 600)?,
         })
     }
 }

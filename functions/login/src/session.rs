@@ -128,12 +128,20 @@ pub async fn login(
     }
 
     let issued = transaction(db, async |db| {
-        db.execute(
-            "UPDATE users SET failed_logins = 0, locked_until = NULL, last_login_at = now() \
-             WHERE id = $1::uuid AND tenant_id = $2::uuid",
-            &[uuid(&user_id), uuid(&tenant_id)],
-        )
-        .await?;
+        // Conditional on the state checked above: a concurrent lockout or
+        // deactivation between that read and now wins, and no session is made.
+        let still_allowed = db
+            .query_opt(
+                "UPDATE users SET failed_logins = 0, locked_until = NULL, last_login_at = now() \
+                 WHERE id = $1::uuid AND tenant_id = $2::uuid AND active AND deleted_at IS NULL \
+                   AND (locked_until IS NULL OR locked_until <= now()) \
+                 RETURNING id",
+                &[uuid(&user_id), uuid(&tenant_id)],
+            )
+            .await?;
+        if still_allowed.is_none() {
+            return Err(invalid_credentials());
+        }
         let secret = random_secret();
         let session = db
             .query_one(
@@ -173,27 +181,36 @@ pub async fn login(
 }
 
 /// One more consecutive failure; at the threshold the account locks for the
-/// configured period and the counter restarts.
+/// configured period and the counter restarts. Failures while locked are not
+/// counted (the row is matched only when unlocked), so concurrent failures
+/// lock once and audit one `account.locked`.
+///
+/// Live sessions survive a lockout: they were opened with the right password,
+/// and revoking them would let anyone log a teacher out by guessing wrong.
 async fn count_failure(
     db: &mut impl Db,
     meta: &RequestMeta,
     cfg: &LoginConfig,
     tenant_id: &str,
     user_id: &str,
-) -> Result<bool, Problem> {
-    let row = db
-        .query_one(
+) -> Result<(), Problem> {
+    let locked_just_now = db
+        .query_opt(
             "UPDATE users SET \
                  locked_until = CASE WHEN failed_logins + 1 >= $3::int8 \
                      THEN now() + make_interval(mins => $4::int8::int) ELSE locked_until END, \
                  failed_logins = CASE WHEN failed_logins + 1 >= $3::int8 THEN 0 ELSE failed_logins + 1 END \
              WHERE id = $1::uuid AND tenant_id = $2::uuid \
+               AND (locked_until IS NULL OR locked_until <= now()) \
              RETURNING coalesce(locked_until > now(), false)",
             &[uuid(user_id), uuid(tenant_id), cfg.lockout_threshold.into(), cfg.lockout_minutes.into()],
         )
         .await?;
-    let now_locked = row.bool(0)?;
-    if now_locked {
+    let locked_just_now = match locked_just_now {
+        Some(row) => row.bool(0)?,
+        None => false,
+    };
+    if locked_just_now {
         audit::record(
             db,
             Some(meta),
@@ -202,14 +219,8 @@ async fn count_failure(
                 .details(json!({"minutes": cfg.lockout_minutes, "after_failures": cfg.lockout_threshold})),
         )
         .await?;
-        // A locked account has no live sessions either.
-        db.execute(
-            "UPDATE sessions SET revoked_at = now() WHERE user_id = $1::uuid AND revoked_at IS NULL",
-            &[uuid(user_id)],
-        )
-        .await?;
     }
-    Ok(now_locked)
+    Ok(())
 }
 
 /// Access token response. The token never outlives its session.
