@@ -279,8 +279,10 @@ impl TestApp {
             "assessments",
             "results",
             "audit_log",
+            "access_log",
+            "access_log_heads",
         ] {
-            if table == "audit_log" && !with_audit {
+            if ["audit_log", "access_log", "access_log_heads"].contains(&table) && !with_audit {
                 continue;
             }
             let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT t::text FROM {table} t ORDER BY 1"))

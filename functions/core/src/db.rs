@@ -45,6 +45,11 @@ impl From<i64> for Value {
         Value::Int(v)
     }
 }
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
 impl From<bool> for Value {
     fn from(v: bool) -> Self {
         Value::Bool(v)
@@ -100,6 +105,26 @@ impl Row {
         match self.at(i)? {
             Value::Int(v) => Ok(*v),
             other => Err(DbError::Decode(format!("column {i}: expected integer, got {}", kind(other)))),
+        }
+    }
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError> {
+        if self.is_null(i) {
+            Ok(None)
+        } else {
+            self.int(i).map(Some)
+        }
+    }
+    pub fn float(&self, i: usize) -> Result<f64, DbError> {
+        match self.at(i)? {
+            Value::Float(v) => Ok(*v),
+            other => Err(DbError::Decode(format!("column {i}: expected float, got {}", kind(other)))),
+        }
+    }
+    pub fn opt_float(&self, i: usize) -> Result<Option<f64>, DbError> {
+        if self.is_null(i) {
+            Ok(None)
+        } else {
+            self.float(i).map(Some)
         }
     }
     pub fn bool(&self, i: usize) -> Result<bool, DbError> {

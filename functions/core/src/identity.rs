@@ -94,6 +94,21 @@ pub enum SyntheticPolicy {
     Accept,
 }
 
+impl SyntheticPolicy {
+    /// From the `accept_synthetic_identity_numbers` variable: "true", or
+    /// "false"/unset (the production default).
+    pub fn from_vars(vars: &impl crate::vars::Variables) -> Result<Self, crate::Problem> {
+        match vars.get("accept_synthetic_identity_numbers").as_deref().map(str::trim) {
+            Some("true") => Ok(SyntheticPolicy::Accept),
+            None | Some("") | Some("false") => Ok(SyntheticPolicy::Reject),
+            Some(_) => {
+                eprintln!("error: configuration variable `accept_synthetic_identity_numbers` must be true or false");
+                Err(crate::Problem::internal())
+            }
+        }
+    }
+}
+
 /// Why an input is not an acceptable identity number. Messages never contain the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IdentityError {

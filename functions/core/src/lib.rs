@@ -2,12 +2,14 @@
 //! business logic lives here, as plain Rust over `http` types so that it runs
 //! natively in tests and as WebAssembly under Spin.
 
+pub mod access_log;
 pub mod audit;
 pub mod auth;
 pub mod crypto;
 pub mod db;
 pub mod identity;
 pub mod problem;
+pub mod scores;
 pub mod vars;
 pub mod web;
 

@@ -102,11 +102,7 @@ impl IngestConfig {
             &vars.get("webhook_secret_previous_keys").unwrap_or_default(),
         )
         .map_err(|e| config_error("webhook_secret_key", e))?;
-        let synthetic = match vars.get("accept_synthetic_identity_numbers").as_deref().map(str::trim) {
-            Some("true") => SyntheticPolicy::Accept,
-            None | Some("") | Some("false") => SyntheticPolicy::Reject,
-            Some(_) => return Err(config_error("accept_synthetic_identity_numbers", "must be true or false")),
-        };
+        let synthetic = SyntheticPolicy::from_vars(vars)?;
         let overlap_hours = vars.positive("webhook_secret_overlap_hours", 24)?;
         Ok(IngestConfig { identity, blind_index, secrets, synthetic, overlap_hours })
     }

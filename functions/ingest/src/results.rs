@@ -12,13 +12,12 @@ use serde_json::json;
 use std::collections::HashSet;
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::db::{uuid, Db, Value};
+use tavle_core::scores::{check_outcome, finite_in, valid_date};
 use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
 pub const MAX_RESULTS: usize = 10_000;
 const MAX_ITEMS: usize = 1_000;
-const STATUSES: [&str; 4] = ["completed", "incomplete", "absent", "exempt"];
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsPost {
@@ -72,58 +71,6 @@ pub fn check_text(checks: &mut Checks, pointer: &str, value: &str, max: usize) {
     }
 }
 
-fn is_leap(y: u32) -> bool {
-    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
-}
-
-/// `YYYY-MM-DD`, a real calendar date between 1900 and 2199.
-pub fn valid_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return false;
-    }
-    let num = |r: std::ops::Range<usize>| {
-        s.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit())).and_then(|t| t.parse::<u32>().ok())
-    };
-    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        2 => 28,
-        _ => return false,
-    };
-    (1900..=2199).contains(&y) && (1..=days).contains(&d)
-}
-
-/// RFC 3339 date-time (`2026-09-01T10:15:00Z`, fractions and offsets allowed).
-pub fn valid_datetime(s: &str) -> bool {
-    let Some((date, time)) = s.split_once(['T', 't']) else { return false };
-    if !valid_date(date) {
-        return false;
-    }
-    let (clock, offset) = if let Some(t) = time.strip_suffix(['Z', 'z']) {
-        (t, None)
-    } else if time.len() > 6 && matches!(time.as_bytes()[time.len() - 6], b'+' | b'-') {
-        (&time[..time.len() - 6], Some(&time[time.len() - 5..]))
-    } else {
-        return false;
-    };
-    let two = |t: &str, max: u32| {
-        t.len() == 2 && t.bytes().all(|c| c.is_ascii_digit()) && t.parse::<u32>().is_ok_and(|v| v <= max)
-    };
-    let (hms, frac) = clock.split_once('.').map_or((clock, None), |(a, b)| (a, Some(b)));
-    let parts: Vec<&str> = hms.split(':').collect();
-    let clock_ok = parts.len() == 3 && two(parts[0], 23) && two(parts[1], 59) && two(parts[2], 59);
-    let frac_ok = frac.is_none_or(|f| (1..=9).contains(&f.len()) && f.bytes().all(|c| c.is_ascii_digit()));
-    let offset_ok = offset.is_none_or(|o| o.len() == 5 && &o[2..3] == ":" && two(&o[..2], 15) && two(&o[3..], 59));
-    clock_ok && frac_ok && offset_ok
-}
-
-fn finite_in(v: f64, lo: f64, hi: f64) -> bool {
-    v.is_finite() && v >= lo && v <= hi
-}
-
 struct Row<'a> {
     input: &'a ResultIn,
     key: PupilKey,
@@ -173,19 +120,7 @@ pub async fn apply(
         if !seen_ids.insert(r.external_id.as_str()) {
             checks.fail(&format!("{p}/external_id"), "duplicate external_id in this post");
         }
-        if !STATUSES.contains(&r.status.as_str()) {
-            checks.fail(&format!("{p}/status"), "must be completed, incomplete, absent or exempt");
-        }
-        match r.score {
-            Some(s) if !finite_in(s, 0.0, a.max_score) => {
-                checks.fail(&format!("{p}/score"), "must be from 0 to the assessment's max_score")
-            }
-            None if r.status == "completed" => checks.fail(&format!("{p}/score"), "a completed result needs a score"),
-            _ => {}
-        }
-        if r.completed_at.as_deref().is_some_and(|t| !valid_datetime(t)) {
-            checks.fail(&format!("{p}/completed_at"), "must be an RFC 3339 date-time");
-        }
+        check_outcome(&mut checks, &p, r.score, &r.status, r.completed_at.as_deref(), a.max_score);
         if r.items.len() > MAX_ITEMS {
             checks.fail(&format!("{p}/items"), format!("at most {MAX_ITEMS} items"));
         }

@@ -17,7 +17,7 @@ use tavle_core::web::{self, Body, RequestMeta};
 use tavle_core::Problem;
 
 /// Components this binary can run natively, by `spin.toml` component id.
-pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest"];
+pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students"];
 
 struct ComponentRuntime {
     variables: HashMap<String, String>,
@@ -100,6 +100,7 @@ impl Host {
         match route.component.as_str() {
             "login" => tavle_login::handle(req, &runtime.variables, &mut db).await,
             "ingest" => tavle_ingest::handle(req, &runtime.variables, &mut db).await,
+            "students" => tavle_students::handle(req, &runtime.variables, &mut db).await,
             _ => web::serve(req, async |_, _: RequestMeta| Err(Problem::not_found())).await,
         }
     }

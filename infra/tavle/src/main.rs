@@ -4,6 +4,7 @@
 //!   tavle migrate
 //!   tavle create-tenant --slug SLUG --name NAME --admin-username USER [--admin-display-name NAME]
 //!   tavle keygen
+//!   tavle verify-access-log --tenant SLUG
 //!
 //! Passwords are read from `TAVLE_ADMIN_PASSWORD` or standard input, never
 //! from the command line (argv is visible to every user of the machine).
@@ -29,7 +30,10 @@ const USAGE: &str = "usage:
       create a tenant and its first admin on DATABASE_URL; the password comes
       from TAVLE_ADMIN_PASSWORD or the first line of standard input
   tavle keygen
-      print fresh keys for the secret Spin variables";
+      print fresh keys for the secret Spin variables
+  tavle verify-access-log --tenant SLUG
+      recompute the tenant's hash-chained access log on DATABASE_URL and report
+      the first broken link (exit status 1 if there is one)";
 
 struct Args(Vec<String>);
 
@@ -104,6 +108,25 @@ fn run() -> Result<()> {
                 .await?;
                 println!("tenant {slug} created (id {tenant}); admin user id {user}");
                 Ok(())
+            })
+        }
+        "verify-access-log" => {
+            let slug = args.value("--tenant")?.ok_or_else(|| anyhow!("--tenant is required"))?;
+            args.finish()?;
+            block_on(async {
+                let pool = connect(&database_url()?).await?;
+                let report = ops::verify_access_log(&pool, &slug).await?;
+                match report.broken {
+                    None => {
+                        println!("access log of {slug}: {} records, chain intact", report.records);
+                        println!("head hash {} (keep a copy outside the database)", report.head_hash);
+                        Ok(())
+                    }
+                    Some(broken) => {
+                        println!("access log of {slug}: BROKEN after {} good records: {broken}", report.records);
+                        std::process::exit(1);
+                    }
+                }
             })
         }
         "keygen" => {

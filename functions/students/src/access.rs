@@ -1,0 +1,77 @@
+//! The privacy officer's view of who accessed a pupil's data, and when.
+//! It covers restricted pupils too (they are hidden from everyone else), and
+//! is itself an access to personal data, so it is logged like any other.
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use tavle_core::access_log::logged_read;
+use tavle_core::auth::{authenticate_as, Role};
+use tavle_core::db::{uuid, Db, Value};
+use tavle_core::problem::field;
+use tavle_core::vars::Variables;
+use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, path_id, Body, HttpResult, RequestMeta};
+use tavle_core::Problem;
+
+#[derive(Deserialize)]
+struct Cursor {
+    before: i64,
+}
+
+pub async fn for_pupil(
+    req: &http::Request<Body>,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    pupil: &str,
+) -> HttpResult {
+    let pupil = path_id(pupil)?;
+    let limit = page_limit(req)?;
+    let before = match decode_cursor::<Cursor>(req)? {
+        Some(c) if c.before > 0 => Value::Int(c.before),
+        Some(_) => return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")])),
+        None => Value::Null,
+    };
+    let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
+    db.query_opt(
+        "SELECT 1::int8 FROM pupils WHERE id = $1::uuid AND tenant_id = $2::uuid",
+        &[uuid(&pupil), uuid(&who.tenant_id)],
+    )
+    .await?
+    .ok_or_else(Problem::not_found)?;
+    let rows = logged_read(
+        db,
+        &who,
+        meta,
+        "access_log.viewed",
+        "SELECT l.seq, rfc3339(l.at), l.actor_user_id, u.display_name, u.username, l.action, l.client_ip, \
+                l.request_id, cardinality(l.pupil_ids)::int8 \
+         FROM access_log l LEFT JOIN users u ON u.id = l.actor_user_id AND u.tenant_id = l.tenant_id \
+         WHERE l.tenant_id = $1::uuid AND l.pupil_ids @> ARRAY[$2::uuid] \
+           AND ($3::int8 IS NULL OR l.seq < $3::int8) \
+         ORDER BY l.seq DESC LIMIT $4::int8",
+        "(SELECT CASE WHEN EXISTS (SELECT 1 FROM data) THEN ARRAY[$2::uuid] END)",
+        vec![uuid(&who.tenant_id), uuid(&pupil), before, (limit + 1).into()],
+    )
+    .await?;
+    let shown = &rows[..rows.len().min(limit as usize)];
+    let items = shown
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "seq": r.int(0)?,
+                "at": r.text(1)?,
+                "actor": {"id": r.text(2)?, "display_name": r.opt_text(3)?, "username": r.opt_text(4)?},
+                "action": r.text(5)?,
+                "client_ip": r.opt_text(6)?,
+                "request_id": r.opt_text(7)?,
+                "pupils_in_record": r.int(8)?,
+            }))
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    let next_cursor = match (rows.len() > shown.len(), shown.last()) {
+        (true, Some(last)) => Some(encode_cursor(&json!({"before": last.int(0)?}))),
+        _ => None,
+    };
+    json(StatusCode::OK, &json!({"pupil_id": pupil, "items": items, "next_cursor": next_cursor}))
+}

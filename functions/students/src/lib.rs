@@ -1,0 +1,91 @@
+//! Component `students`: what teachers and school leaders use every day.
+//! Pupils in scope, a pupil's profile with results over time, groups and
+//! schools, the class overview, manual results, and the privacy officer's
+//! view of who accessed a pupil's data.
+//!
+//! Scope is decided in SQL from the caller's live grants (see `scope`), so an
+//! id outside it is indistinguishable from one that does not exist (404).
+//! Every response carrying pupil data writes an access record in the same
+//! statement as the read (`tavle_core::access_log`).
+
+// First: its macros are used by the modules below.
+#[macro_use]
+mod scope;
+mod access;
+mod manual;
+mod overview;
+pub mod pupils;
+mod structure;
+
+pub use overview::OVERVIEW_SQL;
+pub use pupils::PROFILE_SQL;
+
+use http::{Method, Request, Response};
+use tavle_core::db::Db;
+use tavle_core::vars::Variables;
+use tavle_core::web::{self, match_path, Body, HttpResult, RequestMeta};
+use tavle_core::Problem;
+
+/// Largest request body (manual results, searches).
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+#[cfg(target_arch = "wasm32")]
+tavle_core::spin_component!(crate::handle);
+
+pub async fn handle(req: Request<Body>, vars: &impl Variables, db: &mut impl Db) -> Response<Body> {
+    web::serve(req, async |req, meta| route(req, meta, vars, db).await).await
+}
+
+async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let get_only = |m: &Method| if *m == Method::GET { Ok(()) } else { Err(Problem::method_not_allowed("GET")) };
+
+    if match_path("/pupils", &path).is_some() {
+        get_only(&method)?;
+        return pupils::list(&req, &meta, vars, db).await;
+    }
+    if match_path("/pupils/search", &path).is_some() {
+        return match method {
+            Method::POST => pupils::search(&req, &meta, vars, db).await,
+            _ => Err(Problem::method_not_allowed("POST")),
+        };
+    }
+    if let Some(p) = match_path("/pupils/{id}", &path) {
+        get_only(&method)?;
+        return pupils::profile(&req, &meta, vars, db, p[0]).await;
+    }
+    if let Some(p) = match_path("/pupils/{id}/results", &path) {
+        return match method {
+            Method::POST => manual::register(&req, &meta, vars, db, p[0]).await,
+            _ => Err(Problem::method_not_allowed("POST")),
+        };
+    }
+    if let Some(p) = match_path("/pupils/{id}/results/{result}", &path) {
+        return match method {
+            Method::PUT => manual::correct(&req, &meta, vars, db, p[0], p[1]).await,
+            _ => Err(Problem::method_not_allowed("PUT")),
+        };
+    }
+    if let Some(p) = match_path("/pupils/{id}/access-log", &path) {
+        get_only(&method)?;
+        return access::for_pupil(&req, &meta, vars, db, p[0]).await;
+    }
+    if match_path("/groups", &path).is_some() {
+        get_only(&method)?;
+        return structure::groups(&req, vars, db).await;
+    }
+    if let Some(p) = match_path("/groups/{id}/overview", &path) {
+        get_only(&method)?;
+        return overview::class_overview(&req, &meta, vars, db, p[0]).await;
+    }
+    if match_path("/schools", &path).is_some() {
+        get_only(&method)?;
+        return structure::schools(&req, vars, db).await;
+    }
+    if match_path("/assessments", &path).is_some() {
+        get_only(&method)?;
+        return structure::assessments(&req, vars, db).await;
+    }
+    Err(Problem::not_found())
+}

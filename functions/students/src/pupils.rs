@@ -1,0 +1,284 @@
+//! Pupils in scope: the list with filters and name search, the search by
+//! identity number (POST body only, never a URL), and a pupil's profile with
+//! results over time.
+
+use crate::scope::{Scope, PUPIL_VISIBLE, VISIBLE_PUPIL_IDS};
+use crate::BODY_LIMIT;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+use tavle_core::access_log::logged_read;
+use tavle_core::crypto::BlindIndex;
+use tavle_core::db::{uuid, Db, Row, Value};
+use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
+use tavle_core::problem::field;
+use tavle_core::scores::valid_date;
+use tavle_core::vars::Variables;
+use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, path_id, query_param, read_json, Body};
+use tavle_core::web::{HttpResult, RequestMeta};
+use tavle_core::Problem;
+
+type Request = http::Request<Body>;
+
+/// Columns of a pupil summary; `pupil_id` names the pupil for the access log.
+macro_rules! pupil_columns {
+    () => {
+        "p.id AS pupil_id, p.given_name, p.family_name, p.year_level, p.school_id, s.name, \
+         p.special_needs, p.left_at::text, \
+         (SELECT coalesce(jsonb_agg(jsonb_build_object('id', g.id, 'name', g.name) ORDER BY g.name, g.id), '[]'::jsonb) \
+          FROM group_memberships m JOIN groups g ON g.id = m.group_id WHERE m.pupil_id = p.id)"
+    };
+}
+const PUPIL_COLUMNS: &str = pupil_columns!();
+const PUPIL_COLUMN_COUNT: usize = 9;
+
+fn pupil_view(row: &Row) -> Result<Json, Problem> {
+    Ok(json!({
+        "id": row.text(0)?,
+        "given_name": row.text(1)?,
+        "family_name": row.text(2)?,
+        "year_level": row.opt_int(3)?,
+        "school": {"id": row.text(4)?, "name": row.text(5)?},
+        "special_needs": row.bool(6)?,
+        "left_at": row.opt_text(7)?,
+        "groups": row.json(8)?,
+    }))
+}
+
+/// A uuid query parameter; anything else is a 400 pointing at it.
+fn uuid_param(req: &Request, name: &str) -> Result<Option<String>, Problem> {
+    match query_param(req, name)? {
+        None => Ok(None),
+        Some(v) => uuid::Uuid::parse_str(&v)
+            .map(|u| Some(u.to_string()))
+            .map_err(|_| Problem::bad_query(vec![field(format!("/query/{name}"), "must be an id")])),
+    }
+}
+
+fn date_param(req: &Request, name: &str) -> Result<Option<String>, Problem> {
+    match query_param(req, name)? {
+        Some(v) if !valid_date(&v) => {
+            Err(Problem::bad_query(vec![field(format!("/query/{name}"), "must be a date (YYYY-MM-DD)")]))
+        }
+        other => Ok(other),
+    }
+}
+
+fn text_param(req: &Request, name: &str, max_chars: usize) -> Result<Option<String>, Problem> {
+    match query_param(req, name)?.map(|v| v.trim().to_owned()) {
+        Some(v) if v.is_empty() || v.chars().count() > max_chars => Err(Problem::bad_query(vec![field(
+            format!("/query/{name}"),
+            format!("must be 1 to {max_chars} characters"),
+        )])),
+        other => Ok(other),
+    }
+}
+
+/// Eleven digits in a row (spaces and dots allowed between them) look like an
+/// identity number: such searches belong in the body of `POST /pupils/search`.
+pub fn looks_like_identity_number(s: &str) -> bool {
+    let mut run = 0;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            run += 1;
+            if run >= 11 {
+                return true;
+            }
+        } else if !matches!(c, ' ' | '.' | '-') {
+            run = 0;
+        }
+    }
+    false
+}
+
+#[derive(Deserialize)]
+struct ListCursor {
+    f: String,
+    g: String,
+    id: String,
+}
+
+pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let limit = page_limit(req)?;
+    let cursor: Option<ListCursor> = decode_cursor(req)?;
+    if cursor.as_ref().is_some_and(|c| uuid::Uuid::parse_str(&c.id).is_err()) {
+        return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]));
+    }
+    let school = uuid_param(req, "school_id")?;
+    let group = uuid_param(req, "group_id")?;
+    let year = match query_param(req, "year_level")? {
+        None => None,
+        Some(v) => Some(v.parse::<i64>().ok().filter(|y| (1..=13).contains(y)).ok_or_else(|| {
+            Problem::bad_query(vec![field("/query/year_level", "must be a whole number from 1 to 13")])
+        })?),
+    };
+    let q = text_param(req, "q", 100)?;
+    if q.as_deref().is_some_and(looks_like_identity_number) {
+        return Err(Problem::bad_query(vec![field(
+            "/query/q",
+            "identity numbers are never sent in a URL: search with POST /pupils/search",
+        )]));
+    }
+    let terms: Vec<String> = q.map(|q| q.split_whitespace().map(str::to_lowercase).collect()).unwrap_or_default();
+    let scope = Scope::of(req, vars, db).await?;
+    scope.require_pupil_scope()?;
+
+    let (after_f, after_g, after_id) = match cursor {
+        Some(c) => (Value::from(c.f), Value::from(c.g), uuid(c.id)),
+        None => (Value::Null, Value::Null, Value::Null),
+    };
+    let mut params = scope.params();
+    params.extend([
+        after_f,
+        after_g,
+        after_id,
+        school.map(uuid).unwrap_or(Value::Null),
+        group.map(uuid).unwrap_or(Value::Null),
+        year.into(),
+        Value::TextArray(terms),
+        (limit + 1).into(),
+    ]);
+    let sql = format!(
+        "SELECT {PUPIL_COLUMNS}, row_number() OVER (ORDER BY p.family_name, p.given_name, p.id) AS rn \
+         FROM pupils p JOIN schools s ON s.id = p.school_id \
+         WHERE p.id IN ({VISIBLE_PUPIL_IDS}) AND p.tenant_id = $1::uuid AND NOT p.restricted AND p.left_at IS NULL \
+           AND ($4::text IS NULL OR (p.family_name, p.given_name, p.id) > ($4::text, $5::text, $6::uuid)) \
+           AND ($7::uuid IS NULL OR p.school_id = $7::uuid) \
+           AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM group_memberships fm \
+                                            WHERE fm.pupil_id = p.id AND fm.group_id = $8::uuid)) \
+           AND ($9::int8 IS NULL OR p.year_level = $9::int8) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($10::text[]) AS t(term) \
+                           WHERE strpos(lower(p.given_name || ' ' || p.family_name), lower(t.term)) = 0) \
+         ORDER BY p.family_name, p.given_name, p.id LIMIT $11::int8"
+    );
+    // Only the pupils shown are logged, not the look-ahead row.
+    let concerned = format!("(SELECT array_agg(pupil_id) FROM data WHERE rn <= {limit})");
+    let rows = logged_read(db, &scope.who, meta, "pupils.listed", &sql, &concerned, params).await?;
+    let shown = &rows[..rows.len().min(limit as usize)];
+    let items = shown.iter().map(pupil_view).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = match (rows.len() > shown.len(), shown.last()) {
+        (true, Some(last)) => {
+            Some(encode_cursor(&json!({"f": last.text(2)?, "g": last.text(1)?, "id": last.text(0)?})))
+        }
+        _ => None,
+    };
+    json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    identity_number: String,
+}
+
+/// Finds the pupil in scope with this identity number (through the keyed
+/// blind index; the number itself is never stored in clear or logged).
+pub async fn search(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let body: SearchRequest = read_json(req, BODY_LIMIT)?;
+    let policy = SyntheticPolicy::from_vars(vars)?;
+    let id = IdentityNumber::parse(&body.identity_number, policy)
+        .map_err(|e| Problem::validation(vec![field("/identity_number", e.to_string())]))?;
+    let index = BlindIndex::from_config(&vars.require("blind_index_key")?).map_err(|e| {
+        eprintln!("error: configuration variable `blind_index_key`: {e}");
+        Problem::internal()
+    })?;
+    let scope = Scope::of(req, vars, db).await?;
+    scope.require_pupil_scope()?;
+    let mut params = scope.params();
+    params.push(Value::Bytes(index.index(&scope.who.tenant_id, &id)));
+    let sql = format!(
+        "SELECT {PUPIL_COLUMNS} FROM pupils p JOIN schools s ON s.id = p.school_id \
+         WHERE p.identity_index = $4::bytea AND {PUPIL_VISIBLE}"
+    );
+    let rows =
+        logged_read(db, &scope.who, meta, "pupils.searched", &sql, "(SELECT array_agg(pupil_id) FROM data)", params)
+            .await?;
+    let items = rows.iter().map(pupil_view).collect::<Result<Vec<_>, _>>()?;
+    json(StatusCode::OK, &json!({"items": items, "next_cursor": null}))
+}
+
+/// The profile query: one row per result (or one row without a result),
+/// pupil columns first. `$4` pupil, `$5` subject, `$6` assessment, `$7`/`$8`
+/// period. Public so the benchmark can time the bare query behind the route.
+pub const PROFILE_SQL: &str = concat!(
+    "SELECT ",
+    pupil_columns!(),
+    ", r.id, r.score, r.status, rfc3339(r.completed_at), r.source_id IS NULL, r.recorded_by, ru.display_name, \
+       rfc3339(r.updated_at), a.id, a.title, a.subject, a.max_score, a.administered_on::text \
+     FROM pupils p \
+     JOIN schools s ON s.id = p.school_id \
+     LEFT JOIN (results r \
+                JOIN assessments a ON a.id = r.assessment_id \
+                     AND ($5::text IS NULL OR a.subject = $5::text) \
+                     AND ($6::uuid IS NULL OR a.id = $6::uuid) \
+                     AND ($7::text IS NULL OR a.administered_on >= $7::text::date) \
+                     AND ($8::text IS NULL OR a.administered_on <= $8::text::date) \
+                LEFT JOIN users ru ON ru.id = r.recorded_by) \
+           ON r.pupil_id = p.id \
+     WHERE p.id = $4::uuid AND ",
+    pupil_visible!(),
+    " ORDER BY a.administered_on, a.title, r.id"
+);
+
+pub fn result_view(row: &Row, at: usize) -> Result<Json, Problem> {
+    let manual = row.bool(at + 4)?;
+    Ok(json!({
+        "id": row.text(at)?,
+        "score": row.opt_float(at + 1)?,
+        "status": row.text(at + 2)?,
+        "completed_at": row.opt_text(at + 3)?,
+        "source": if manual { "manual" } else { "publisher" },
+        "recorded_by": match row.opt_text(at + 5)? {
+            Some(id) => json!({"id": id, "display_name": row.opt_text(at + 6)?}),
+            None => Json::Null,
+        },
+        "updated_at": row.text(at + 7)?,
+        "assessment": {
+            "id": row.text(at + 8)?,
+            "title": row.text(at + 9)?,
+            "subject": row.text(at + 10)?,
+            "max_score": row.float(at + 11)?,
+            "administered_on": row.text(at + 12)?,
+        },
+    }))
+}
+
+pub async fn profile(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    id: &str,
+) -> HttpResult {
+    let id = path_id(id)?;
+    let subject = text_param(req, "subject", 100)?;
+    let assessment = uuid_param(req, "assessment_id")?;
+    let (from, to) = (date_param(req, "from")?, date_param(req, "to")?);
+    if let (Some(f), Some(t)) = (&from, &to) {
+        if f > t {
+            return Err(Problem::bad_query(vec![field("/query/to", "must not be before from")]));
+        }
+    }
+    let scope = Scope::of(req, vars, db).await?;
+    let mut params = scope.params();
+    params.extend([uuid(id), subject.into(), assessment.map(uuid).unwrap_or(Value::Null), from.into(), to.into()]);
+    let rows = logged_read(
+        db,
+        &scope.who,
+        meta,
+        "pupil.viewed",
+        PROFILE_SQL,
+        "ARRAY(SELECT pupil_id FROM data LIMIT 1)",
+        params,
+    )
+    .await?;
+    let Some(first) = rows.first() else { return Err(Problem::not_found()) };
+    let mut view = pupil_view(first)?;
+    let results = rows
+        .iter()
+        .filter(|r| !r.is_null(PUPIL_COLUMN_COUNT))
+        .map(|r| result_view(r, PUPIL_COLUMN_COUNT))
+        .collect::<Result<Vec<_>, _>>()?;
+    view["results"] = Json::Array(results);
+    json(StatusCode::OK, &view)
+}

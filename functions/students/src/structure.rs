@@ -1,0 +1,130 @@
+//! Schools, groups and assessments in scope: the structure a teacher
+//! navigates by. No pupil data, so no access records.
+
+use crate::scope::Scope;
+use serde::Deserialize;
+use serde_json::json;
+use tavle_core::db::{uuid, Db, Value};
+use tavle_core::problem::field;
+use tavle_core::vars::Variables;
+use tavle_core::web::{decode_cursor, page, page_limit, query_param, Body, HttpResult};
+use tavle_core::Problem;
+
+type Request = http::Request<Body>;
+
+/// Name-ordered cursor (schools, groups) or date-ordered (assessments).
+#[derive(Deserialize)]
+struct Cursor {
+    k: String,
+    id: String,
+}
+
+fn cursor(req: &Request) -> Result<(Value, Value), Problem> {
+    match decode_cursor::<Cursor>(req)? {
+        None => Ok((Value::Null, Value::Null)),
+        Some(c) if uuid::Uuid::parse_str(&c.id).is_ok() => Ok((c.k.into(), uuid(c.id))),
+        Some(_) => Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")])),
+    }
+}
+
+fn optional_uuid(req: &Request, name: &str) -> Result<Value, Problem> {
+    match query_param(req, name)? {
+        None => Ok(Value::Null),
+        Some(v) => uuid::Uuid::parse_str(&v)
+            .map(|u| uuid(u.to_string()))
+            .map_err(|_| Problem::bad_query(vec![field(format!("/query/{name}"), "must be an id")])),
+    }
+}
+
+pub async fn groups(req: &Request, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let limit = page_limit(req)?;
+    let (after_name, after_id) = cursor(req)?;
+    let school = optional_uuid(req, "school_id")?;
+    let scope = Scope::of(req, vars, db).await?;
+    let mut params = scope.params();
+    params.extend([scope.whole_structure().into(), after_name, after_id, school, (limit + 1).into()]);
+    let rows = db
+        .query(
+            "SELECT g.id, g.name, g.year_level, s.id, s.name FROM groups g JOIN schools s ON s.id = g.school_id \
+             WHERE g.tenant_id = $1::uuid \
+               AND ($4::bool OR g.id = ANY($2::text[]::uuid[]) OR g.school_id = ANY($3::text[]::uuid[])) \
+               AND ($5::text IS NULL OR (g.name, g.id) > ($5::text, $6::uuid)) \
+               AND ($7::uuid IS NULL OR g.school_id = $7::uuid) \
+             ORDER BY g.name, g.id LIMIT $8::int8",
+            &params,
+        )
+        .await?;
+    page(
+        &rows,
+        limit,
+        |r| {
+            Ok(json!({"id": r.text(0)?, "name": r.text(1)?, "year_level": r.opt_int(2)?,
+                      "school": {"id": r.text(3)?, "name": r.text(4)?}}))
+        },
+        |r| Ok(json!({"k": r.text(1)?, "id": r.text(0)?})),
+    )
+}
+
+pub async fn schools(req: &Request, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let limit = page_limit(req)?;
+    let (after_name, after_id) = cursor(req)?;
+    let scope = Scope::of(req, vars, db).await?;
+    let mut params = scope.params();
+    params.extend([scope.whole_structure().into(), after_name, after_id, (limit + 1).into()]);
+    let rows = db
+        .query(
+            "SELECT s.id, s.name FROM schools s \
+             WHERE s.tenant_id = $1::uuid \
+               AND ($4::bool OR s.id = ANY($3::text[]::uuid[]) \
+                    OR s.id IN (SELECT g.school_id FROM groups g \
+                                WHERE g.tenant_id = $1::uuid AND g.id = ANY($2::text[]::uuid[]))) \
+               AND ($5::text IS NULL OR (s.name, s.id) > ($5::text, $6::uuid)) \
+             ORDER BY s.name, s.id LIMIT $7::int8",
+            &params,
+        )
+        .await?;
+    page(
+        &rows,
+        limit,
+        |r| Ok(json!({"id": r.text(0)?, "name": r.text(1)?})),
+        |r| Ok(json!({"k": r.text(1)?, "id": r.text(0)?})),
+    )
+}
+
+/// The tenant's assessments, newest first: what results are registered
+/// against and what the class overview is opened for.
+pub async fn assessments(req: &Request, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let limit = page_limit(req)?;
+    let (after_date, after_id) = cursor(req)?;
+    if let Value::Text(d) = &after_date {
+        if !tavle_core::scores::valid_date(d) {
+            return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]));
+        }
+    }
+    let subject = match query_param(req, "subject")? {
+        Some(s) if s.trim().is_empty() || s.chars().count() > 100 => {
+            return Err(Problem::bad_query(vec![field("/query/subject", "must be 1 to 100 characters")]))
+        }
+        other => other.map(|s| s.trim().to_owned()),
+    };
+    let scope = Scope::of(req, vars, db).await?;
+    let rows = db
+        .query(
+            "SELECT a.id, a.title, a.subject, a.year_level, a.max_score, a.administered_on::text FROM assessments a \
+             WHERE a.tenant_id = $1::uuid \
+               AND ($2::text IS NULL OR (a.administered_on, a.id) < ($2::text::date, $3::uuid)) \
+               AND ($4::text IS NULL OR a.subject = $4::text) \
+             ORDER BY a.administered_on DESC, a.id DESC LIMIT $5::int8",
+            &[uuid(&scope.who.tenant_id), after_date, after_id, subject.into(), (limit + 1).into()],
+        )
+        .await?;
+    page(
+        &rows,
+        limit,
+        |r| {
+            Ok(json!({"id": r.text(0)?, "title": r.text(1)?, "subject": r.text(2)?, "year_level": r.opt_int(3)?,
+                      "max_score": r.float(4)?, "administered_on": r.text(5)?}))
+        },
+        |r| Ok(json!({"k": r.text(5)?, "id": r.text(0)?})),
+    )
+}
