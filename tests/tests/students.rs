@@ -456,7 +456,10 @@ async fn identity_number_search_goes_in_a_post_body_and_respects_scope() {
         let r = search(&w.teacher, json!(synthetic_id(n))).await;
         assert_eq!(r.json()["items"], json!([]), "pupil {n}");
     }
-    assert_eq!(ids(&search(&w.bergen_teacher, json!(synthetic_id(20))).await.json(), "items"), [w.pupils[&20].as_str()]);
+    assert_eq!(
+        ids(&search(&w.bergen_teacher, json!(synthetic_id(20))).await.json(), "items"),
+        [w.pupils[&20].as_str()]
+    );
     // Invalid numbers are 422s that never echo the input.
     let before = w.app.snapshot(true).await;
     for bad in [json!("12345678901"), json!("abc"), json!(12345678901u64), json!("")] {
