@@ -885,3 +885,43 @@ async fn concurrent_reads_keep_one_unbroken_chain() {
     let report = ops::verify_access_log(&w.app.pool, "oslo").await.unwrap();
     assert_eq!((report.records, report.broken), (6, None));
 }
+
+#[tokio::test]
+async fn the_demo_tenant_lets_every_role_try_the_students_routes() {
+    let app = TestApp::spawn().await;
+    let load = || ops::load_demo(&app.pool, &app.variables["identity_key"], &app.variables["blind_index_key"]);
+    load().await.unwrap();
+    let logins = load().await.unwrap();
+    assert_eq!(app.count("SELECT count(*) FROM results").await, 96, "loading twice adds nothing");
+    let login = |role: &str| {
+        let l = logins.iter().find(|l| l.role == role).unwrap();
+        let staff = Staff {
+            tenant: "demo".into(),
+            tenant_id: String::new(),
+            username: l.username.clone(),
+            password: l.password.clone(),
+            user_id: String::new(),
+        };
+        let app = &app;
+        async move { app.login(&staff).await }
+    };
+    let teacher = login("teacher").await;
+    let pupils = app.get("/pupils?limit=200", &teacher.token).await.json();
+    assert_eq!(pupils["items"].as_array().unwrap().len(), 24, "the teacher's group");
+    let group = pupils["items"][0]["groups"][0]["id"].as_str().unwrap().to_owned();
+    let assessments = app.get("/assessments", &teacher.token).await.json();
+    let lesing = assessments["items"].as_array().unwrap().iter().find(|a| a["subject"] == "norsk").unwrap();
+    let o = app
+        .get(&format!("/groups/{group}/overview?assessment_id={}", lesing["id"].as_str().unwrap()), &teacher.token)
+        .await;
+    assert_eq!(o.status, 200, "{}", o.text());
+    assert!(o.json()["median"].as_f64().is_some());
+    let pupil = pupils["items"][0]["id"].as_str().unwrap();
+    let profile = app.get(&format!("/pupils/{pupil}"), &teacher.token).await.json();
+    assert_eq!(profile["results"].as_array().unwrap().len(), 2);
+    let leader = login("school_leader").await;
+    assert_eq!(app.get("/pupils?limit=200", &leader.token).await.json()["items"].as_array().unwrap().len(), 48);
+    let privacy = login("privacy_officer").await;
+    let log = app.get(&format!("/pupils/{pupil}/access-log"), &privacy.token).await.json();
+    assert_eq!(log["items"].as_array().unwrap().len(), 4, "list, overview, profile, the leader's list: {log}");
+}

@@ -166,6 +166,7 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
                 .text(0)?;
             groups.push(g);
         }
+        let mut pupils = Vec::new();
         for i in 0..48u32 {
             let id = IdentityNumber::synthetic((2015, 1 + i % 12, 1 + i % 28), i * 7)
                 .ok_or_else(|| anyhow!("could not generate a synthetic identity number"))?;
@@ -197,7 +198,9 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
                 &[uuid(&tenant_id), uuid(&groups[(i % 2) as usize]), uuid(&pupil)],
             )
             .await?;
+            pupils.push(pupil);
         }
+        load_demo_results(db, &tenant_id, &pupils).await?;
         for (username, display, role) in staff {
             let password = random_password();
             let hash =
@@ -233,6 +236,70 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
     })
     .await?;
     Ok(logins)
+}
+
+/// Two assessments from a (disabled, keyless) demo publisher, with a result
+/// for every demo pupil, so that profiles and class overviews show something.
+async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) -> Result<(), DbError> {
+    let existing = db
+        .query_opt(
+            "SELECT id FROM webhook_sources WHERE tenant_id = $1::uuid AND name = 'Demo forlag (synthetic)'",
+            &[uuid(tenant_id)],
+        )
+        .await?;
+    let source = match existing {
+        Some(row) => row.text(0)?,
+        None => db
+            .query_one(
+                "INSERT INTO webhook_sources (tenant_id, kind, name, active, disabled_at) \
+                 VALUES ($1::uuid, 'publisher', 'Demo forlag (synthetic)', false, now()) RETURNING id",
+                &[uuid(tenant_id)],
+            )
+            .await?
+            .text(0)?,
+    };
+    for (n, (external_id, title, subject, on)) in [
+        ("demo-lesing", "Kartlegging lesing 5. trinn", "norsk", "2026-09-15"),
+        ("demo-regning", "Kartlegging regning 5. trinn", "matematikk", "2027-01-20"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let assessment = db
+            .query_one(
+                "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, \
+                                          administered_on) \
+                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, 5, 40, $6::text::date) \
+                 ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title RETURNING id",
+                &[uuid(tenant_id), uuid(&source), external_id.into(), title.into(), subject.into(), on.into()],
+            )
+            .await?
+            .text(0)?;
+        // Deterministic spread of scores; every ninth pupil was absent.
+        let ids: Vec<String> = pupils.iter().map(|p| format!("{external_id}-{p}")).collect();
+        let scores: Vec<String> = (0..pupils.len())
+            .map(|i| if i % 9 == 4 { String::new() } else { ((i * 7 + n * 5) % 41).to_string() })
+            .collect();
+        db.execute(
+            "INSERT INTO results (tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at) \
+             SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, nullif(x.s, '')::float8, \
+                    CASE WHEN x.s = '' THEN 'absent' ELSE 'completed' END, \
+                    CASE WHEN x.s = '' THEN NULL ELSE $6::text::timestamptz END \
+             FROM unnest($4::text[], $5::text[], $7::text[]) AS x(p, e, s) \
+             ON CONFLICT (source_id, external_id) DO NOTHING",
+            &[
+                uuid(tenant_id),
+                uuid(&assessment),
+                uuid(&source),
+                Value::TextArray(pupils.to_vec()),
+                Value::TextArray(ids),
+                format!("{on}T09:30:00Z").into(),
+                Value::TextArray(scores),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Outcome of checking one tenant's access-log chain.
