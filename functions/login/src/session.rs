@@ -77,54 +77,23 @@ pub async fn login(
     let password_ok = password::verify(&body.password, stored_hash.as_deref().unwrap_or(password::dummy_hash()));
 
     let Some(row) = found else {
-        audit::record(
-            db,
-            Some(meta),
-            Event {
-                tenant_id: None,
-                ..Event::new("", Actor::Anonymous, "login.failed").details(json!({"reason": "unknown_tenant"}))
-            },
-        )
-        .await?;
-        return Err(invalid_credentials());
+        return Err(failed_login(db, meta, &cfg, None, None, "unknown_tenant").await);
     };
     let tenant_id = row.text(0)?;
     let Some(user_id) = row.opt_text(1)? else {
-        audit::record(
-            db,
-            Some(meta),
-            Event::new(&tenant_id, Actor::Anonymous, "login.failed").details(json!({"reason": "unknown_user"})),
-        )
-        .await?;
-        return Err(invalid_credentials());
+        return Err(failed_login(db, meta, &cfg, Some(&tenant_id), None, "unknown_user").await);
     };
-    let active = row.bool(3)?;
-    let locked = row.bool(4)?;
-
-    if !active || locked || !password_ok {
-        let reason = if !active {
-            "inactive"
-        } else if locked {
-            "locked"
-        } else {
-            "wrong_password"
-        };
-        transaction(db, async |db| {
-            audit::record(
-                db,
-                Some(meta),
-                Event::new(&tenant_id, Actor::Anonymous, "login.failed")
-                    .target("user", &user_id)
-                    .details(json!({"reason": reason})),
-            )
-            .await?;
-            if reason == "wrong_password" {
-                count_failure(db, meta, &cfg, &tenant_id, &user_id).await?;
-            }
-            Ok::<_, Problem>(())
-        })
-        .await?;
-        return Err(invalid_credentials());
+    let reason = if !row.bool(3)? {
+        Some("inactive")
+    } else if row.bool(4)? {
+        Some("locked")
+    } else if !password_ok {
+        Some("wrong_password")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        return Err(failed_login(db, meta, &cfg, Some(&tenant_id), Some(&user_id), reason).await);
     }
 
     let issued = transaction(db, async |db| {
@@ -180,6 +149,35 @@ pub async fn login(
     Ok(response)
 }
 
+/// Records a failed login and answers the one 401 every failure gets. Every
+/// kind of failure runs the same statements (a transaction with the audit
+/// row and the failure count, which matches no row unless the password was
+/// wrong), so the database work does not tell them apart either.
+async fn failed_login(
+    db: &mut impl Db,
+    meta: &RequestMeta,
+    cfg: &LoginConfig,
+    tenant_id: Option<&str>,
+    user_id: Option<&str>,
+    reason: &str,
+) -> Problem {
+    let recorded = transaction(db, async |db| {
+        let mut event = Event::new(tenant_id.unwrap_or_default(), Actor::Anonymous, "login.failed")
+            .details(json!({"reason": reason}));
+        event.tenant_id = tenant_id;
+        if let Some(user) = user_id {
+            event = event.target("user", user);
+        }
+        audit::record(db, Some(meta), event).await?;
+        count_failure(db, meta, cfg, tenant_id, user_id.filter(|_| reason == "wrong_password")).await
+    })
+    .await;
+    match recorded {
+        Ok(()) => invalid_credentials(),
+        Err(e) => e,
+    }
+}
+
 /// One more consecutive failure; at the threshold the account locks for the
 /// configured period and the counter restarts. Failures while locked are not
 /// counted (the row is matched only when unlocked), so concurrent failures
@@ -191,8 +189,8 @@ async fn count_failure(
     db: &mut impl Db,
     meta: &RequestMeta,
     cfg: &LoginConfig,
-    tenant_id: &str,
-    user_id: &str,
+    tenant_id: Option<&str>,
+    user_id: Option<&str>,
 ) -> Result<(), Problem> {
     let locked_just_now = db
         .query_opt(
@@ -203,14 +201,19 @@ async fn count_failure(
              WHERE id = $1::uuid AND tenant_id = $2::uuid \
                AND (locked_until IS NULL OR locked_until <= now()) \
              RETURNING coalesce(locked_until > now(), false)",
-            &[uuid(user_id), uuid(tenant_id), cfg.lockout_threshold.into(), cfg.lockout_minutes.into()],
+            &[
+                user_id.map(uuid).unwrap_or(Value::Null),
+                tenant_id.map(uuid).unwrap_or(Value::Null),
+                cfg.lockout_threshold.into(),
+                cfg.lockout_minutes.into(),
+            ],
         )
         .await?;
-    let locked_just_now = match locked_just_now {
-        Some(row) => row.bool(0)?,
-        None => false,
+    let locked = match (locked_just_now, tenant_id, user_id) {
+        (Some(row), Some(tenant_id), Some(user_id)) if row.bool(0)? => Some((tenant_id, user_id)),
+        _ => None,
     };
-    if locked_just_now {
+    if let Some((tenant_id, user_id)) = locked {
         audit::record(
             db,
             Some(meta),
@@ -378,7 +381,7 @@ pub async fn change_password(
         transaction(db, async |db| {
             audit::record(db, Some(meta), Event::by(&who, "password.change_failed").target("user", &who.user_id))
                 .await?;
-            count_failure(db, meta, &cfg, &who.tenant_id, &who.user_id).await
+            count_failure(db, meta, &cfg, Some(&who.tenant_id), Some(&who.user_id)).await
         })
         .await?;
         return Err(Problem::validation(vec![field("/current_password", "is incorrect")]));
