@@ -64,7 +64,8 @@ fn date_param(req: &Request, name: &str) -> Result<Option<String>, Problem> {
     }
 }
 
-fn text_param(req: &Request, name: &str, max_chars: usize) -> Result<Option<String>, Problem> {
+/// A trimmed text parameter of 1 to `max_chars` characters.
+pub fn text_param(req: &Request, name: &str, max_chars: usize) -> Result<Option<String>, Problem> {
     match query_param(req, name)?.map(|v| v.trim().to_owned()) {
         Some(v) if v.is_empty() || v.chars().count() > max_chars => Err(Problem::bad_query(vec![field(
             format!("/query/{name}"),

@@ -1,6 +1,7 @@
 //! Schools, groups and assessments in scope: the structure a teacher
 //! navigates by. No pupil data, so no access records.
 
+use crate::pupils::text_param;
 use crate::scope::Scope;
 use serde::Deserialize;
 use serde_json::json;
@@ -101,12 +102,7 @@ pub async fn assessments(req: &Request, vars: &impl Variables, db: &mut impl Db)
             return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]));
         }
     }
-    let subject = match query_param(req, "subject")? {
-        Some(s) if s.trim().is_empty() || s.chars().count() > 100 => {
-            return Err(Problem::bad_query(vec![field("/query/subject", "must be 1 to 100 characters")]))
-        }
-        other => other.map(|s| s.trim().to_owned()),
-    };
+    let subject = text_param(req, "subject", 100)?;
     let scope = Scope::of(req, vars, db).await?;
     let rows = db
         .query(
