@@ -3,6 +3,7 @@
 //! private PostgreSQL cluster for development and tests, migrations and
 //! operator tasks.
 
+pub mod dataset;
 pub mod host;
 pub mod manifest;
 pub mod ops;

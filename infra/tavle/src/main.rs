@@ -5,6 +5,7 @@
 //!   tavle create-tenant --slug SLUG --name NAME --admin-username USER [--admin-display-name NAME]
 //!   tavle keygen
 //!   tavle verify-access-log --tenant SLUG
+//!   tavle generate-dataset --tenant SLUG [--pupils N] [--groups N] [--results N] [--schools N] [--jobs N]
 //!
 //! Passwords are read from `TAVLE_ADMIN_PASSWORD` or standard input, never
 //! from the command line (argv is visible to every user of the machine).
@@ -33,7 +34,13 @@ const USAGE: &str = "usage:
       print fresh keys for the secret Spin variables
   tavle verify-access-log --tenant SLUG
       recompute the tenant's hash-chained access log on DATABASE_URL and report
-      the first broken link (exit status 1 if there is one)";
+      the first broken link (exit status 1 if there is one)
+  tavle generate-dataset --tenant SLUG [--pupils 100000] [--groups 4000] [--results 10000000]
+                         [--schools N] [--year-levels 10] [--jobs 2] [--admin-username admin]
+      load a synthetic dataset (synthetic identity numbers only) into the tenant
+      on DATABASE_URL, creating it if needed (admin password as for
+      create-tenant); keys from SPIN_VARIABLE_IDENTITY_KEY and
+      SPIN_VARIABLE_BLIND_INDEX_KEY, else .tavle/dev-secrets.env";
 
 struct Args(Vec<String>);
 
@@ -128,6 +135,21 @@ fn run() -> Result<()> {
                     }
                 }
             })
+        }
+        "generate-dataset" => {
+            use tavle_host::dataset::{parse_count, run_cli, Spec};
+            let tenant = args.value("--tenant")?.ok_or_else(|| anyhow!("--tenant is required"))?;
+            let pupils = parse_count("--pupils", args.value("--pupils")?, 100_000)? as usize;
+            let groups = parse_count("--groups", args.value("--groups")?, 4_000)? as usize;
+            let results = parse_count("--results", args.value("--results")?, 10_000_000)?;
+            let mut spec = Spec::new(&tenant, pupils, groups, results);
+            spec.schools =
+                args.value("--schools")?.map(|v| parse_count("--schools", Some(v), 0)).transpose()?.map(|n| n as usize);
+            spec.year_levels = parse_count("--year-levels", args.value("--year-levels")?, 10)? as u32;
+            spec.jobs = parse_count("--jobs", args.value("--jobs")?, 2)? as usize;
+            spec.admin_username = args.value("--admin-username")?.unwrap_or_else(|| "admin".to_owned());
+            args.finish()?;
+            block_on(run_cli(&database_url()?, spec, read_password))
         }
         "keygen" => {
             args.finish()?;
