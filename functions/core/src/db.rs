@@ -388,9 +388,8 @@ mod native {
                 out.push(Value::Null);
                 continue;
             }
-            let name = col.type_info().name().to_owned();
             let de = |e: sqlx::Error| DbError::Decode(format!("{}: {e}", col.name()));
-            let v = match name.as_str() {
+            let v = match col.type_info().name() {
                 "BOOL" => Value::Bool(row.try_get(i).map_err(de)?),
                 "INT2" => Value::Int(row.try_get::<i16, _>(i).map_err(de)?.into()),
                 "INT4" => Value::Int(row.try_get::<i32, _>(i).map_err(de)?.into()),
