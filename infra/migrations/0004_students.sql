@@ -23,7 +23,10 @@ CREATE TABLE access_log (
     at            timestamptz NOT NULL,
     actor_user_id uuid NOT NULL,
     action        text NOT NULL,
-    pupil_ids     uuid[] NOT NULL CHECK (cardinality(pupil_ids) > 0),
+    -- One-dimensional, no NULLs: the canonical text (ids joined by commas)
+    -- then names exactly the stored array.
+    pupil_ids     uuid[] NOT NULL CHECK (cardinality(pupil_ids) > 0 AND array_ndims(pupil_ids) = 1
+                                         AND array_position(pupil_ids, NULL) IS NULL),
     client_ip     text,
     request_id    text,
     prev_hash     bytea NOT NULL,
@@ -40,7 +43,8 @@ CREATE TABLE access_log_heads (
 );
 INSERT INTO access_log_heads (tenant_id, seq, hash)
     SELECT id, 0, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea FROM tenants;
-CREATE FUNCTION access_log_new_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION access_log_new_tenant() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     INSERT INTO access_log_heads (tenant_id, seq, hash)
         VALUES (NEW.id, 0, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
@@ -68,20 +72,24 @@ CREATE FUNCTION access_log_canonical(
 $$;
 
 -- Appends one record to a tenant's chain and returns its sequence number.
+-- SECURITY DEFINER: the application role may append through this function
+-- only; it holds no INSERT/UPDATE/DELETE on the log or its heads (below).
 CREATE FUNCTION access_log_append(
     p_tenant uuid, p_actor uuid, p_action text, p_pupils uuid[], p_client_ip text, p_request_id text
-) RETURNS bigint LANGUAGE plpgsql AS $$
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_seq  bigint;
     v_prev bytea;
     v_hash bytea;
-    -- Microseconds, as the RFC 3339 text in the hash carries them.
-    v_at   timestamptz := date_trunc('microseconds', clock_timestamp());
+    v_at   timestamptz;
 BEGIN
     UPDATE access_log_heads SET seq = seq + 1 WHERE tenant_id = p_tenant RETURNING seq, hash INTO v_seq, v_prev;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no access log head for tenant %', p_tenant;
     END IF;
+    -- Taken under the head's lock, so times never go backwards along the
+    -- chain; microseconds, as the RFC 3339 text in the hash carries them.
+    v_at := date_trunc('microseconds', clock_timestamp());
     v_hash := sha256(v_prev || access_log_canonical(p_tenant, v_seq, v_at, p_actor, p_action, p_pupils,
                                                     p_client_ip, p_request_id));
     INSERT INTO access_log (tenant_id, seq, at, actor_user_id, action, pupil_ids, client_ip, request_id,
@@ -101,3 +109,14 @@ CREATE TRIGGER access_log_no_update_delete BEFORE UPDATE OR DELETE ON access_log
     FOR EACH ROW EXECUTE FUNCTION access_log_is_append_only();
 CREATE TRIGGER access_log_no_truncate BEFORE TRUNCATE ON access_log
     FOR EACH STATEMENT EXECUTE FUNCTION access_log_is_append_only();
+
+-- Least privilege in production (infra/README.md: the runtime role
+-- `tavle_app` gets table rights by default privileges): it reads the log
+-- for the privacy officer, and writes it only through access_log_append.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tavle_app') THEN
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON access_log, access_log_heads FROM tavle_app;
+        REVOKE SELECT ON access_log_heads FROM tavle_app;
+    END IF;
+END $$;

@@ -473,6 +473,30 @@ async fn password_change_enforces_policy_and_revokes_other_sessions() {
 }
 
 #[tokio::test]
+async fn a_stolen_session_cannot_guess_the_password_past_the_lockout() {
+    let app = TestApp::spawn_with(HashMap::from([("lockout_threshold", "3")])).await;
+    let admin = app.seed_tenant("oslo").await;
+    let s = app.login(&admin).await;
+    let kari = app.create_user(&s, &admin, "kari", json!([])).await;
+    let stolen = app.login(&kari).await;
+    let guess = |current: &str| json!({"current_password": current, "new_password": "Fjord-Lysne-42"});
+    for _ in 0..3 {
+        let r = app.post("/auth/password", Some(&stolen.token), guess("Wrong-guess-1")).await;
+        r.assert_problem(422, "validation-failed");
+    }
+    // Locked now: even the right current password is not checked, and the
+    // password stays as it was.
+    let before = verifications_on_this_thread();
+    let r = app.post("/auth/password", Some(&stolen.token), guess(&kari.password)).await;
+    let body = r.assert_problem(422, "validation-failed");
+    assert_eq!(body["errors"][0]["pointer"], "/current_password");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("locked"), "{body}");
+    assert_eq!(verifications_on_this_thread(), before, "no guess is verified while locked");
+    sqlx::query("UPDATE users SET locked_until = NULL WHERE username = 'kari'").execute(&app.pool).await.unwrap();
+    app.login(&kari).await;
+}
+
+#[tokio::test]
 async fn the_database_being_down_is_a_503_with_retry_after() {
     let app = TestApp::spawn_with(HashMap::from([
         ("db_url", "postgres://postgres@127.0.0.1:9/none"),

@@ -2,6 +2,7 @@
 //! and the tamper-evident access log — through spin.toml's routes against a
 //! fresh database per test.
 
+use base64::Engine;
 use http::{header, Method, Request};
 use serde_json::{json, Value};
 use tavle_host::ops;
@@ -390,6 +391,12 @@ async fn pupil_lists_filter_search_and_page_with_a_cursor() {
         }
     }
     assert_eq!(seen, ["Bjørn", "Cecilie", "Dag", "Åse"]);
+    // Cursors travel in URLs: they carry an id, never a name.
+    let first = w.app.get("/pupils?limit=1", token).await.json();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).unwrap();
+    let decoded = String::from_utf8(decoded).unwrap();
+    assert!(!decoded.contains("Aasen") && !decoded.contains("Bjørn"), "{decoded}");
 }
 
 #[tokio::test]
@@ -580,6 +587,25 @@ async fn the_class_overview_shows_every_pupil_and_the_group_median() {
     assert_eq!(o["pupils"][0]["result"]["score"], 38.0);
     assert_eq!(o["pupils"][0]["result"]["source"], "manual");
     assert_eq!(o["median"].as_f64(), Some(34.0));
+
+    // A pupil moved to another school (still in the old group until that
+    // school's next roster) leaves the old school leader's overview.
+    let sorby: String = sqlx::query_scalar("SELECT id::text FROM schools WHERE external_id = 'sorby'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE pupils SET school_id = $1::uuid WHERE given_name = 'Dag'")
+        .bind(&sorby)
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    let o = w
+        .app
+        .get(&format!("/groups/{}/overview?assessment_id={}", w.groups["5B"], w.assessment), &w.leader.token)
+        .await
+        .json();
+    let names: Vec<&str> = o["pupils"].as_array().unwrap().iter().map(|p| p["given_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Bjørn"]);
 
     // An empty group in scope answers 200 with nobody in it, and logs no access.
     let before = access_records(&w.app).await.len();

@@ -29,9 +29,32 @@ impl RequestMeta {
             request_id: request_id(req),
             client_ip: client_ip(req),
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            path: redact_digit_runs(req.uri().path()),
         }
     }
+}
+
+/// The path as logged and echoed (`instance`): eleven or more digits in a
+/// row, the shape of an identity number a client put where an id belongs,
+/// are replaced, so they never reach a log line or an error body.
+fn redact_digit_runs(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut run = String::new();
+    for c in path.chars().chain(std::iter::once('/')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 11 {
+            out.push_str("[digits]");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
 }
 
 /// Echo a sane client-supplied request id, otherwise mint one.
@@ -243,7 +266,8 @@ fn missing_field(message: &str) -> Option<&str> {
 /// `unknown field `x``), so only what follows ", expected" (our own type
 /// descriptions) is kept; anything else is reduced to its category.
 fn describe(message: &str) -> String {
-    let expected = message.split_once(", expected ").map(|(_, e)| e);
+    // The last one: a quoted value may itself contain ", expected ".
+    let expected = message.rsplit_once(", expected ").map(|(_, e)| e);
     let with_expected = |what: &str| match expected {
         Some(e) => format!("{what}; expected {e}"),
         None => what.to_owned(),
@@ -442,7 +466,19 @@ mod tests {
             "unknown field; expected one of `tenant`, `username`"
         );
         assert_eq!(describe("missing field `name`"), "is required");
+        assert_eq!(
+            describe("invalid type: string \"x, expected 01017012345\", expected f64"),
+            "has the wrong type; expected f64"
+        );
         assert_eq!(redact("bad `secret` and \"other\" value"), "bad … and … value");
+    }
+
+    #[test]
+    fn identity_number_shaped_digits_never_reach_logged_paths() {
+        assert_eq!(redact_digit_runs("/pupils/01017012345"), "/pupils/[digits]");
+        assert_eq!(redact_digit_runs("/pupils/x010170123456y/results"), "/pupils/x[digits]y/results");
+        assert_eq!(redact_digit_runs("/groups/1234567890/overview"), "/groups/1234567890/overview");
+        assert_eq!(redact_digit_runs("/"), "/");
     }
 
     #[test]

@@ -370,13 +370,28 @@ pub async fn change_password(
     }
     let new = NewPassword::parse(&body.new_password, &who.username)
         .map_err(|broken| Problem::validation(broken.into_iter().map(|m| field("/new_password", m)).collect()))?;
-    let stored = db
+    let row = db
         .query_one(
-            "SELECT password_hash FROM users WHERE id = $1::uuid AND tenant_id = $2::uuid",
+            "SELECT password_hash, coalesce(locked_until > now(), false) FROM users \
+             WHERE id = $1::uuid AND tenant_id = $2::uuid",
             &[uuid(&who.user_id), uuid(&who.tenant_id)],
         )
-        .await?
-        .text(0)?;
+        .await?;
+    // Live sessions survive a lockout, so a locked account must not go on
+    // verifying guesses here either: no check at all until the lock ends.
+    if row.bool(1)? {
+        audit::record(
+            db,
+            Some(meta),
+            Event::by(&who, "password.change_failed").target("user", &who.user_id).details(json!({"reason": "locked"})),
+        )
+        .await?;
+        return Err(Problem::validation(vec![field(
+            "/current_password",
+            "cannot be checked now: the account is locked after repeated failures; try again later",
+        )]));
+    }
+    let stored = row.text(0)?;
     if !password::verify(&body.current_password, &stored) {
         transaction(db, async |db| {
             audit::record(db, Some(meta), Event::by(&who, "password.change_failed").target("user", &who.user_id))

@@ -28,7 +28,10 @@ pub const OVERVIEW_SQL: &str = concat!(
                         ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr ON true \
      WHERE g.id = $4::uuid AND ",
     group_pupils_visible!(),
-    " ORDER BY p.family_name, p.given_name, p.id"
+    // A leader sees the group's pupils of their own schools only: a pupil
+    // moved to another school may linger in the old group until its roster.
+    " AND (g.id = ANY($2::text[]::uuid[]) OR p.school_id = ANY($3::text[]::uuid[])) \
+     ORDER BY p.family_name, p.given_name, p.id"
 );
 
 /// Median of the scores of completed results (`None` without any).

@@ -92,17 +92,17 @@ pub fn looks_like_identity_number(s: &str) -> bool {
     false
 }
 
+/// The cursor names only the last pupil shown (never names: cursors travel
+/// in URLs); the page continues after that pupil's sort key.
 #[derive(Deserialize)]
 struct ListCursor {
-    f: String,
-    g: String,
-    id: String,
+    after: String,
 }
 
 pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
     let limit = page_limit(req)?;
     let cursor: Option<ListCursor> = decode_cursor(req)?;
-    if cursor.as_ref().is_some_and(|c| uuid::Uuid::parse_str(&c.id).is_err()) {
+    if cursor.as_ref().is_some_and(|c| uuid::Uuid::parse_str(&c.after).is_err()) {
         return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]));
     }
     let school = uuid_param(req, "school_id")?;
@@ -124,15 +124,9 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
     let scope = Scope::of(req, vars, db).await?;
     scope.require_pupil_scope()?;
 
-    let (after_f, after_g, after_id) = match cursor {
-        Some(c) => (Value::from(c.f), Value::from(c.g), uuid(c.id)),
-        None => (Value::Null, Value::Null, Value::Null),
-    };
     let mut params = scope.params();
     params.extend([
-        after_f,
-        after_g,
-        after_id,
+        cursor.map(|c| uuid(c.after)).unwrap_or(Value::Null),
         school.map(uuid).unwrap_or(Value::Null),
         group.map(uuid).unwrap_or(Value::Null),
         year.into(),
@@ -143,24 +137,28 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
         "SELECT {PUPIL_COLUMNS}, row_number() OVER (ORDER BY p.family_name, p.given_name, p.id) AS rn \
          FROM pupils p JOIN schools s ON s.id = p.school_id \
          WHERE p.id IN ({VISIBLE_PUPIL_IDS}) AND p.tenant_id = $1::uuid AND NOT p.restricted AND p.left_at IS NULL \
-           AND ($4::text IS NULL OR (p.family_name, p.given_name, p.id) > ($4::text, $5::text, $6::uuid)) \
-           AND ($7::uuid IS NULL OR p.school_id = $7::uuid) \
-           AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM group_memberships fm \
-                                            WHERE fm.pupil_id = p.id AND fm.group_id = $8::uuid)) \
-           AND ($9::int8 IS NULL OR p.year_level = $9::int8) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($10::text[]) AS t(term) \
+           AND ($4::uuid IS NULL OR (p.family_name, p.given_name, p.id) > \
+                (SELECT c.family_name, c.given_name, c.id FROM pupils c WHERE c.id = $4::uuid AND c.tenant_id = $1::uuid)) \
+           AND ($5::uuid IS NULL OR p.school_id = $5::uuid) \
+           AND ($6::uuid IS NULL OR EXISTS (SELECT 1 FROM group_memberships fm \
+                                            WHERE fm.pupil_id = p.id AND fm.group_id = $6::uuid)) \
+           AND ($7::int8 IS NULL OR p.year_level = $7::int8) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($8::text[]) AS t(term) \
                            WHERE strpos(lower(p.given_name || ' ' || p.family_name), lower(t.term)) = 0) \
-         ORDER BY p.family_name, p.given_name, p.id LIMIT $11::int8"
+         ORDER BY p.family_name, p.given_name, p.id LIMIT $9::int8"
     );
     // Only the pupils shown are logged, not the look-ahead row.
     let concerned = format!("(SELECT array_agg(pupil_id) FROM data WHERE rn <= {limit})");
-    let rows = logged_read(db, &scope.who, meta, "pupils.listed", &sql, &concerned, params).await?;
-    let shown = &rows[..rows.len().min(limit as usize)];
-    let items = shown.iter().map(pupil_view).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = match (rows.len() > shown.len(), shown.last()) {
-        (true, Some(last)) => {
-            Some(encode_cursor(&json!({"f": last.text(2)?, "g": last.text(1)?, "id": last.text(0)?})))
-        }
+    let mut rows = logged_read(db, &scope.who, meta, "pupils.listed", &sql, &concerned, params).await?;
+    // Shown are exactly the rows the access record names (rn <= limit), in
+    // their order, whatever order the statement returned them in.
+    let rank = |r: &Row| r.int(PUPIL_COLUMN_COUNT).unwrap_or(i64::MAX);
+    rows.sort_by_key(rank);
+    let more = rows.iter().any(|r| rank(r) > limit);
+    let shown: Vec<&Row> = rows.iter().filter(|r| rank(r) <= limit).collect();
+    let items = shown.iter().map(|r| pupil_view(r)).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = match (more, shown.last()) {
+        (true, Some(last)) => Some(encode_cursor(&json!({"after": last.text(0)?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))

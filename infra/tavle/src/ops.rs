@@ -332,11 +332,14 @@ pub async fn verify_access_log(pool: &PgPool, tenant_slug: &str) -> Result<Chain
         let rows: Vec<RecordRow> = sqlx::query_as(
             "SELECT tenant_id::text, seq, rfc3339(at), actor_user_id::text, action, array_to_string(pupil_ids, ','), \
                     client_ip, request_id, prev_hash, hash \
-             FROM access_log WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+             FROM access_log WHERE tenant_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq LIMIT $3",
         )
         .bind(tenant_id)
         .bind(after)
         .bind(BATCH)
+        // Records appended while the check runs are beyond the head read
+        // first: not part of this check.
+        .bind(head_seq)
         .fetch_all(pool)
         .await?;
         let done = (rows.len() as i64) < BATCH;
