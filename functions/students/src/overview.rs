@@ -2,6 +2,7 @@
 //! result and the group's median. The view a teacher opens most, so it is one
 //! indexed statement (plus the access record in the same statement).
 
+use crate::pupils::uuid_param;
 use crate::scope::{Scope, GROUP_PUPILS_VISIBLE};
 use http::StatusCode;
 use serde_json::{json, Value as Json};
@@ -9,7 +10,7 @@ use tavle_core::access_log::logged_read;
 use tavle_core::db::{uuid, Db, Row};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
-use tavle_core::web::{json, path_id, query_param, Body, HttpResult, RequestMeta};
+use tavle_core::web::{json, path_id, Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 /// `$4` group, `$5` assessment. A pupil with several results for the
@@ -74,12 +75,8 @@ pub async fn class_overview(
     group: &str,
 ) -> HttpResult {
     let group = path_id(group)?;
-    let assessment = match query_param(req, "assessment_id")? {
-        Some(v) => uuid::Uuid::parse_str(&v)
-            .map(|u| u.to_string())
-            .map_err(|_| Problem::bad_query(vec![field("/query/assessment_id", "must be an id")]))?,
-        None => return Err(Problem::bad_query(vec![field("/query/assessment_id", "is required")])),
-    };
+    let assessment = uuid_param(req, "assessment_id")?
+        .ok_or_else(|| Problem::bad_query(vec![field("/query/assessment_id", "is required")]))?;
     let scope = Scope::of(req, vars, db).await?;
     let mut params = scope.params();
     params.extend([uuid(&group), uuid(&assessment)]);

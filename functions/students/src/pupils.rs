@@ -46,7 +46,7 @@ fn pupil_view(row: &Row) -> Result<Json, Problem> {
 }
 
 /// A uuid query parameter; anything else is a 400 pointing at it.
-fn uuid_param(req: &Request, name: &str) -> Result<Option<String>, Problem> {
+pub fn uuid_param(req: &Request, name: &str) -> Result<Option<String>, Problem> {
     match query_param(req, name)? {
         None => Ok(None),
         Some(v) => uuid::Uuid::parse_str(&v)

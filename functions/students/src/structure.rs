@@ -1,14 +1,14 @@
 //! Schools, groups and assessments in scope: the structure a teacher
 //! navigates by. No pupil data, so no access records.
 
-use crate::pupils::text_param;
+use crate::pupils::{text_param, uuid_param};
 use crate::scope::Scope;
 use serde::Deserialize;
 use serde_json::json;
 use tavle_core::db::{uuid, Db, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
-use tavle_core::web::{decode_cursor, page, page_limit, query_param, Body, HttpResult};
+use tavle_core::web::{decode_cursor, page, page_limit, Body, HttpResult};
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
@@ -28,19 +28,10 @@ fn cursor(req: &Request) -> Result<(Value, Value), Problem> {
     }
 }
 
-fn optional_uuid(req: &Request, name: &str) -> Result<Value, Problem> {
-    match query_param(req, name)? {
-        None => Ok(Value::Null),
-        Some(v) => uuid::Uuid::parse_str(&v)
-            .map(|u| uuid(u.to_string()))
-            .map_err(|_| Problem::bad_query(vec![field(format!("/query/{name}"), "must be an id")])),
-    }
-}
-
 pub async fn groups(req: &Request, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
     let limit = page_limit(req)?;
     let (after_name, after_id) = cursor(req)?;
-    let school = optional_uuid(req, "school_id")?;
+    let school = uuid_param(req, "school_id")?.map(uuid).unwrap_or(Value::Null);
     let scope = Scope::of(req, vars, db).await?;
     let mut params = scope.params();
     params.extend([scope.whole_structure().into(), after_name, after_id, school, (limit + 1).into()]);
