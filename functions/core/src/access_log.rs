@@ -48,13 +48,7 @@ pub async fn logged_read(
         ip = n + 4,
         rid = n + 5,
     );
-    params.extend([
-        uuid(&who.tenant_id),
-        uuid(&who.user_id),
-        action.into(),
-        meta.client_ip.clone().into(),
-        meta.request_id.clone().into(),
-    ]);
+    params.extend(record_params(who, meta, action));
     let mut rows = db.query(&sql, &params).await?;
     for row in &mut rows {
         if !matches!(row.0.pop(), Some(Value::Int(_))) {
@@ -73,20 +67,27 @@ pub async fn append(
     action: &str,
     pupil_ids: Vec<String>,
 ) -> Result<i64, Problem> {
+    let mut params = record_params(who, meta, action).to_vec();
+    params.push(Value::TextArray(pupil_ids));
     let row = db
         .query_one(
-            "SELECT access_log_append($1::uuid, $2::uuid, $3::text, $4::text[]::uuid[], $5::text, $6::text)",
-            &[
-                uuid(&who.tenant_id),
-                uuid(&who.user_id),
-                action.into(),
-                Value::TextArray(pupil_ids),
-                meta.client_ip.clone().into(),
-                meta.request_id.clone().into(),
-            ],
+            "SELECT access_log_append($1::uuid, $2::uuid, $3::text, $6::text[]::uuid[], $4::text, $5::text)",
+            &params,
         )
         .await?;
     Ok(row.int(0)?)
+}
+
+/// Tenant, actor, action, client IP and request id of a record, in the
+/// order `access_log_append` takes them around the pupil ids.
+fn record_params(who: &Principal, meta: &RequestMeta, action: &str) -> [Value; 5] {
+    [
+        uuid(&who.tenant_id),
+        uuid(&who.user_id),
+        action.into(),
+        meta.client_ip.clone().into(),
+        meta.request_id.clone().into(),
+    ]
 }
 
 /// One stored record, with every field as the database renders it as text
@@ -209,10 +210,6 @@ impl Verifier {
             return Err(Break::Unlinked { seq: last_seq });
         }
         Ok(())
-    }
-
-    pub fn last_hash(&self) -> &[u8] {
-        &self.prev
     }
 }
 

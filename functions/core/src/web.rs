@@ -390,10 +390,15 @@ pub fn encode_cursor(value: &serde_json::Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
+/// 400 for a cursor that is not one this API handed out.
+pub fn malformed_cursor() -> Problem {
+    Problem::bad_query(vec![field("/query/cursor", "malformed cursor")])
+}
+
 pub fn decode_cursor<T: DeserializeOwned>(req: &Request<Body>) -> Result<Option<T>, Problem> {
     use base64::Engine;
     let Some(raw) = query_param(req, "cursor")? else { return Ok(None) };
-    let bad = || Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]);
+    let bad = malformed_cursor;
     if raw.len() > 512 {
         return Err(bad());
     }

@@ -12,7 +12,7 @@ use tavle_core::db::{transaction, uuid, Db, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
 use tavle_core::web::{
-    decode_cursor, json, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
+    decode_cursor, json, malformed_cursor, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
 };
 use tavle_core::Problem;
 
@@ -65,9 +65,7 @@ pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Htt
     let limit = page_limit(req)?;
     let cursor: Option<Cursor> = decode_cursor(req)?;
     let after = match cursor {
-        Some(c) => uuid::Uuid::parse_str(&c.id)
-            .map(|u| uuid(u.to_string()))
-            .map_err(|_| Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]))?,
+        Some(c) => uuid::Uuid::parse_str(&c.id).map(|u| uuid(u.to_string())).map_err(|_| malformed_cursor())?,
         None => Value::Null,
     };
     let who = admin(req, vars, db).await?;

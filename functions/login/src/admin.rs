@@ -14,7 +14,7 @@ use tavle_core::db::{transaction, uuid, Db, DbError, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
 use tavle_core::web::{
-    decode_cursor, json, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
+    decode_cursor, json, malformed_cursor, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
 };
 use tavle_core::Problem;
 
@@ -75,7 +75,7 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
     let cursor: Option<Cursor> = decode_cursor(req)?;
     if let Some(c) = &cursor {
         if uuid::Uuid::parse_str(&c.id).is_err() {
-            return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]));
+            return Err(malformed_cursor());
         }
     }
     let who = admin(req, vars, db).await?;

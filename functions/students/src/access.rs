@@ -8,9 +8,10 @@ use serde_json::json;
 use tavle_core::access_log::logged_read;
 use tavle_core::auth::{authenticate_as, Role};
 use tavle_core::db::{uuid, Db, Value};
-use tavle_core::problem::field;
 use tavle_core::vars::Variables;
-use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, path_id, Body, HttpResult, RequestMeta};
+use tavle_core::web::{
+    decode_cursor, encode_cursor, json, malformed_cursor, page_limit, path_id, Body, HttpResult, RequestMeta,
+};
 use tavle_core::Problem;
 
 #[derive(Deserialize)]
@@ -29,7 +30,7 @@ pub async fn for_pupil(
     let limit = page_limit(req)?;
     let before = match decode_cursor::<Cursor>(req)? {
         Some(c) if c.before > 0 => Value::Int(c.before),
-        Some(_) => return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")])),
+        Some(_) => return Err(malformed_cursor()),
         None => Value::Null,
     };
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;

@@ -15,7 +15,7 @@ use tavle_core::problem::field;
 use tavle_core::scores::valid_date;
 use tavle_core::vars::Variables;
 use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, path_id, query_param, read_json, Body};
-use tavle_core::web::{HttpResult, RequestMeta};
+use tavle_core::web::{malformed_cursor, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
@@ -103,7 +103,7 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
     let limit = page_limit(req)?;
     let cursor: Option<ListCursor> = decode_cursor(req)?;
     if cursor.as_ref().is_some_and(|c| uuid::Uuid::parse_str(&c.after).is_err()) {
-        return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]));
+        return Err(malformed_cursor());
     }
     let school = uuid_param(req, "school_id")?;
     let group = uuid_param(req, "group_id")?;

@@ -6,9 +6,8 @@ use crate::scope::Scope;
 use serde::Deserialize;
 use serde_json::json;
 use tavle_core::db::{uuid, Db, Value};
-use tavle_core::problem::field;
 use tavle_core::vars::Variables;
-use tavle_core::web::{decode_cursor, page, page_limit, Body, HttpResult};
+use tavle_core::web::{decode_cursor, malformed_cursor, page, page_limit, Body, HttpResult};
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
@@ -24,7 +23,7 @@ fn cursor(req: &Request) -> Result<(Value, Value), Problem> {
     match decode_cursor::<Cursor>(req)? {
         None => Ok((Value::Null, Value::Null)),
         Some(c) if uuid::Uuid::parse_str(&c.id).is_ok() => Ok((c.k.into(), uuid(c.id))),
-        Some(_) => Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")])),
+        Some(_) => Err(malformed_cursor()),
     }
 }
 
@@ -90,7 +89,7 @@ pub async fn assessments(req: &Request, vars: &impl Variables, db: &mut impl Db)
     let (after_date, after_id) = cursor(req)?;
     if let Value::Text(d) = &after_date {
         if !tavle_core::scores::valid_date(d) {
-            return Err(Problem::bad_query(vec![field("/query/cursor", "malformed cursor")]));
+            return Err(malformed_cursor());
         }
     }
     let subject = text_param(req, "subject", 100)?;
