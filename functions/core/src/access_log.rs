@@ -16,15 +16,18 @@ use sha2::{Digest, Sha256};
 
 pub const GENESIS: [u8; 32] = [0; 32];
 
+/// The column `logged_read` adds to every data row: its record's sequence number.
+pub const SEQ_COLUMN: &str = "__tavle_access_seq";
+
 /// Runs `data_sql` (a SELECT over `$1..$n` = `params`, every row of which
 /// carries pupil data) and, in the same statement, appends an access record
 /// naming the pupils that `pupil_ids` picks out: a scalar `uuid[]` expression
 /// over the CTE `data`, e.g. `(SELECT array_agg(pupil_id) FROM data)`. No
 /// record is written when it is empty or NULL (no row returned).
 ///
-/// Returns the data rows without the trailing sequence column. Rows that
-/// arrive without their record's sequence number are refused: data leaves
-/// only with proof that its record was written.
+/// Returns the data rows (with the record's sequence number as an extra
+/// column, [`SEQ_COLUMN`]). Rows that arrive without it are refused: data
+/// leaves only with proof that its record was written.
 pub async fn logged_read(
     db: &mut impl Db,
     who: &Principal,
@@ -41,7 +44,7 @@ pub async fn logged_read(
          logged AS MATERIALIZED ( \
              SELECT access_log_append(${t}::uuid, ${a}::uuid, ${act}::text, ids, ${ip}::text, ${rid}::text) AS seq \
              FROM concerned WHERE cardinality(ids) > 0) \
-         SELECT data.*, (SELECT seq FROM logged) FROM data",
+         SELECT data.*, (SELECT seq FROM logged) AS {SEQ_COLUMN} FROM data",
         t = n + 1,
         a = n + 2,
         act = n + 3,
@@ -49,9 +52,9 @@ pub async fn logged_read(
         rid = n + 5,
     );
     params.extend(record_params(who, meta, action));
-    let mut rows = db.query(&sql, &params).await?;
-    for row in &mut rows {
-        if !matches!(row.0.pop(), Some(Value::Int(_))) {
+    let rows = db.query(&sql, &params).await?;
+    for row in &rows {
+        if !matches!(row.get(SEQ_COLUMN)?, Value::Int(_)) {
             return Err(Problem::internal());
         }
     }
@@ -68,14 +71,14 @@ pub async fn append(
     pupil_ids: Vec<String>,
 ) -> Result<i64, Problem> {
     let mut params = record_params(who, meta, action).to_vec();
-    params.push(Value::TextArray(pupil_ids));
+    params.push(Value::text_array(pupil_ids));
     let row = db
         .query_one(
-            "SELECT access_log_append($1::uuid, $2::uuid, $3::text, $6::text[]::uuid[], $4::text, $5::text)",
+            "SELECT access_log_append($1::uuid, $2::uuid, $3::text, $6::text[]::uuid[], $4::text, $5::text) AS seq",
             &params,
         )
         .await?;
-    Ok(row.int(0)?)
+    Ok(row.int("seq")?)
 }
 
 /// Tenant, actor, action, client IP and request id of a record, in the

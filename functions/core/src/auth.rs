@@ -190,27 +190,27 @@ impl Principal {
     }
 }
 
-const SESSION_COLUMNS: &str = "u.id, u.tenant_id, s.id, u.username, u.display_name, t.slug, \
-     rfc3339(s.expires_at), rfc3339(s.idle_expires_at), \
+const SESSION_COLUMNS: &str = "u.id AS user_id, u.tenant_id, s.id AS session_id, u.username, u.display_name, \
+     t.slug AS tenant_slug, rfc3339(s.expires_at) AS expires_at, rfc3339(s.idle_expires_at) AS idle_expires_at, \
      (SELECT coalesce(jsonb_agg(jsonb_build_object('role', g.role, 'school_id', g.school_id, \
         'group_id', g.group_id) ORDER BY g.role, g.school_id, g.group_id), '[]'::jsonb) \
-      FROM role_grants g WHERE g.user_id = u.id AND g.tenant_id = u.tenant_id)";
+      FROM role_grants g WHERE g.user_id = u.id AND g.tenant_id = u.tenant_id) AS grants";
 
 const LIVE_SESSION: &str = "s.revoked_at IS NULL AND now() < s.idle_expires_at \
      AND now() < s.expires_at AND u.active AND u.deleted_at IS NULL";
 
 fn principal(row: &Row, credential: Credential) -> Result<Principal, Problem> {
-    let grants_json = row.json(8)?;
+    let grants_json = row.json("grants")?;
     let grants: Vec<Grant> = serde_json::from_value(strip_nulls(grants_json)).map_err(|_| Problem::internal())?;
     Ok(Principal {
-        user_id: row.text(0)?,
-        tenant_id: row.text(1)?,
-        session_id: row.text(2)?,
-        username: row.text(3)?,
-        display_name: row.text(4)?,
-        tenant_slug: row.text(5)?,
-        session_expires_at: row.text(6)?,
-        session_idle_expires_at: row.text(7)?,
+        user_id: row.text("user_id")?,
+        tenant_id: row.text("tenant_id")?,
+        session_id: row.text("session_id")?,
+        username: row.text("username")?,
+        display_name: row.text("display_name")?,
+        tenant_slug: row.text("tenant_slug")?,
+        session_expires_at: row.text("expires_at")?,
+        session_idle_expires_at: row.text("idle_expires_at")?,
         grants,
         credential,
     })

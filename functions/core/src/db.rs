@@ -14,6 +14,7 @@
 //!   touching the database never open one.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A parameter or column value.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +27,10 @@ pub enum Value {
     Uuid(String),
     Bytes(Vec<u8>),
     Json(serde_json::Value),
-    TextArray(Vec<String>),
-    IntArray(Vec<i64>),
+    /// `text[]`; NULL elements are `None` (decoded the same way on both backends).
+    TextArray(Vec<Option<String>>),
+    /// `int8[]` (and `int4[]`, `int2[]` when decoded).
+    IntArray(Vec<Option<i64>>),
 }
 
 impl From<&str> for Value {
@@ -76,82 +79,133 @@ pub fn uuid(v: impl Into<String>) -> Value {
     Value::Uuid(v.into())
 }
 
-/// One result row; columns are addressed by position, as selected.
+impl Value {
+    /// A `text[]` parameter.
+    pub fn text_array(items: impl IntoIterator<Item = impl Into<String>>) -> Value {
+        Value::TextArray(items.into_iter().map(|s| Some(s.into())).collect())
+    }
+}
+
+/// One result row. Columns are read by name, never by position, so a
+/// changed `SELECT` cannot silently shift fields: a missing or ambiguous
+/// name is a decode error.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row(pub Vec<Value>);
+pub struct Row {
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
 
 impl Row {
-    fn at(&self, i: usize) -> Result<&Value, DbError> {
-        self.0.get(i).ok_or_else(|| DbError::Decode(format!("no column {i}")))
+    pub fn new(columns: Arc<[String]>, values: Vec<Value>) -> Result<Row, DbError> {
+        if columns.len() != values.len() {
+            return Err(DbError::Decode(format!("{} columns but {} values", columns.len(), values.len())));
+        }
+        Ok(Row { columns, values })
     }
-    pub fn is_null(&self, i: usize) -> bool {
-        matches!(self.0.get(i), Some(Value::Null) | None)
+
+    pub fn columns(&self) -> &[String] {
+        &self.columns
     }
+
+    /// The value of the column called `name`.
+    pub fn get(&self, name: &str) -> Result<&Value, DbError> {
+        let mut found = self.columns.iter().enumerate().filter(|(_, c)| *c == name).map(|(i, _)| i);
+        match (found.next(), found.next()) {
+            (Some(i), None) => Ok(&self.values[i]),
+            (None, _) => Err(DbError::Decode(format!("no column {name}"))),
+            (Some(_), Some(_)) => Err(DbError::Decode(format!("column name {name} is ambiguous"))),
+        }
+    }
+
+    pub fn is_null(&self, name: &str) -> Result<bool, DbError> {
+        Ok(matches!(self.get(name)?, Value::Null))
+    }
+
+    fn typed<T>(&self, name: &str, want: &str, pick: impl Fn(&Value) -> Option<T>) -> Result<T, DbError> {
+        let v = self.get(name)?;
+        pick(v).ok_or_else(|| DbError::Decode(format!("column {name}: expected {want}, got {}", kind(v))))
+    }
+
+    fn optional<T>(&self, name: &str, read: impl Fn(&Self, &str) -> Result<T, DbError>) -> Result<Option<T>, DbError> {
+        if self.is_null(name)? {
+            Ok(None)
+        } else {
+            read(self, name).map(Some)
+        }
+    }
+
     /// Text or uuid column as a string.
-    pub fn text(&self, i: usize) -> Result<String, DbError> {
-        match self.at(i)? {
-            Value::Text(s) | Value::Uuid(s) => Ok(s.clone()),
-            other => Err(DbError::Decode(format!("column {i}: expected text, got {}", kind(other)))),
-        }
+    pub fn text(&self, name: &str) -> Result<String, DbError> {
+        self.typed(name, "text", |v| match v {
+            Value::Text(s) | Value::Uuid(s) => Some(s.clone()),
+            _ => None,
+        })
     }
-    pub fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
-        if self.is_null(i) {
-            Ok(None)
-        } else {
-            self.text(i).map(Some)
-        }
+    pub fn opt_text(&self, name: &str) -> Result<Option<String>, DbError> {
+        self.optional(name, Self::text)
     }
-    pub fn int(&self, i: usize) -> Result<i64, DbError> {
-        match self.at(i)? {
-            Value::Int(v) => Ok(*v),
-            other => Err(DbError::Decode(format!("column {i}: expected integer, got {}", kind(other)))),
-        }
+    pub fn int(&self, name: &str) -> Result<i64, DbError> {
+        self.typed(name, "integer", |v| match v {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        })
     }
-    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError> {
-        if self.is_null(i) {
-            Ok(None)
-        } else {
-            self.int(i).map(Some)
-        }
+    pub fn opt_int(&self, name: &str) -> Result<Option<i64>, DbError> {
+        self.optional(name, Self::int)
     }
-    pub fn float(&self, i: usize) -> Result<f64, DbError> {
-        match self.at(i)? {
-            Value::Float(v) => Ok(*v),
-            other => Err(DbError::Decode(format!("column {i}: expected float, got {}", kind(other)))),
-        }
+    pub fn float(&self, name: &str) -> Result<f64, DbError> {
+        self.typed(name, "float", |v| match v {
+            Value::Float(f) => Some(*f),
+            _ => None,
+        })
     }
-    pub fn opt_float(&self, i: usize) -> Result<Option<f64>, DbError> {
-        if self.is_null(i) {
-            Ok(None)
-        } else {
-            self.float(i).map(Some)
-        }
+    pub fn opt_float(&self, name: &str) -> Result<Option<f64>, DbError> {
+        self.optional(name, Self::float)
     }
-    pub fn bool(&self, i: usize) -> Result<bool, DbError> {
-        match self.at(i)? {
-            Value::Bool(v) => Ok(*v),
-            other => Err(DbError::Decode(format!("column {i}: expected bool, got {}", kind(other)))),
-        }
+    pub fn bool(&self, name: &str) -> Result<bool, DbError> {
+        self.typed(name, "bool", |v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        })
     }
-    pub fn bytes(&self, i: usize) -> Result<Vec<u8>, DbError> {
-        match self.at(i)? {
-            Value::Bytes(v) => Ok(v.clone()),
-            other => Err(DbError::Decode(format!("column {i}: expected bytes, got {}", kind(other)))),
-        }
+    pub fn bytes(&self, name: &str) -> Result<Vec<u8>, DbError> {
+        self.typed(name, "bytes", |v| match v {
+            Value::Bytes(b) => Some(b.clone()),
+            _ => None,
+        })
     }
-    pub fn json(&self, i: usize) -> Result<serde_json::Value, DbError> {
-        match self.at(i)? {
-            Value::Json(v) => Ok(v.clone()),
-            Value::Null => Ok(serde_json::Value::Null),
-            other => Err(DbError::Decode(format!("column {i}: expected json, got {}", kind(other)))),
-        }
+    /// A jsonb column; SQL NULL reads as JSON null.
+    pub fn json(&self, name: &str) -> Result<serde_json::Value, DbError> {
+        self.typed(name, "json", |v| match v {
+            Value::Json(j) => Some(j.clone()),
+            Value::Null => Some(serde_json::Value::Null),
+            _ => None,
+        })
     }
-    pub fn text_array(&self, i: usize) -> Result<Vec<String>, DbError> {
-        match self.at(i)? {
-            Value::TextArray(v) => Ok(v.clone()),
-            Value::Null => Ok(Vec::new()),
-            other => Err(DbError::Decode(format!("column {i}: expected text[], got {}", kind(other)))),
-        }
+    /// A `text[]` column whose elements are all non-NULL; SQL NULL reads as
+    /// an empty list. A NULL element is a decode error on both backends,
+    /// never silently dropped.
+    pub fn text_array(&self, name: &str) -> Result<Vec<String>, DbError> {
+        self.nullable_text_array(name)?
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| DbError::Decode(format!("column {name}: NULL element in text[]")))
+    }
+    /// A `text[]` column with its NULL elements as `None`.
+    pub fn nullable_text_array(&self, name: &str) -> Result<Vec<Option<String>>, DbError> {
+        self.typed(name, "text[]", |v| match v {
+            Value::TextArray(a) => Some(a.clone()),
+            Value::Null => Some(Vec::new()),
+            _ => None,
+        })
+    }
+    /// An integer-array column with its NULL elements as `None`.
+    pub fn nullable_int_array(&self, name: &str) -> Result<Vec<Option<i64>>, DbError> {
+        self.typed(name, "int[]", |v| match v {
+            Value::IntArray(a) => Some(a.clone()),
+            Value::Null => Some(Vec::new()),
+            _ => None,
+        })
     }
 }
 
@@ -221,6 +275,8 @@ impl DbError {
 }
 
 /// The database interface every component uses: one connection per request.
+mod marker;
+
 #[allow(async_fn_in_trait)] // handlers run on one thread per request; no Send bound wanted
 pub trait Db {
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError>;
@@ -256,12 +312,19 @@ where
     }
 }
 
+/// Statement issued when a connection is taken for a request: whatever the
+/// previous user of a pooled connection left behind (Spin's pool recycles
+/// connections without a rollback, so a component that trapped inside a
+/// transaction hands its open transaction, and its row locks, to the next
+/// request), this request starts outside any transaction.
+const ON_TAKE: &str = "ROLLBACK";
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::SqlxDb;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use super::{Db, DbError, Row, Value};
+    use super::{marker, Db, DbError, Row, Value, ON_TAKE};
     use sqlx::pool::PoolConnection;
     use sqlx::postgres::{PgArguments, PgPool, PgRow};
     use sqlx::{Arguments, Column, Executor, Postgres, Row as _, TypeInfo, ValueRef};
@@ -280,7 +343,10 @@ mod native {
 
         async fn conn(&mut self) -> Result<&mut PoolConnection<Postgres>, DbError> {
             if self.conn.is_none() {
-                let conn = self.pool.acquire().await.map_err(map_err)?;
+                let mut conn = self.pool.acquire().await.map_err(map_err)?;
+                // As on Spin (see ON_TAKE), although sqlx never hands out a
+                // connection that a dropped SqlxDb left inside a transaction.
+                conn.execute(sqlx::raw_sql(ON_TAKE)).await.map_err(map_err)?;
                 self.conn = Some(conn);
             }
             Ok(self.conn.as_mut().expect("connection just set"))
@@ -380,33 +446,37 @@ mod native {
         Ok(args)
     }
 
-    fn decode(row: &PgRow) -> Result<Row, DbError> {
-        let mut out = Vec::with_capacity(row.columns().len());
-        for (i, col) in row.columns().iter().enumerate() {
-            let raw = row.try_get_raw(i).map_err(map_err)?;
-            if raw.is_null() {
-                out.push(Value::Null);
-                continue;
-            }
-            let de = |e: sqlx::Error| DbError::Decode(format!("{}: {e}", col.name()));
-            let v = match col.type_info().name() {
-                "BOOL" => Value::Bool(row.try_get(i).map_err(de)?),
-                "INT2" => Value::Int(row.try_get::<i16, _>(i).map_err(de)?.into()),
-                "INT4" => Value::Int(row.try_get::<i32, _>(i).map_err(de)?.into()),
-                "INT8" => Value::Int(row.try_get(i).map_err(de)?),
-                "FLOAT8" => Value::Float(row.try_get(i).map_err(de)?),
-                "TEXT" | "VARCHAR" | "NAME" => Value::Text(row.try_get(i).map_err(de)?),
-                "UUID" => Value::Uuid(row.try_get::<uuid::Uuid, _>(i).map_err(de)?.to_string()),
-                "BYTEA" => Value::Bytes(row.try_get(i).map_err(de)?),
-                "JSONB" => Value::Json(row.try_get(i).map_err(de)?),
-                "TEXT[]" => Value::TextArray(row.try_get(i).map_err(de)?),
-                "INT8[]" => Value::IntArray(row.try_get(i).map_err(de)?),
-                // Deliberately narrow: timestamps must be selected as rfc3339 text.
-                other => return Err(DbError::Decode(format!("column {} has unsupported type {other}", col.name()))),
-            };
-            out.push(v);
+    /// Decodes one column the way Spin's `pg4` host does (its
+    /// `convert_entry`), restricted to the types Tavle reads: what Spin
+    /// would hand over as `unsupported` (`name`, `json`, timestamps, …) is
+    /// refused here too, so a query that could only work natively fails in
+    /// the native tests.
+    fn decode_value(row: &PgRow, i: usize) -> Result<Value, DbError> {
+        let col = &row.columns()[i];
+        if row.try_get_raw(i).map_err(map_err)?.is_null() {
+            return Ok(Value::Null);
         }
-        Ok(Row(out))
+        let de = |e: sqlx::Error| DbError::Decode(format!("{}: {e}", col.name()));
+        Ok(match col.type_info().name() {
+            "BOOL" => Value::Bool(row.try_get(i).map_err(de)?),
+            "INT2" => Value::Int(row.try_get::<i16, _>(i).map_err(de)?.into()),
+            "INT4" => Value::Int(row.try_get::<i32, _>(i).map_err(de)?.into()),
+            "INT8" => Value::Int(row.try_get(i).map_err(de)?),
+            "FLOAT4" => Value::Float(row.try_get::<f32, _>(i).map_err(de)?.into()),
+            "FLOAT8" => Value::Float(row.try_get(i).map_err(de)?),
+            "TEXT" | "VARCHAR" | "BPCHAR" => Value::Text(row.try_get(i).map_err(de)?),
+            "UUID" => Value::Uuid(row.try_get::<uuid::Uuid, _>(i).map_err(de)?.to_string()),
+            "BYTEA" => Value::Bytes(row.try_get(i).map_err(de)?),
+            "JSONB" => Value::Json(row.try_get(i).map_err(de)?),
+            "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" => Value::TextArray(row.try_get(i).map_err(de)?),
+            "INT8[]" => Value::IntArray(row.try_get(i).map_err(de)?),
+            "INT4[]" => {
+                let v: Vec<Option<i32>> = row.try_get(i).map_err(de)?;
+                Value::IntArray(v.into_iter().map(|x| x.map(i64::from)).collect())
+            }
+            // Deliberately narrow: timestamps must be selected as rfc3339 text.
+            other => return Err(DbError::Decode(format!("column {} has unsupported type {other}", col.name()))),
+        })
     }
 
     pub(super) fn map_err(e: sqlx::Error) -> DbError {
@@ -423,10 +493,19 @@ mod native {
 
     impl Db for SqlxDb {
         async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+            let wrapped = marker::wrap(sql)?;
             let args = arguments(sql, params)?;
             let conn = self.conn().await?;
-            let rows = conn.fetch_all(sqlx::query_with(sql, args)).await.map_err(map_err)?;
-            rows.iter().map(decode).collect()
+            let rows = conn.fetch_all(sqlx::query_with(&wrapped, args)).await.map_err(map_err)?;
+            let columns = match rows.first() {
+                Some(first) => first.columns().iter().map(|c| c.name().to_owned()).collect(),
+                None => return Err(DbError::Decode("a wrapped query yielded no row".into())),
+            };
+            let values = rows
+                .iter()
+                .map(|r| (0..r.columns().len()).map(|i| decode_value(r, i)).collect())
+                .collect::<Result<Vec<Vec<Value>>, DbError>>()?;
+            marker::unwrap(columns, values)
         }
 
         async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
@@ -458,7 +537,7 @@ pub use spin::SpinDb;
 
 #[cfg(target_arch = "wasm32")]
 mod spin {
-    use super::{Db, DbError, Row, Value};
+    use super::{marker, Db, DbError, Row, Value, ON_TAKE};
     use spin_sdk::pg4::{Connection, DbValue, ParameterValue, PgError, QueryError};
 
     /// Spin implementation: a `pg4` connection to the address from the
@@ -476,6 +555,9 @@ mod spin {
         fn conn(&mut self) -> Result<&Connection, DbError> {
             if self.conn.is_none() {
                 let conn = Connection::open(&self.address).map_err(map_err)?;
+                // See ON_TAKE: the pool may hand us a connection that a
+                // trapped component left inside its transaction.
+                conn.execute(ON_TAKE, &[]).map_err(map_err)?;
                 self.conn = Some(conn);
             }
             Ok(self.conn.as_ref().expect("connection just set"))
@@ -492,27 +574,32 @@ mod spin {
             Value::Uuid(s) => ParameterValue::Uuid(s.clone()),
             Value::Bytes(b) => ParameterValue::Binary(b.clone()),
             Value::Json(j) => ParameterValue::Jsonb(serde_json::to_vec(j).unwrap_or_default()),
-            Value::TextArray(a) => ParameterValue::ArrayStr(a.iter().cloned().map(Some).collect()),
-            Value::IntArray(a) => ParameterValue::ArrayInt64(a.iter().copied().map(Some).collect()),
+            Value::TextArray(a) => ParameterValue::ArrayStr(a.clone()),
+            Value::IntArray(a) => ParameterValue::ArrayInt64(a.clone()),
         }
     }
 
-    fn value(v: &DbValue) -> Result<Value, DbError> {
+    /// The same mapping as the native `decode_value`: what that refuses is
+    /// refused here.
+    fn value(column: &str, v: &DbValue) -> Result<Value, DbError> {
         Ok(match v {
             DbValue::DbNull => Value::Null,
             DbValue::Boolean(b) => Value::Bool(*b),
-            DbValue::Int8(i) => Value::Int((*i).into()),
             DbValue::Int16(i) => Value::Int((*i).into()),
             DbValue::Int32(i) => Value::Int((*i).into()),
             DbValue::Int64(i) => Value::Int(*i),
+            DbValue::Floating32(f) => Value::Float((*f).into()),
             DbValue::Floating64(f) => Value::Float(*f),
             DbValue::Str(s) => Value::Text(s.clone()),
             DbValue::Uuid(s) => Value::Uuid(s.clone()),
             DbValue::Binary(b) => Value::Bytes(b.clone()),
-            DbValue::Jsonb(b) => Value::Json(serde_json::from_slice(b).map_err(|e| DbError::Decode(e.to_string()))?),
-            DbValue::ArrayStr(a) => Value::TextArray(a.iter().flatten().cloned().collect()),
-            DbValue::ArrayInt64(a) => Value::IntArray(a.iter().flatten().copied().collect()),
-            _ => return Err(DbError::Decode("unsupported column type".into())),
+            DbValue::Jsonb(b) => Value::Json(
+                serde_json::from_slice(b).map_err(|e| DbError::Decode(format!("{column}: {e}")))?,
+            ),
+            DbValue::ArrayStr(a) => Value::TextArray(a.clone()),
+            DbValue::ArrayInt64(a) => Value::IntArray(a.clone()),
+            DbValue::ArrayInt32(a) => Value::IntArray(a.iter().map(|x| x.map(i64::from)).collect()),
+            _ => return Err(DbError::Decode(format!("column {column} has an unsupported type"))),
         })
     }
 
@@ -530,9 +617,16 @@ mod spin {
 
     impl Db for SpinDb {
         async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+            let wrapped = marker::wrap(sql)?;
             let params: Vec<ParameterValue> = params.iter().map(param).collect();
-            let set = self.conn()?.query(sql, &params).map_err(map_err)?;
-            set.rows.iter().map(|r| r.iter().map(value).collect::<Result<Vec<_>, _>>().map(Row)).collect()
+            let set = self.conn()?.query(&wrapped, &params).map_err(map_err)?;
+            let columns: Vec<String> = set.columns.into_iter().map(|c| c.name).collect();
+            let rows = set
+                .rows
+                .iter()
+                .map(|r| r.iter().zip(&columns).map(|(v, c)| value(c, v)).collect())
+                .collect::<Result<Vec<Vec<Value>>, DbError>>()?;
+            marker::unwrap(columns, rows)
         }
 
         async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
