@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tavle_core::crypto::BlindIndex;
 use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
-use tavle_tests::{project_root, synthetic_id, unix_now, Source, TestApp};
+use tavle_tests::{project_root, synthetic_id, unix_now, Api, Source, TestApp};
 
 const COLUMNS: &str = "tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items";
 /// How long a client waits for an answer (a post of 5,000 results takes a while).

@@ -25,7 +25,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tavle_login::password::{self, NewPassword};
-use tavle_tests::{project_root, Staff, TestApp, ORIGIN};
+use tavle_tests::{project_root, Api, Staff, TestApp, ORIGIN};
 
 const EXTRA_USERS: usize = 20;
 const WARM_UP: usize = 20;

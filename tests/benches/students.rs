@@ -35,7 +35,7 @@ use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tavle_host::dataset::{self, Generated, Keys, Spec};
-use tavle_tests::{project_root, TestApp};
+use tavle_tests::{project_root, Api, TestApp};
 use uuid::Uuid;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -465,7 +465,7 @@ impl Bench<'_> {
             }
         };
         let mut params =
-            vec![uuid(self.tenant), Value::TextArray(c.taught.clone()), Value::TextArray(c.led.clone()), uuid(&t.id)];
+            vec![uuid(self.tenant), Value::text_array(c.taught.clone()), Value::text_array(c.led.clone()), uuid(&t.id)];
         match endpoint {
             Endpoint::Profile => params.extend([Value::Null, Value::Null, Value::Null, Value::Null]),
             Endpoint::Overview => params.push(uuid(t.assessment.as_deref().unwrap())),

@@ -6,8 +6,8 @@
 //! Requests go through the native host, routed by the real `spin.toml`, so
 //! routing and per-component variables are tested with the handlers.
 
+use ::http::{header, Method, Request, Response};
 use base64::Engine;
-use http::{header, Method, Request, Response};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -20,6 +20,11 @@ use tavle_host::pgcluster::PgCluster;
 
 pub use tavle_host::ops;
 
+pub mod http;
+pub mod python;
+pub mod scenario;
+pub mod spin;
+
 const TEMPLATE: &str = "tavle_template";
 pub const ORIGIN: &str = "https://app.tavle.test";
 
@@ -29,6 +34,31 @@ pub fn project_root() -> PathBuf {
 
 struct Cluster {
     cluster: PgCluster,
+}
+
+/// The application roles, as infra/README.md (3.2) has them in production:
+/// `tavle_app` holds the privileges, `tavle_app_1` logs in (with the guard
+/// rails of a runtime login). The hosts under test connect as `tavle_app_1`;
+/// the harness itself (migrations, seeding, assertions) as the owner.
+const APP_ROLE_SETUP: [&str; 4] = [
+    "CREATE ROLE tavle_app NOLOGIN",
+    "CREATE ROLE tavle_app_1 LOGIN IN ROLE tavle_app",
+    "ALTER ROLE tavle_app_1 SET statement_timeout = '30s'",
+    "ALTER ROLE tavle_app_1 SET idle_in_transaction_session_timeout = '60s'",
+];
+const APP_ROLE_GRANTS: [&str; 4] = [
+    "GRANT USAGE ON SCHEMA public TO tavle_app",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO tavle_app",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO tavle_app",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO tavle_app",
+];
+
+/// The login the hosts under test use.
+pub const APP_LOGIN: &str = "tavle_app_1";
+
+/// The URL of `database` for another login role of the test cluster.
+pub fn url_as(owner_url: &str, role: &str) -> String {
+    owner_url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1)
 }
 
 /// The cluster and the migrated template, created once per test binary.
@@ -43,7 +73,16 @@ fn cluster() -> &'static Cluster {
             tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
                 let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap();
                 sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&admin).await.unwrap();
+                for sql in APP_ROLE_SETUP {
+                    sqlx::query(sql).execute(&admin).await.unwrap();
+                }
                 let pool = PgPoolOptions::new().max_connections(1).connect(&template_url).await.unwrap();
+                // As in production (infra/README.md 3.2): what the owner creates
+                // is usable, not alterable, by the application role. Default
+                // privileges are per database: every clone inherits them.
+                for sql in APP_ROLE_GRANTS {
+                    sqlx::query(sql).execute(&pool).await.unwrap();
+                }
                 ops::migrate(&pool).await.expect("migrations apply to a fresh database");
                 pool.close().await;
                 admin.close().await;
@@ -55,6 +94,16 @@ fn cluster() -> &'static Cluster {
     })
 }
 
+/// A fresh database cloned from the migrated template; its URL.
+pub async fn fresh_database() -> String {
+    let c = cluster();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgPoolOptions::new().max_connections(1).connect(&c.cluster.url("postgres")).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    c.cluster.url(&name)
+}
+
 /// Keys used by one test app.
 pub struct Keys {
     pub signing: String,
@@ -63,7 +112,9 @@ pub struct Keys {
 
 pub struct TestApp {
     pub host: Host,
+    /// The owner's pool: seeding and assertions, never the code under test.
     pub pool: PgPool,
+    /// The owner's URL of this app's database (the hosts get `variables["db_url"]`).
     pub db_url: String,
     pub keys: Keys,
     pub variables: HashMap<String, String>,
@@ -71,7 +122,7 @@ pub struct TestApp {
 
 pub struct TestResponse {
     pub status: u16,
-    pub headers: http::HeaderMap,
+    pub headers: ::http::HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -125,16 +176,11 @@ impl TestApp {
     /// A fresh database and a host configured from spin.toml; `overrides`
     /// replace application variables (e.g. a short lockout).
     pub async fn spawn_with(overrides: HashMap<&str, &str>) -> TestApp {
-        let c = cluster();
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin = PgPoolOptions::new().max_connections(1).connect(&c.cluster.url("postgres")).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}")).execute(&admin).await.unwrap();
-        admin.close().await;
-        let db_url = c.cluster.url(&name);
+        let db_url = fresh_database().await;
         let (signing, public) = tavle_login::generate_signing_key();
         let mut provided: HashMap<String, String> = HashMap::from([
-            ("db_url".to_owned(), db_url.clone()),
-            ("db_host".to_owned(), format!("127.0.0.1:{}", c.cluster.port())),
+            ("db_url".to_owned(), url_as(&db_url, APP_LOGIN)),
+            ("db_host".to_owned(), format!("127.0.0.1:{}", cluster().cluster.port())),
             ("token_signing_key".to_owned(), signing.clone()),
             ("token_public_keys".to_owned(), public.clone()),
             ("identity_key".to_owned(), random_key()),
@@ -156,46 +202,10 @@ impl TestApp {
     }
 
     pub async fn call(&self, req: Request<Vec<u8>>) -> TestResponse {
-        let response: Response<Vec<u8>> = self.host.handle(req, Some("127.0.0.1:40000".parse().unwrap())).await;
+        let response: Response<Vec<u8>> =
+            self.host.handle_buffered(req, Some("127.0.0.1:40000".parse().unwrap())).await;
         let (parts, body) = response.into_parts();
         TestResponse { status: parts.status.as_u16(), headers: parts.headers, body }
-    }
-
-    /// A JSON request, optionally with a bearer token.
-    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> TestResponse {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                b = b.header(header::CONTENT_TYPE, "application/json");
-                serde_json::to_vec(&v).unwrap()
-            }
-            None => Vec::new(),
-        };
-        self.call(b.body(body).unwrap()).await
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> TestResponse {
-        self.send(Method::GET, path, Some(token), None).await
-    }
-
-    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> TestResponse {
-        self.send(Method::POST, path, token, Some(body)).await
-    }
-
-    pub async fn login_response(&self, tenant: &str, username: &str, password: &str) -> TestResponse {
-        self.post("/auth/login", None, json!({"tenant": tenant, "username": username, "password": password})).await
-    }
-
-    pub async fn login(&self, staff: &Staff) -> Session {
-        let r = self.login_response(&staff.tenant, &staff.username, &staff.password).await;
-        assert_eq!(r.status, 200, "login failed: {}", r.text());
-        let cookie =
-            r.header("set-cookie").and_then(|c| c.split(';').next()).expect("login sets the session cookie").to_owned();
-        let body = r.json();
-        Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body }
     }
 
     /// Creates a tenant with its first admin through the operator code path.
@@ -233,26 +243,6 @@ impl TestApp {
                 .await
                 .unwrap();
         (school.0.to_string(), group.0.to_string())
-    }
-
-    /// Creates a user through the admin API and returns its credentials.
-    pub async fn create_user(&self, admin: &Session, tenant: &Staff, username: &str, roles: Value) -> Staff {
-        let password = format!("Pw-{}-9x", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let r = self
-            .post(
-                "/admin/users",
-                Some(&admin.token),
-                json!({"username": username, "display_name": format!("{username} display"), "password": password, "roles": roles}),
-            )
-            .await;
-        assert_eq!(r.status, 201, "create user: {}", r.text());
-        Staff {
-            tenant: tenant.tenant.clone(),
-            tenant_id: tenant.tenant_id.clone(),
-            username: username.to_owned(),
-            password,
-            user_id: r.json()["id"].as_str().unwrap().to_owned(),
-        }
     }
 
     /// Rows of a table, for asserting that rejected requests changed nothing.
@@ -309,16 +299,72 @@ impl TestApp {
     }
 }
 
-/// A webhook source as its owner sees it.
-#[derive(Clone, Debug)]
-pub struct Source {
-    pub id: String,
-    pub secret: String,
-}
+/// Requests to a Tavle host: the in-process native host ([`TestApp`]), or a
+/// running server over real HTTP ([`http::HttpClient`], native or Spin).
+/// The helpers are the same for each, so a scenario runs unchanged on all.
+#[allow(async_fn_in_trait)] // tests run on one thread; no Send bound wanted
+pub trait Api {
+    async fn call(&self, req: Request<Vec<u8>>) -> TestResponse;
 
-impl TestApp {
+    /// A JSON request, optionally with a bearer token.
+    async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> TestResponse {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                serde_json::to_vec(&v).unwrap()
+            }
+            None => Vec::new(),
+        };
+        self.call(b.body(body).unwrap()).await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> TestResponse {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> TestResponse {
+        self.send(Method::POST, path, token, Some(body)).await
+    }
+
+    async fn login_response(&self, tenant: &str, username: &str, password: &str) -> TestResponse {
+        self.post("/auth/login", None, json!({"tenant": tenant, "username": username, "password": password})).await
+    }
+
+    async fn login(&self, staff: &Staff) -> Session {
+        let r = self.login_response(&staff.tenant, &staff.username, &staff.password).await;
+        assert_eq!(r.status, 200, "login failed: {}", r.text());
+        let cookie =
+            r.header("set-cookie").and_then(|c| c.split(';').next()).expect("login sets the session cookie").to_owned();
+        let body = r.json();
+        Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body }
+    }
+
+    /// Creates a user through the admin API and returns its credentials.
+    async fn create_user(&self, admin: &Session, tenant: &Staff, username: &str, roles: Value) -> Staff {
+        let password = format!("Pw-{}-9x", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let r = self
+            .post(
+                "/admin/users",
+                Some(&admin.token),
+                json!({"username": username, "display_name": format!("{username} display"), "password": password, "roles": roles}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create user: {}", r.text());
+        Staff {
+            tenant: tenant.tenant.clone(),
+            tenant_id: tenant.tenant_id.clone(),
+            username: username.to_owned(),
+            password,
+            user_id: r.json()["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
     /// Registers a webhook source (`sas` or `publisher`) through the admin API.
-    pub async fn create_source(&self, admin: &Session, kind: &str) -> Source {
+    async fn create_source(&self, admin: &Session, kind: &str) -> Source {
         let r = self
             .post("/admin/sources", Some(&admin.token), json!({"kind": kind, "name": format!("{kind} system")}))
             .await;
@@ -328,7 +374,7 @@ impl TestApp {
     }
 
     /// Posts a body signed with `secret` (Standard Webhooks v1) at `timestamp`.
-    pub async fn deliver_signed(
+    async fn deliver_signed(
         &self,
         path: &str,
         secret: &str,
@@ -351,10 +397,23 @@ impl TestApp {
     }
 
     /// Posts a roster or results body (`kind`) for a source, signed now.
-    pub async fn deliver(&self, source: &Source, kind: &str, webhook_id: &str, body: &Value) -> TestResponse {
+    async fn deliver(&self, source: &Source, kind: &str, webhook_id: &str, body: &Value) -> TestResponse {
         let path = format!("/ingest/{}/{kind}", source.id);
         self.deliver_signed(&path, &source.secret, webhook_id, unix_now(), &serde_json::to_vec(body).unwrap()).await
     }
+}
+
+impl Api for TestApp {
+    async fn call(&self, req: Request<Vec<u8>>) -> TestResponse {
+        TestApp::call(self, req).await
+    }
+}
+
+/// A webhook source as its owner sees it.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub id: String,
+    pub secret: String,
 }
 
 pub fn unix_now() -> i64 {

@@ -3,7 +3,7 @@
 use http::Method;
 use serde_json::json;
 use std::collections::HashSet;
-use tavle_tests::TestApp;
+use tavle_tests::{Api, TestApp};
 
 #[tokio::test]
 async fn admins_list_users_with_last_login_state_and_roles_page_by_page() {

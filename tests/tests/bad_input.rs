@@ -3,7 +3,7 @@
 
 use http::{header, Method, Request};
 use serde_json::json;
-use tavle_tests::TestApp;
+use tavle_tests::{Api, TestApp};
 
 fn raw(method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Vec<u8>> {
     let mut b = Request::builder().method(method).uri(path);

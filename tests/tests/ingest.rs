@@ -6,7 +6,7 @@ use base64::Engine;
 use http::{header, Method, Request};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use tavle_tests::{synthetic_id, unix_now, Session, Source, Staff, TestApp};
+use tavle_tests::{synthetic_id, unix_now, Api, Session, Source, Staff, TestApp};
 
 struct World {
     app: TestApp,

@@ -7,7 +7,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use tavle_core::auth::{TokenClaims, AUDIENCE, ISSUER};
 use tavle_login::password::verifications_on_this_thread;
-use tavle_tests::{b64url, TestApp, ORIGIN};
+use tavle_tests::{b64url, Api, TestApp, ORIGIN};
 
 fn claims(user: &str, tenant: &str, sid: &str) -> JWTClaims<TokenClaims> {
     Claims::with_custom_claims(TokenClaims { tenant: tenant.into(), sid: sid.into() }, Duration::from_mins(15))

@@ -16,7 +16,7 @@
 use http::{Method, Request};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use tavle_tests::{project_root, synthetic_id, unix_now, TestApp, TestResponse, ORIGIN};
+use tavle_tests::{project_root, synthetic_id, unix_now, Api, TestApp, TestResponse, ORIGIN};
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 

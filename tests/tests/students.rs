@@ -6,7 +6,7 @@ use base64::Engine;
 use http::{header, Method, Request};
 use serde_json::{json, Value};
 use tavle_host::ops;
-use tavle_tests::{synthetic_id, Session, Source, Staff, TestApp};
+use tavle_tests::{synthetic_id, Api, Session, Source, Staff, TestApp};
 
 /// Two schools of Oslo and one of Bergen, with staff of every role.
 ///

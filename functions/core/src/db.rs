@@ -593,9 +593,9 @@ mod spin {
             DbValue::Str(s) => Value::Text(s.clone()),
             DbValue::Uuid(s) => Value::Uuid(s.clone()),
             DbValue::Binary(b) => Value::Bytes(b.clone()),
-            DbValue::Jsonb(b) => Value::Json(
-                serde_json::from_slice(b).map_err(|e| DbError::Decode(format!("{column}: {e}")))?,
-            ),
+            DbValue::Jsonb(b) => {
+                Value::Json(serde_json::from_slice(b).map_err(|e| DbError::Decode(format!("{column}: {e}")))?)
+            }
             DbValue::ArrayStr(a) => Value::TextArray(a.clone()),
             DbValue::ArrayInt64(a) => Value::IntArray(a.clone()),
             DbValue::ArrayInt32(a) => Value::IntArray(a.iter().map(|x| x.map(i64::from)).collect()),

@@ -200,9 +200,8 @@ impl IdentityNumber {
     #[must_use]
     pub fn synthetic(birth: (i32, u32, u32), serial: u32) -> Option<IdentityNumber> {
         let (year, month, day) = birth;
-        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(month, is_leap(year)) {
-            return None;
-        }
+        let calendar_month = u8::try_from(month).ok().and_then(|m| time::Month::try_from(m).ok())?;
+        time::Date::from_calendar_date(year, calendar_month, u8::try_from(day).ok()?).ok()?;
         let (first, count): (u32, u32) = match year {
             1854..=1899 => (500, 250),
             1900..=1999 => (0, 500),
@@ -263,9 +262,11 @@ impl IdentityNumber {
             81..=92 => (80, mm - 80),
             _ => return Err(IdentityError::InvalidDate),
         };
-        // 29 February exists in some century iff the two year digits are divisible by four
-        // (for "00" thanks to 2000); see the module docs for why the century is not fixed.
-        if day > days_in_month(month, yy % 4 == 0) {
+        // 29 February exists in some century iff it exists in 20yy (the two year digits
+        // divisible by four, "00" thanks to 2000); see the module docs for why the century
+        // is not fixed.
+        let month = time::Month::try_from(month as u8).map_err(|_| IdentityError::InvalidDate)?;
+        if day > u32::from(time::util::days_in_month(month, 2000 + yy as i32)) {
             return Err(IdentityError::InvalidDate);
         }
         Ok(match (offset, d_number) {
@@ -307,19 +308,6 @@ impl zeroize::ZeroizeOnDrop for IdentityNumber {}
 
 fn weighted(digits: &[u32], weights: &[u32]) -> u32 {
     digits.iter().zip(weights).map(|(d, w)| d * w).sum()
-}
-
-fn is_leap(year: i32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(month: u32, leap: bool) -> u32 {
-    match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 #[cfg(test)]

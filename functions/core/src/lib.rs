@@ -10,21 +10,28 @@ pub mod db;
 pub mod identity;
 pub mod problem;
 pub mod scores;
+#[cfg(target_arch = "wasm32")]
+pub mod spin_http;
 pub mod vars;
 pub mod web;
 
 pub use problem::Problem;
 
-/// The whole Spin adapter of a component: hands each request, the
-/// component's own Spin variables and a `pg4` connection (from its `db_url`
-/// variable) to the component's plain handler.
+/// The whole Spin adapter of a component: reads each request with the
+/// component's body limit for its path (see [`spin_http`]), then hands it,
+/// the component's own Spin variables and a `pg4` connection (from its
+/// `db_url` variable) to the component's plain handler.
 #[cfg(target_arch = "wasm32")]
 #[macro_export]
 macro_rules! spin_component {
-    ($handler:path) => {
+    ($handler:path, $body_limit:path) => {
         #[spin_sdk::http_component]
-        async fn spin_entry(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
+        async fn spin_entry(req: spin_sdk::http::IncomingRequest) -> http::Response<Vec<u8>> {
             let vars = $crate::vars::SpinVariables;
+            let req = match $crate::spin_http::read_request(req, &vars, $body_limit).await {
+                Ok(req) => req,
+                Err(refused) => return refused,
+            };
             let address = $crate::vars::Variables::get(&vars, "db_url").unwrap_or_default();
             let mut db = $crate::db::SpinDb::new(address);
             $handler(req, &vars, &mut db).await

@@ -31,52 +31,42 @@ pub fn check_outcome(
     }
 }
 
-fn is_leap(y: u32) -> bool {
-    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
-}
+/// Years a date of Tavle's may name: assessments, results, filters.
+const YEARS: std::ops::RangeInclusive<i32> = 1900..=2199;
 
 /// `YYYY-MM-DD`, a real calendar date between 1900 and 2199.
-pub fn valid_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return false;
-    }
-    let num = |r: std::ops::Range<usize>| {
-        s.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit())).and_then(|t| t.parse::<u32>().ok())
-    };
-    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        2 => 28,
-        _ => return false,
-    };
-    (1900..=2199).contains(&y) && (1..=days).contains(&d)
+pub fn parse_date(s: &str) -> Option<time::Date> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, format).ok().filter(|d| YEARS.contains(&d.year()))
 }
 
-/// RFC 3339 date-time (`2026-09-01T10:15:00Z`, fractions and offsets allowed).
-pub fn valid_datetime(s: &str) -> bool {
-    let Some((date, time)) = s.split_once(['T', 't']) else { return false };
-    if !valid_date(date) {
-        return false;
+pub fn valid_date(s: &str) -> bool {
+    parse_date(s).is_some()
+}
+
+/// An RFC 3339 date-time (`2026-09-01T10:15:00Z`, fractions and offsets
+/// allowed) in the years of [`parse_date`]. Date and time are separated by
+/// `T` as the `date-time` of RFC 3339 section 5.6 (and JSON Schema) has it;
+/// the crate would also take the space that the RFC's note permits. The
+/// offset stays within ±15:59, as PostgreSQL's does (real ones are −12 to +14).
+pub fn parse_datetime(s: &str) -> Option<time::OffsetDateTime> {
+    if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
+        return None;
     }
-    let (clock, offset) = if let Some(t) = time.strip_suffix(['Z', 'z']) {
-        (t, None)
-    } else if time.len() > 6 && matches!(time.as_bytes()[time.len() - 6], b'+' | b'-') {
-        (&time[..time.len() - 6], Some(&time[time.len() - 5..]))
-    } else {
-        return false;
-    };
-    let two = |t: &str, max: u32| {
-        t.len() == 2 && t.bytes().all(|c| c.is_ascii_digit()) && t.parse::<u32>().is_ok_and(|v| v <= max)
-    };
-    let (hms, frac) = clock.split_once('.').map_or((clock, None), |(a, b)| (a, Some(b)));
-    let parts: Vec<&str> = hms.split(':').collect();
-    let clock_ok = parts.len() == 3 && two(parts[0], 23) && two(parts[1], 59) && two(parts[2], 59);
-    let frac_ok = frac.is_none_or(|f| (1..=9).contains(&f.len()) && f.bytes().all(|c| c.is_ascii_digit()));
-    let offset_ok = offset.is_none_or(|o| o.len() == 5 && &o[2..3] == ":" && two(&o[..2], 15) && two(&o[3..], 59));
-    clock_ok && frac_ok && offset_ok
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    (YEARS.contains(&t.year()) && t.offset().whole_hours().abs() <= 15).then_some(t)
+}
+
+pub fn valid_datetime(s: &str) -> bool {
+    parse_datetime(s).is_some()
+}
+
+/// The instant of an RFC 3339 date-time as RFC 3339 in UTC: what goes to
+/// the database, so that PostgreSQL's own (more lenient) parser only ever
+/// sees what we validated.
+pub fn canonical_datetime(s: &str) -> Option<String> {
+    let t = parse_datetime(s)?.to_offset(time::UtcOffset::UTC);
+    t.format(&time::format_description::well_known::Rfc3339).ok()
 }
 
 pub fn finite_in(v: f64, lo: f64, hi: f64) -> bool {
@@ -86,15 +76,84 @@ pub fn finite_in(v: f64, lo: f64, hi: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn dates_and_times() {
         assert!(valid_date("2028-02-29"));
         assert!(!valid_date("2026-02-29"));
         assert!(!valid_date("2026-13-01"));
+        assert!(!valid_date("2026-9-15"));
+        assert!(!valid_date("1899-12-31"));
         assert!(valid_datetime("2026-09-15T09:30:00+02:00"));
         assert!(valid_datetime("2026-09-15T09:30:00.5Z"));
         assert!(!valid_datetime("2026-09-15 09:30:00"));
+        // A multi-byte character where the offset's colon belongs used to panic.
+        assert!(!valid_datetime("2026-09-15T09:30:00+0é00"));
+        assert_eq!(canonical_datetime("2026-09-15T09:30:00+02:00").as_deref(), Some("2026-09-15T07:30:00Z"));
+    }
+
+    /// Formats a date-time from parts, some of them out of range, with
+    /// separators that may be wrong or multi-byte.
+    fn datetime_like() -> impl Strategy<Value = String> {
+        // Weighted towards well-formed input, so that most cases get past the
+        // separators and the comparison has valid date-times to agree on.
+        let sep = prop_oneof![8 => Just("-"), 1 => Just("/"), 1 => Just("é"), 1 => Just("")];
+        let t = prop_oneof![8 => Just("T"), 1 => Just("t"), 1 => Just(" "), 1 => Just("ø")];
+        let offset = prop_oneof![
+            3 => Just("Z".to_owned()),
+            1 => Just("z".to_owned()),
+            6 => (prop_oneof![4 => Just("+"), 4 => Just("-"), 1 => Just("±")], 0u32..26,
+                  prop_oneof![8 => Just(":"), 1 => Just(""), 1 => Just("é")], 0u32..62)
+                .prop_map(|(sign, h, c, m)| format!("{sign}{h:02}{c}{m:02}")),
+            1 => "\\PC{0,4}",
+        ];
+        let frac = prop_oneof![3 => Just(String::new()), 3 => "\\.[0-9]{1,10}", 1 => "\\.\\PC{0,3}"];
+        (1800i32..2300, 0u32..15, 0u32..35, sep, t, 0u32..26, 0u32..62, 0u32..62, frac, offset).prop_map(
+            |(y, mo, d, sep, t, h, mi, s, frac, offset)| {
+                format!("{y:04}{sep}{mo:02}{sep}{d:02}{t}{h:02}:{mi:02}:{s:02}{frac}{offset}")
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn date_parsers_never_panic(s in "\\PC{0,40}") {
+            let _ = (valid_date(&s), valid_datetime(&s), canonical_datetime(&s));
+        }
+
+        /// The crate decides, with Tavle's year range on top; an independent
+        /// RFC 3339 parser (chrono) agrees on every well-formed input, and
+        /// what is accepted survives the round trip to canonical UTC text.
+        #[test]
+        fn datetimes_agree_with_an_independent_parser(s in datetime_like()) {
+            let ours = parse_datetime(&s);
+            // RFC 3339 has no leap-second-free rule that both crates share;
+            // second 60 is left out of the comparison.
+            let leap = s.get(17..19) == Some("60");
+            let t_separated = matches!(s.as_bytes().get(10), Some(b'T' | b't'));
+            let chrono = chrono::DateTime::parse_from_rfc3339(&s)
+                .ok()
+                .filter(|t| YEARS.contains(&chrono::Datelike::year(t)) && t_separated)
+                .filter(|t| t.offset().local_minus_utc().abs() < 16 * 3600);
+            if !leap {
+                prop_assert_eq!(ours.is_some(), chrono.is_some(), "{}", s);
+            }
+            if let (Some(t), Some(c)) = (ours, chrono) {
+                prop_assert_eq!(t.unix_timestamp(), c.timestamp());
+                let canonical = canonical_datetime(&s).unwrap();
+                prop_assert_eq!(parse_datetime(&canonical).map(|t| t.unix_timestamp_nanos()), Some(t.unix_timestamp_nanos()));
+            }
+        }
+
+        #[test]
+        fn dates_agree_with_an_independent_parser(y in 1800i32..2300, m in 0u32..15, d in 0u32..35) {
+            let s = format!("{y:04}-{m:02}-{d:02}");
+            let chrono = chrono::NaiveDate::from_ymd_opt(y, m, d).filter(|_| YEARS.contains(&y));
+            prop_assert_eq!(parse_date(&s).map(|d| (d.year(), d.month() as u32, u32::from(d.day()))), chrono.map(|c| (chrono::Datelike::year(&c), chrono::Datelike::month(&c), chrono::Datelike::day(&c))));
+        }
     }
 
     #[test]

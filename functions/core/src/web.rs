@@ -3,16 +3,20 @@
 //! the client address. Handlers are plain async functions over `http` types.
 
 use crate::problem::{field, FieldError, Problem};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use crate::vars::Variables;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::net::IpAddr;
 
 pub type Body = Vec<u8>;
 pub type HttpResult = Result<Response<Body>, Problem>;
 
 pub const REQUEST_ID: &str = "x-request-id";
-/// Set by Spin (and by the native host, which overwrites any client value).
+/// The peer's address (`ip:port`), set by Spin and by the native host. Spin
+/// appends its own value after any the client sent, so the last one counts.
 pub const CLIENT_ADDR: &str = "spin-client-addr";
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Per-request facts every handler and the audit log need.
 #[derive(Debug, Clone)]
@@ -24,14 +28,79 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
-    pub fn of<B>(req: &Request<B>) -> Self {
+    pub fn of<B>(req: &Request<B>, proxies: &TrustedProxies) -> Self {
         RequestMeta {
             request_id: request_id(req),
-            client_ip: client_ip(req),
+            client_ip: client_ip(req, proxies).map(|ip| ip.to_string()),
             method: req.method().clone(),
             path: redact_digit_runs(req.uri().path()),
         }
     }
+}
+
+/// Networks of the reverse proxies (ingress) whose `X-Forwarded-For` is
+/// believed: the `trusted_proxies` variable, comma-separated CIDRs or
+/// addresses. Empty (the default) believes no one: the client address is
+/// then the TCP peer.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    pub fn parse(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("`{s}` is not an IP network (CIDR) or address"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+
+    pub fn from_vars(vars: &impl Variables) -> Result<Self, Problem> {
+        Self::parse(&vars.get("trusted_proxies").unwrap_or_default()).map_err(|e| {
+            eprintln!("error: configuration variable `trusted_proxies`: {e}");
+            Problem::internal()
+        })
+    }
+
+    fn trusts(&self, ip: &IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// One entry of `X-Forwarded-For`: a bare address, or `ip:port` / `[v6]:port`
+/// as some proxies write it.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy;
+/// then `X-Forwarded-For` is read from the right (the hop nearest to us),
+/// past every trusted proxy, to the first address that is not one. Every
+/// `X-Forwarded-For` field counts, in order (RFC 9110 5.3): a client cannot
+/// hide an entry by sending a second header. An unparsable entry ends the
+/// walk at the last address that was vouched for.
+fn client_ip<B>(req: &Request<B>, proxies: &TrustedProxies) -> Option<IpAddr> {
+    let peer = req.headers().get_all(CLIENT_ADDR).iter().next_back()?.to_str().ok()?;
+    let peer = peer.parse::<std::net::SocketAddr>().ok()?.ip().to_canonical();
+    if !proxies.trusts(&peer) {
+        return Some(peer);
+    }
+    let fields: Vec<&str> = req.headers().get_all(FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    let mut client = peer;
+    for entry in fields.iter().rev().flat_map(|f| f.rsplit(',')) {
+        let Some(ip) = forwarded_ip(entry) else { break };
+        client = ip.to_canonical();
+        if !proxies.trusts(&client) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 /// The path as logged and echoed (`instance`): eleven or more digits in a
@@ -69,15 +138,9 @@ fn request_id<B>(req: &Request<B>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-fn client_ip<B>(req: &Request<B>) -> Option<String> {
-    let raw = req.headers().get(CLIENT_ADDR)?.to_str().ok()?;
-    let addr: std::net::SocketAddr = raw.parse().ok()?;
-    Some(addr.ip().to_string())
-}
-
 /// Wraps a handler: request id on every response, problems rendered as
 /// problem+json, defensive headers, one log line without query strings.
-pub async fn serve<F>(mut req: Request<Body>, handler: F) -> Response<Body>
+pub async fn serve<F>(mut req: Request<Body>, vars: &impl Variables, handler: F) -> Response<Body>
 where
     F: AsyncFnOnce(Request<Body>, RequestMeta) -> HttpResult,
 {
@@ -86,9 +149,14 @@ where
     if head {
         *req.method_mut() = Method::GET;
     }
-    let meta = RequestMeta::of(&req);
+    let proxies = TrustedProxies::from_vars(vars);
+    let meta = RequestMeta::of(&req, proxies.as_ref().unwrap_or(&TrustedProxies::default()));
     let started = std::time::Instant::now();
-    let mut response = match handler(req, meta.clone()).await {
+    let outcome = match proxies {
+        Ok(_) => handler(req, meta.clone()).await,
+        Err(p) => Err(p),
+    };
+    let mut response = match outcome {
         Ok(r) => r,
         Err(p) => problem_response(&p, &meta),
     };
@@ -144,6 +212,46 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResult {
 
 pub fn no_content() -> HttpResult {
     Ok(Response::builder().status(StatusCode::NO_CONTENT).body(Vec::new()).expect("static response parts are valid"))
+}
+
+/// Reads a request body under a limit while it arrives, so that no more than
+/// `limit` bytes are ever held: a `Content-Length` over the limit is refused
+/// before reading, a body that grows past it as soon as it does (413). Both
+/// hosts read bodies through this; handlers see only bodies within limits.
+pub struct BodyReader {
+    limit: usize,
+    body: Vec<u8>,
+}
+
+impl BodyReader {
+    pub fn new(headers: &HeaderMap, limit: usize) -> Result<Self, Problem> {
+        let mut declared = None;
+        for v in headers.get_all(header::CONTENT_LENGTH) {
+            let n = v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, declared) {
+                (None, _) => return Err(Problem::malformed("invalid Content-Length")),
+                (Some(n), Some(d)) if n != d => return Err(Problem::malformed("conflicting Content-Length")),
+                (Some(n), _) => declared = Some(n),
+            }
+        }
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(Problem::too_large(limit));
+        }
+        let capacity = declared.map_or(0, |n| n as usize).min(limit);
+        Ok(BodyReader { limit, body: Vec::with_capacity(capacity) })
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), Problem> {
+        if self.body.len() + chunk.len() > self.limit {
+            return Err(Problem::too_large(self.limit));
+        }
+        self.body.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn finish(self) -> Body {
+        self.body
+    }
 }
 
 /// Parses a JSON body: 415 unless `application/json`, 413 over `limit`,

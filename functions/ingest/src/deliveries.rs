@@ -47,19 +47,23 @@ async fn load_source(db: &mut impl Db, cfg: &IngestConfig, id: &str) -> Result<O
         )
         .await?;
     let Some(first) = rows.first() else { return Ok(None) };
-    let mut source =
-        Source { tenant_id: first.text(0)?, kind: first.text(1)?, active: first.bool(2)?, keys: Vec::new() };
+    let mut source = Source {
+        tenant_id: first.text("tenant_id")?,
+        kind: first.text("kind")?,
+        active: first.bool("active")?,
+        keys: Vec::new(),
+    };
     for row in &rows {
-        if !row.is_null(3) {
+        if !row.is_null("secret_enc")? {
             // A secret that no configured key decrypts is skipped: it cannot verify anything.
-            match cfg.secrets.decrypt(&row.bytes(3)?, id.as_bytes()) {
+            match cfg.secrets.decrypt(&row.bytes("secret_enc")?, id.as_bytes()) {
                 Ok(raw) => source.keys.extend(SourceKey::secret(raw)),
                 Err(_) => {
                     eprintln!("warning: a webhook secret of a source cannot be decrypted with the configured keys")
                 }
             }
-        } else if !row.is_null(4) {
-            source.keys.extend(SourceKey::public_key(&row.bytes(4)?));
+        } else if !row.is_null("public_key")? {
+            source.keys.extend(SourceKey::public_key(&row.bytes("public_key")?));
         }
     }
     Ok(Some(source))
@@ -90,12 +94,12 @@ async fn stored_outcome(
         )
         .await?;
     Ok(match row {
-        Some(r) if r.text(2)? != kind.as_str() => {
+        Some(r) if r.text("kind")? != kind.as_str() => {
             return Err(Problem::conflict("this webhook id was already used for another kind of post"));
         }
         Some(r) => {
-            let status = StatusCode::from_u16(r.int(0)? as u16).map_err(|_| Problem::internal())?;
-            Some(outcome(status, &r.json(1)?, true))
+            let status = StatusCode::from_u16(r.int("status")? as u16).map_err(|_| Problem::internal())?;
+            Some(outcome(status, &r.json("response")?, true))
         }
         None => None,
     })

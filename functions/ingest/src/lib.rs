@@ -27,10 +27,20 @@ pub const WEBHOOK_BODY_LIMIT: usize = 10 * 1024 * 1024;
 pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
 #[cfg(target_arch = "wasm32")]
-tavle_core::spin_component!(crate::handle);
+tavle_core::spin_component!(crate::handle, crate::body_limit);
 
 pub async fn handle(req: Request<Body>, vars: &impl Variables, db: &mut impl Db) -> Response<Body> {
-    web::serve(req, async |req, meta| route(req, meta, vars, db).await).await
+    web::serve(req, vars, async |req, meta| route(req, meta, vars, db).await).await
+}
+
+/// The body limit of a request to `path`: webhooks may carry large
+/// batches, the administration routes only small JSON bodies.
+pub fn body_limit(path: &str) -> usize {
+    if path.starts_with("/ingest/") {
+        WEBHOOK_BODY_LIMIT
+    } else {
+        ADMIN_BODY_LIMIT
+    }
 }
 
 async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {

@@ -96,19 +96,20 @@ pub async fn resolve(db: &mut impl Db, tenant_id: &str, keys: &[&PupilKey]) -> R
     let feides: Vec<String> = keys.iter().filter_map(|k| k.feide.clone()).collect();
     let rows = db
         .query(
-            "SELECT id, encode(identity_index, 'hex'), feide_username, restricted FROM pupils \
+            "SELECT id, encode(identity_index, 'hex') AS identity_index, feide_username, restricted FROM pupils \
              WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
                    OR feide_username IN (SELECT unnest($3::text[])))",
-            &[uuid(tenant_id), Value::TextArray(indexes), Value::TextArray(feides)],
+            &[uuid(tenant_id), Value::text_array(indexes), Value::text_array(feides)],
         )
         .await?;
     let mut out = HashMap::with_capacity(rows.len() * 2);
     for row in rows {
-        let known = || -> Result<Known, Problem> { Ok(Known { id: row.text(0)?, restricted: row.bool(3)? }) };
-        if let Some(i) = row.opt_text(1)? {
+        let known =
+            || -> Result<Known, Problem> { Ok(Known { id: row.text("id")?, restricted: row.bool("restricted")? }) };
+        if let Some(i) = row.opt_text("identity_index")? {
             out.insert(format!("i:{i}"), known()?);
         }
-        if let Some(f) = row.opt_text(2)? {
+        if let Some(f) = row.opt_text("feide_username")? {
             out.insert(format!("f:{f}"), known()?);
         }
     }

@@ -165,7 +165,7 @@ pub async fn apply(
             ],
         )
         .await?
-        .text(0)?;
+        .text("id")?;
 
     let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.key).collect();
     let known = pupils::resolve(db, tenant_id, &keys).await?;
@@ -176,11 +176,11 @@ pub async fn apply(
         .query(
             "SELECT r.external_id FROM results r JOIN pupils p ON p.id = r.pupil_id \
              WHERE r.source_id = $1::uuid AND r.external_id = ANY($2::text[]) AND p.restricted",
-            &[uuid(source_id), Value::TextArray(all_ext)],
+            &[uuid(source_id), Value::text_array(all_ext)],
         )
         .await?
         .iter()
-        .map(|r| r.text(0))
+        .map(|r| r.text("external_id"))
         .collect::<Result<_, _>>()?;
     let mut rejected = Vec::new();
     let (mut ext, mut pupil, mut score, mut status, mut completed, mut items) =
@@ -232,24 +232,27 @@ pub async fn apply(
                AND (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
                    IS DISTINCT FROM (EXCLUDED.pupil_id, EXCLUDED.assessment_id, EXCLUDED.score, EXCLUDED.status, \
                                      EXCLUDED.completed_at, EXCLUDED.items) \
-             RETURNING xmax = 0, external_id",
+             RETURNING xmax = 0 AS inserted, external_id",
             &[
                 uuid(tenant_id),
                 uuid(&assessment_id),
                 uuid(source_id),
-                Value::TextArray(ext),
-                Value::TextArray(pupil),
-                Value::TextArray(score),
-                Value::TextArray(status),
-                Value::TextArray(completed),
-                Value::TextArray(items),
+                Value::text_array(ext),
+                Value::text_array(pupil),
+                Value::text_array(score),
+                Value::text_array(status),
+                Value::text_array(completed),
+                Value::text_array(items),
             ],
         )
         .await?
     };
-    let created = outcome.iter().filter(|r| r.bool(0).unwrap_or(false)).count();
-    let updated_ids: Vec<String> =
-        outcome.iter().filter(|r| !r.bool(0).unwrap_or(true)).filter_map(|r| r.text(1).ok()).collect();
+    let created = outcome.iter().filter(|r| r.bool("inserted").unwrap_or(false)).count();
+    let updated_ids: Vec<String> = outcome
+        .iter()
+        .filter(|r| !r.bool("inserted").unwrap_or(true))
+        .filter_map(|r| r.text("external_id").ok())
+        .collect();
     let summary = json!({
         "assessment_id": assessment_id,
         "received": post.results.len(),

@@ -142,7 +142,7 @@ pub async fn apply(
             &[uuid(tenant_id), post.school.external_id.trim().into(), post.school.name.trim().into()],
         )
         .await?
-        .text(0)?;
+        .text("id")?;
 
     let group_rows = db
         .query(
@@ -154,14 +154,14 @@ pub async fn apply(
             &[
                 uuid(tenant_id),
                 uuid(&school_id),
-                Value::TextArray(post.groups.iter().map(|g| g.external_id.clone()).collect()),
-                Value::TextArray(post.groups.iter().map(|g| g.name.trim().to_owned()).collect()),
-                Value::TextArray(post.groups.iter().map(|g| g.year_level.map(|y| y.to_string()).unwrap_or_default()).collect()),
+                Value::text_array(post.groups.iter().map(|g| g.external_id.clone())),
+                Value::text_array(post.groups.iter().map(|g| g.name.trim().to_owned())),
+                Value::text_array(post.groups.iter().map(|g| g.year_level.map(|y| y.to_string()).unwrap_or_default())),
             ],
         )
         .await?;
     let group_by_ext: HashMap<String, String> =
-        group_rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect::<Result<_, Problem>>()?;
+        group_rows.iter().map(|r| Ok((r.text("external_id")?, r.text("id")?))).collect::<Result<_, Problem>>()?;
 
     let key_refs: Vec<_> = keys.iter().map(|(_, k)| k).collect();
     let known = pupils::resolve(db, tenant_id, &key_refs).await?;
@@ -210,7 +210,7 @@ pub async fn apply(
             new_keys.push(*i);
         }
     }
-    let arrays = |cols: &[Vec<String>; 9]| cols.iter().map(|c| Value::TextArray(c.clone())).collect::<Vec<_>>();
+    let arrays = |cols: &[Vec<String>; 9]| cols.iter().map(|c| Value::text_array(c.clone())).collect::<Vec<_>>();
     let updated = if upd[0].is_empty() {
         0
     } else {
@@ -254,7 +254,7 @@ pub async fn apply(
         .map_err(pupil_conflict)?
     };
     for (row, i) in created.iter().zip(&new_keys) {
-        let id = row.text(0)?;
+        let id = row.text("id")?;
         present.push(id.clone());
         pupil_id_at.insert(*i, id);
     }
@@ -264,7 +264,7 @@ pub async fn apply(
             "UPDATE pupils SET left_at = current_date, updated_at = now() \
              WHERE tenant_id = $1::uuid AND school_id = $2::uuid AND left_at IS NULL AND NOT restricted \
                AND id NOT IN (SELECT x::uuid FROM unnest($3::text[]) AS x)",
-            &[uuid(tenant_id), uuid(&school_id), Value::TextArray(present)],
+            &[uuid(tenant_id), uuid(&school_id), Value::text_array(present)],
         )
         .await?;
 
@@ -288,7 +288,7 @@ pub async fn apply(
         .execute(
             "INSERT INTO group_memberships (tenant_id, group_id, pupil_id) \
              SELECT DISTINCT $1::uuid, x.g::uuid, x.p::uuid FROM unnest($2::text[], $3::text[]) AS x(g, p)",
-            &[uuid(tenant_id), Value::TextArray(m_group), Value::TextArray(m_pupil)],
+            &[uuid(tenant_id), Value::text_array(m_group), Value::text_array(m_pupil)],
         )
         .await?;
 
@@ -299,11 +299,11 @@ pub async fn apply(
             .query(
                 "SELECT feide_username, id FROM users WHERE tenant_id = $1::uuid AND deleted_at IS NULL \
                  AND feide_username = ANY($2::text[])",
-                &[uuid(tenant_id), Value::TextArray(feides)],
+                &[uuid(tenant_id), Value::text_array(feides)],
             )
             .await?;
         let user_by_feide: HashMap<String, String> =
-            users.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect::<Result<_, Problem>>()?;
+            users.iter().map(|r| Ok((r.text("feide_username")?, r.text("id")?))).collect::<Result<_, Problem>>()?;
         let (mut g_user, mut g_group, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
         for (i, t) in list.iter().enumerate() {
             match pupils::parse_feide(&t.feide_username).and_then(|f| user_by_feide.get(&f)) {
@@ -326,7 +326,7 @@ pub async fn apply(
             .execute(
                 "INSERT INTO role_grants (tenant_id, user_id, role, group_id) \
                  SELECT DISTINCT $1::uuid, x.u::uuid, 'teacher', x.g::uuid FROM unnest($2::text[], $3::text[]) AS x(u, g)",
-                &[uuid(tenant_id), Value::TextArray(g_user), Value::TextArray(g_group)],
+                &[uuid(tenant_id), Value::text_array(g_user), Value::text_array(g_group)],
             )
             .await?;
         teachers = json!({"assignments": assigned, "unknown_teachers": unknown});

@@ -22,22 +22,23 @@ async fn admin(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Result
     authenticate_as(req, db, vars, Role::TenantAdmin).await
 }
 
-const SOURCE_COLUMNS: &str = "s.id, s.kind, s.name, s.active, rfc3339(s.created_at), rfc3339(s.disabled_at), \
+const SOURCE_COLUMNS: &str =
+    "s.id, s.kind, s.name, s.active, rfc3339(s.created_at) AS created_at, rfc3339(s.disabled_at) AS disabled_at, \
      (SELECT coalesce(jsonb_agg(jsonb_build_object('created_at', rfc3339(k.created_at), \
         'expires_at', rfc3339(k.expires_at), 'scheme', CASE WHEN k.public_key IS NULL THEN 'v1' ELSE 'v1a' END) \
         ORDER BY k.created_at), '[]'::jsonb) \
-      FROM webhook_secrets k WHERE k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now()))";
+      FROM webhook_secrets k WHERE k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now())) AS keys";
 
 fn source_view(row: &Row) -> Result<serde_json::Value, Problem> {
-    let id = row.text(0)?;
+    let id = row.text("id")?;
     Ok(json!({
         "id": id,
-        "kind": row.text(1)?,
-        "name": row.text(2)?,
-        "active": row.bool(3)?,
-        "created_at": row.text(4)?,
-        "disabled_at": row.opt_text(5)?,
-        "keys": row.json(6)?,
+        "kind": row.text("kind")?,
+        "name": row.text("name")?,
+        "active": row.bool("active")?,
+        "created_at": row.text("created_at")?,
+        "disabled_at": row.opt_text("disabled_at")?,
+        "keys": row.json("keys")?,
         "endpoints": {
             "roster": format!("/ingest/{id}/roster"),
             "results": format!("/ingest/{id}/results"),
@@ -79,7 +80,7 @@ pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Htt
             &[uuid(&who.tenant_id), after, (limit + 1).into()],
         )
         .await?;
-    page(&rows, limit, source_view, |last| Ok(json!({"id": last.text(0)?})))
+    page(&rows, limit, source_view, |last| Ok(json!({"id": last.text("id")?})))
 }
 
 pub async fn get(req: &Request, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {
@@ -215,11 +216,11 @@ pub async fn rotate(
     let valid_until = transaction(db, async |db| {
         let until = db
             .query_one(
-                "SELECT rfc3339(now() + make_interval(hours => $1::int8::int))",
+                "SELECT rfc3339(now() + make_interval(hours => $1::int8::int)) AS valid_until",
                 &[cfg.overlap_hours.into()],
             )
             .await?
-            .text(0)?;
+            .text("valid_until")?;
         db.execute(
             "UPDATE webhook_secrets SET expires_at = now() + make_interval(hours => $3::int8::int) \
              WHERE tenant_id = $1::uuid AND source_id = $2::uuid AND (expires_at IS NULL OR expires_at > now() + make_interval(hours => $3::int8::int))",

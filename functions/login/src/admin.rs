@@ -25,26 +25,26 @@ async fn admin(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Result
 }
 
 const USER_COLUMNS: &str = "u.id, u.username, u.display_name, u.email, u.active, \
-     coalesce(u.locked_until > now(), false), \
-     CASE WHEN u.locked_until > now() THEN rfc3339(u.locked_until) END, \
-     rfc3339(u.last_login_at), rfc3339(u.created_at), u.language, \
+     coalesce(u.locked_until > now(), false) AS locked, \
+     CASE WHEN u.locked_until > now() THEN rfc3339(u.locked_until) END AS locked_until, \
+     rfc3339(u.last_login_at) AS last_login_at, rfc3339(u.created_at) AS created_at, u.language, \
      (SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object('role', g.role, 'school_id', g.school_id, \
         'group_id', g.group_id)) ORDER BY g.role, g.school_id, g.group_id), '[]'::jsonb) \
-      FROM role_grants g WHERE g.user_id = u.id AND g.tenant_id = u.tenant_id)";
+      FROM role_grants g WHERE g.user_id = u.id AND g.tenant_id = u.tenant_id) AS roles";
 
 fn user_view(row: &Row) -> Result<serde_json::Value, Problem> {
     Ok(json!({
-        "id": row.text(0)?,
-        "username": row.text(1)?,
-        "display_name": row.text(2)?,
-        "email": row.opt_text(3)?,
-        "active": row.bool(4)?,
-        "locked": row.bool(5)?,
-        "locked_until": row.opt_text(6)?,
-        "last_login_at": row.opt_text(7)?,
-        "created_at": row.text(8)?,
-        "language": row.text(9)?,
-        "roles": row.json(10)?,
+        "id": row.text("id")?,
+        "username": row.text("username")?,
+        "display_name": row.text("display_name")?,
+        "email": row.opt_text("email")?,
+        "active": row.bool("active")?,
+        "locked": row.bool("locked")?,
+        "locked_until": row.opt_text("locked_until")?,
+        "last_login_at": row.opt_text("last_login_at")?,
+        "created_at": row.text("created_at")?,
+        "language": row.text("language")?,
+        "roles": row.json("roles")?,
     }))
 }
 
@@ -94,7 +94,7 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
             .await?;
         let shown = rows.len().min(limit as usize);
         audit::record(db, Some(meta), Event::by(&who, "users.listed").details(json!({"count": shown}))).await?;
-        page(&rows, limit, user_view, |last| Ok(json!({"u": last.text(1)?, "id": last.text(0)?})))
+        page(&rows, limit, user_view, |last| Ok(json!({"u": last.text("username")?, "id": last.text("id")?})))
     })
     .await
 }
@@ -205,7 +205,7 @@ async fn insert_grants(
     if grants.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&Grant) -> String| Value::TextArray(grants.iter().map(f).collect());
+    let col = |f: fn(&Grant) -> String| Value::text_array(grants.iter().map(f));
     let result = db
         .execute(
             "INSERT INTO role_grants (tenant_id, user_id, role, school_id, group_id) \
@@ -274,7 +274,7 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
             )
             .await;
         let id = match inserted {
-            Ok(row) => row.text(0)?,
+            Ok(row) => row.text("id")?,
             Err(e) if e.is_unique_violation("users_tenant_username") => {
                 return Err(Problem::conflict("a user with this username already exists"));
             }

@@ -20,13 +20,19 @@ use tavle_core::Problem;
 
 // The Spin adapter: a thin wrapper around `handle`.
 #[cfg(target_arch = "wasm32")]
-tavle_core::spin_component!(crate::handle);
+tavle_core::spin_component!(crate::handle, crate::body_limit);
 
 /// Largest body this component accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub async fn handle(req: Request<Body>, vars: &impl Variables, db: &mut impl Db) -> Response<Body> {
-    web::serve(req, async |req, meta| route(req, meta, vars, db).await).await
+    web::serve(req, vars, async |req, meta| route(req, meta, vars, db).await).await
+}
+
+/// The body limit of a request to `path`: every route of this component
+/// takes small JSON bodies.
+pub fn body_limit(_path: &str) -> usize {
+    BODY_LIMIT
 }
 
 async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {

@@ -65,27 +65,27 @@ pub async fn login(
     // One query whatever exists: tenant row (if any) with the user (if any).
     let found = db
         .query_opt(
-            "SELECT t.id, u.id, u.password_hash, u.active, \
-                    coalesce(u.locked_until > now(), false) \
+            "SELECT t.id AS tenant_id, u.id AS user_id, u.password_hash, u.active, \
+                    coalesce(u.locked_until > now(), false) AS locked \
              FROM tenants t \
              LEFT JOIN users u ON u.tenant_id = t.id AND u.username = $2::text AND u.deleted_at IS NULL \
              WHERE t.slug = $1::text",
             &[tenant.into(), username.into()],
         )
         .await?;
-    let stored_hash = found.as_ref().and_then(|r| r.opt_text(2).ok().flatten());
+    let stored_hash = found.as_ref().and_then(|r| r.opt_text("password_hash").ok().flatten());
     let password_ok = password::verify(&body.password, stored_hash.as_deref().unwrap_or(password::dummy_hash()));
 
     let Some(row) = found else {
         return Err(failed_login(db, meta, &cfg, None, None, "unknown_tenant").await);
     };
-    let tenant_id = row.text(0)?;
-    let Some(user_id) = row.opt_text(1)? else {
+    let tenant_id = row.text("tenant_id")?;
+    let Some(user_id) = row.opt_text("user_id")? else {
         return Err(failed_login(db, meta, &cfg, Some(&tenant_id), None, "unknown_user").await);
     };
-    let reason = if !row.bool(3)? {
+    let reason = if !row.bool("active")? {
         Some("inactive")
-    } else if row.bool(4)? {
+    } else if row.bool("locked")? {
         Some("locked")
     } else if !password_ok {
         Some("wrong_password")
@@ -118,8 +118,8 @@ pub async fn login(
                  VALUES ($1::uuid, $2::uuid, $3::bytea, \
                          now() + make_interval(mins => least($4::int8, $5::int8)::int), \
                          now() + make_interval(mins => $5::int8::int)) \
-                 RETURNING id, rfc3339(expires_at), rfc3339(idle_expires_at), \
-                           extract(epoch FROM expires_at - now())::int8",
+                 RETURNING id, rfc3339(expires_at) AS expires_at, rfc3339(idle_expires_at) AS idle_expires_at, \
+                           extract(epoch FROM expires_at - now())::int8 AS seconds_left",
                 &[
                     uuid(&tenant_id),
                     uuid(&user_id),
@@ -129,7 +129,7 @@ pub async fn login(
                 ],
             )
             .await?;
-        let session_id = session.text(0)?;
+        let session_id = session.text("id")?;
         audit::record(
             db,
             Some(meta),
@@ -200,7 +200,7 @@ async fn count_failure(
                  failed_logins = CASE WHEN failed_logins + 1 >= $3::int8 THEN 0 ELSE failed_logins + 1 END \
              WHERE id = $1::uuid AND tenant_id = $2::uuid \
                AND (locked_until IS NULL OR locked_until <= now()) \
-             RETURNING coalesce(locked_until > now(), false)",
+             RETURNING coalesce(locked_until > now(), false) AS locked",
             &[
                 user_id.map(uuid).unwrap_or(Value::Null),
                 tenant_id.map(uuid).unwrap_or(Value::Null),
@@ -210,7 +210,7 @@ async fn count_failure(
         )
         .await?;
     let locked = match (locked_just_now, tenant_id, user_id) {
-        (Some(row), Some(tenant_id), Some(user_id)) if row.bool(0)? => Some((tenant_id, user_id)),
+        (Some(row), Some(tenant_id), Some(user_id)) if row.bool("locked")? => Some((tenant_id, user_id)),
         _ => None,
     };
     if let Some((tenant_id, user_id)) = locked {
@@ -227,10 +227,10 @@ async fn count_failure(
 }
 
 /// Access token response. The token never outlives its session.
-/// `session` row: id, expires_at, idle_expires_at, seconds left.
+/// `session` row: id, expires_at, idle_expires_at, seconds_left.
 fn token_response(cfg: &LoginConfig, user_id: &str, tenant_id: &str, session: &Row) -> HttpResult {
-    let session_id = session.text(0)?;
-    let seconds_left = session.int(3)?.max(1) as u64;
+    let session_id = session.text("id")?;
+    let seconds_left = session.int("seconds_left")?.max(1) as u64;
     let lifetime = (cfg.access_token_minutes as u64 * 60).min(seconds_left);
     let claims = Claims::with_custom_claims(
         TokenClaims { tenant: tenant_id.to_owned(), sid: session_id.clone() },
@@ -249,8 +249,8 @@ fn token_response(cfg: &LoginConfig, user_id: &str, tenant_id: &str, session: &R
             "expires_in": lifetime,
             "session": {
                 "id": session_id,
-                "expires_at": session.text(1)?,
-                "idle_expires_at": session.text(2)?,
+                "expires_at": session.text("expires_at")?,
+                "idle_expires_at": session.text("idle_expires_at")?,
             }
         }),
     )
@@ -300,8 +300,8 @@ pub async fn refresh(
                 "UPDATE sessions SET last_seen_at = now(), \
                      idle_expires_at = least(now() + make_interval(mins => $2::int8::int), expires_at) \
                  WHERE id = $1::uuid AND revoked_at IS NULL AND now() < expires_at AND now() < idle_expires_at \
-                 RETURNING id, rfc3339(expires_at), rfc3339(idle_expires_at), \
-                           extract(epoch FROM expires_at - now())::int8",
+                 RETURNING id, rfc3339(expires_at) AS expires_at, rfc3339(idle_expires_at) AS idle_expires_at, \
+                           extract(epoch FROM expires_at - now())::int8 AS seconds_left",
                 &[uuid(&who.session_id), cfg.session_idle_minutes.into()],
             )
             .await?
@@ -317,7 +317,7 @@ pub async fn me(req: &http::Request<Body>, vars: &impl Variables, db: &mut impl 
     let who = authenticate(req, db, vars).await?;
     let row = db
         .query_one(
-            "SELECT email, language, rfc3339(last_login_at) FROM users WHERE id = $1::uuid AND tenant_id = $2::uuid",
+            "SELECT email, language, rfc3339(last_login_at) AS last_login_at FROM users WHERE id = $1::uuid AND tenant_id = $2::uuid",
             &[uuid(&who.user_id), uuid(&who.tenant_id)],
         )
         .await?;
@@ -331,9 +331,9 @@ fn me_view(who: &Principal, row: &Row) -> Result<serde_json::Value, Problem> {
             "id": who.user_id,
             "username": who.username,
             "display_name": who.display_name,
-            "email": row.opt_text(0)?,
-            "language": row.text(1)?,
-            "last_login_at": row.opt_text(2)?,
+            "email": row.opt_text("email")?,
+            "language": row.text("language")?,
+            "last_login_at": row.opt_text("last_login_at")?,
         },
         "tenant": { "id": who.tenant_id, "slug": who.tenant_slug },
         "roles": roles,
@@ -372,14 +372,14 @@ pub async fn change_password(
         .map_err(|broken| Problem::validation(broken.into_iter().map(|m| field("/new_password", m)).collect()))?;
     let row = db
         .query_one(
-            "SELECT password_hash, coalesce(locked_until > now(), false) FROM users \
+            "SELECT password_hash, coalesce(locked_until > now(), false) AS locked FROM users \
              WHERE id = $1::uuid AND tenant_id = $2::uuid",
             &[uuid(&who.user_id), uuid(&who.tenant_id)],
         )
         .await?;
     // Live sessions survive a lockout, so a locked account must not go on
     // verifying guesses here either: no check at all until the lock ends.
-    if row.bool(1)? {
+    if row.bool("locked")? {
         audit::record(
             db,
             Some(meta),
@@ -391,7 +391,7 @@ pub async fn change_password(
             "cannot be checked now: the account is locked after repeated failures; try again later",
         )]));
     }
-    let stored = row.text(0)?;
+    let stored = row.text("password_hash")?;
     if !password::verify(&body.current_password, &stored) {
         transaction(db, async |db| {
             audit::record(db, Some(meta), Event::by(&who, "password.change_failed").target("user", &who.user_id))

@@ -45,8 +45,8 @@ pub async fn for_pupil(
         &who,
         meta,
         "access_log.viewed",
-        "SELECT l.seq, rfc3339(l.at), l.actor_user_id, u.display_name, u.username, l.action, l.client_ip, \
-                l.request_id, cardinality(l.pupil_ids)::int8 \
+        "SELECT l.seq, rfc3339(l.at) AS at, l.actor_user_id, u.display_name, u.username, l.action, l.client_ip, \
+                l.request_id, cardinality(l.pupil_ids)::int8 AS pupils_in_record \
          FROM access_log l LEFT JOIN users u ON u.id = l.actor_user_id AND u.tenant_id = l.tenant_id \
          WHERE l.tenant_id = $1::uuid AND l.pupil_ids @> ARRAY[$2::uuid] \
            AND ($3::int8 IS NULL OR l.seq < $3::int8) \
@@ -60,18 +60,22 @@ pub async fn for_pupil(
         .iter()
         .map(|r| {
             Ok(json!({
-                "seq": r.int(0)?,
-                "at": r.text(1)?,
-                "actor": {"id": r.text(2)?, "display_name": r.opt_text(3)?, "username": r.opt_text(4)?},
-                "action": r.text(5)?,
-                "client_ip": r.opt_text(6)?,
-                "request_id": r.opt_text(7)?,
-                "pupils_in_record": r.int(8)?,
+                "seq": r.int("seq")?,
+                "at": r.text("at")?,
+                "actor": {
+                    "id": r.text("actor_user_id")?,
+                    "display_name": r.opt_text("display_name")?,
+                    "username": r.opt_text("username")?,
+                },
+                "action": r.text("action")?,
+                "client_ip": r.opt_text("client_ip")?,
+                "request_id": r.opt_text("request_id")?,
+                "pupils_in_record": r.int("pupils_in_record")?,
             }))
         })
         .collect::<Result<Vec<_>, Problem>>()?;
     let next_cursor = match (rows.len() > shown.len(), shown.last()) {
-        (true, Some(last)) => Some(encode_cursor(&json!({"before": last.int(0)?}))),
+        (true, Some(last)) => Some(encode_cursor(&json!({"before": last.int("seq")?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"pupil_id": pupil, "items": items, "next_cursor": next_cursor}))

@@ -41,20 +41,21 @@ struct Correction {
 }
 
 /// Columns of a result as answered: see `view`.
-const RESULT_COLUMNS: &str = "r.id, r.pupil_id, r.assessment_id, r.score, r.status, rfc3339(r.completed_at), \
-     r.recorded_by, (SELECT display_name FROM users WHERE id = r.recorded_by), rfc3339(r.updated_at)";
+const RESULT_COLUMNS: &str = "r.id, r.pupil_id, r.assessment_id, r.score, r.status, \
+     rfc3339(r.completed_at) AS completed_at, r.recorded_by, \
+     (SELECT display_name FROM users WHERE id = r.recorded_by) AS recorded_by_name, rfc3339(r.updated_at) AS updated_at";
 
 fn view(r: &Row) -> Result<Json, Problem> {
     Ok(json!({
-        "id": r.text(0)?,
-        "pupil_id": r.text(1)?,
-        "assessment_id": r.text(2)?,
-        "score": r.opt_float(3)?,
-        "status": r.text(4)?,
-        "completed_at": r.opt_text(5)?,
+        "id": r.text("id")?,
+        "pupil_id": r.text("pupil_id")?,
+        "assessment_id": r.text("assessment_id")?,
+        "score": r.opt_float("score")?,
+        "status": r.text("status")?,
+        "completed_at": r.opt_text("completed_at")?,
         "source": "manual",
-        "recorded_by": {"id": r.text(6)?, "display_name": r.opt_text(7)?},
-        "updated_at": r.text(8)?,
+        "recorded_by": {"id": r.text("recorded_by")?, "display_name": r.opt_text("recorded_by_name")?},
+        "updated_at": r.text("updated_at")?,
     }))
 }
 
@@ -94,7 +95,7 @@ pub async fn register(
             )
             .await?
             .ok_or_else(|| Problem::validation(vec![field("/assessment_id", "no such assessment")]))?
-            .float(0)?;
+            .float("max_score")?;
         let mut checks = Checks::default();
         check_outcome(&mut checks, "", body.score, &body.status, body.completed_at.as_deref(), max_score);
         checks.finish()?;
@@ -128,7 +129,7 @@ pub async fn register(
             ));
         };
         let result = view(&row)?;
-        let id = row.text(0)?;
+        let id = row.text("id")?;
         audit::record(
             db,
             Some(meta),
@@ -161,23 +162,24 @@ pub async fn correct(
         visible_pupil(db, &scope, &pupil).await?;
         let current = db
             .query_opt(
-                "SELECT r.score, r.status, rfc3339(r.completed_at), r.source_id IS NULL, a.max_score, r.assessment_id \
+                "SELECT r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.source_id IS NULL AS manual, a.max_score, \
+                        r.assessment_id \
                  FROM results r JOIN assessments a ON a.id = r.assessment_id \
                  WHERE r.id = $1::uuid AND r.pupil_id = $2::uuid AND r.tenant_id = $3::uuid FOR UPDATE OF r",
                 &[uuid(&result), uuid(&pupil), uuid(&scope.who.tenant_id)],
             )
             .await?
             .ok_or_else(Problem::not_found)?;
-        if !current.bool(3)? {
+        if !current.bool("manual")? {
             return Err(Problem::conflict(
                 "a publisher's result is corrected by the publisher sending it again; \
                  register a manual result instead",
             ));
         }
         let mut checks = Checks::default();
-        check_outcome(&mut checks, "", body.score, &body.status, body.completed_at.as_deref(), current.float(4)?);
+        check_outcome(&mut checks, "", body.score, &body.status, body.completed_at.as_deref(), current.float("max_score")?);
         checks.finish()?;
-        let previous = outcome_json(current.opt_float(0)?, &current.text(1)?, current.opt_text(2)?.as_deref());
+        let previous = outcome_json(current.opt_float("score")?, &current.text("status")?, current.opt_text("completed_at")?.as_deref());
         let row = db
             .query_one(
                 &format!(
@@ -200,7 +202,7 @@ pub async fn correct(
             Some(meta),
             Event::by(&scope.who, "result.corrected").target("result", &result).details(json!({
                 "pupil_id": pupil,
-                "assessment_id": current.text(5)?,
+                "assessment_id": current.text("assessment_id")?,
                 "previous": previous,
                 "new": outcome_json(body.score, &body.status, body.completed_at.as_deref()),
             })),

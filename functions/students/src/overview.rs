@@ -18,8 +18,9 @@ use tavle_core::Problem;
 /// Public so the benchmark can time the bare query behind the route.
 pub const OVERVIEW_SQL: &str = concat!(
     "SELECT p.id AS pupil_id, p.given_name, p.family_name, p.special_needs, \
-            lr.id, lr.score, lr.status, rfc3339(lr.completed_at), lr.source_id IS NULL, \
-            g.name, g.school_id, a.title, a.subject, a.max_score, a.administered_on::text \
+            lr.id AS result_id, lr.score, lr.status, rfc3339(lr.completed_at) AS completed_at, \
+            lr.source_id IS NULL AS manual, g.name AS group_name, g.school_id, a.title, a.subject, a.max_score, \
+            a.administered_on::text AS administered_on \
      FROM groups g \
      JOIN assessments a ON a.id = $5::uuid AND a.tenant_id = g.tenant_id \
      JOIN group_memberships m ON m.group_id = g.id \
@@ -47,22 +48,22 @@ pub fn median(mut scores: Vec<f64>) -> Option<f64> {
 }
 
 fn pupil_line(row: &Row) -> Result<Json, Problem> {
-    let result = if row.is_null(4) {
+    let result = if row.is_null("result_id")? {
         Json::Null
     } else {
         json!({
-            "id": row.text(4)?,
-            "score": row.opt_float(5)?,
-            "status": row.text(6)?,
-            "completed_at": row.opt_text(7)?,
-            "source": if row.bool(8)? { "manual" } else { "publisher" },
+            "id": row.text("result_id")?,
+            "score": row.opt_float("score")?,
+            "status": row.text("status")?,
+            "completed_at": row.opt_text("completed_at")?,
+            "source": if row.bool("manual")? { "manual" } else { "publisher" },
         })
     };
     Ok(json!({
-        "id": row.text(0)?,
-        "given_name": row.text(1)?,
-        "family_name": row.text(2)?,
-        "special_needs": row.bool(3)?,
+        "id": row.text("pupil_id")?,
+        "given_name": row.text("given_name")?,
+        "family_name": row.text("family_name")?,
+        "special_needs": row.bool("special_needs")?,
         "result": result,
     }))
 }
@@ -91,31 +92,31 @@ pub async fn class_overview(
     )
     .await?;
 
+    // The group and assessment columns, read alike from a pupil line or the fallback below.
+    let views = |r: &Row| -> Result<(Json, Json), Problem> {
+        Ok((
+            json!({"id": group, "name": r.text("group_name")?, "school_id": r.text("school_id")?}),
+            json!({"id": assessment, "title": r.text("title")?, "subject": r.text("subject")?,
+                   "max_score": r.float("max_score")?, "administered_on": r.text("administered_on")?}),
+        ))
+    };
     let (group_view, assessment_view) = match rows.first() {
-        Some(r) => (
-            json!({"id": group, "name": r.text(9)?, "school_id": r.text(10)?}),
-            json!({"id": assessment, "title": r.text(11)?, "subject": r.text(12)?,
-                   "max_score": r.float(13)?, "administered_on": r.text(14)?}),
-        ),
+        Some(r) => views(r)?,
         // No pupils to show: an empty group in scope, or nothing visible at all (404).
         None => {
             let sql = format!(
-                "SELECT g.name, g.school_id, a.title, a.subject, a.max_score, a.administered_on::text \
+                "SELECT g.name AS group_name, g.school_id, a.title, a.subject, a.max_score, \
+                        a.administered_on::text AS administered_on \
                  FROM groups g JOIN assessments a ON a.id = $5::uuid AND a.tenant_id = g.tenant_id \
                  WHERE g.id = $4::uuid AND {GROUP_PUPILS_VISIBLE}"
             );
-            let r = db.query_opt(&sql, &params).await?.ok_or_else(Problem::not_found)?;
-            (
-                json!({"id": group, "name": r.text(0)?, "school_id": r.text(1)?}),
-                json!({"id": assessment, "title": r.text(2)?, "subject": r.text(3)?,
-                       "max_score": r.float(4)?, "administered_on": r.text(5)?}),
-            )
+            views(&db.query_opt(&sql, &params).await?.ok_or_else(Problem::not_found)?)?
         }
     };
     let completed: Vec<f64> = rows
         .iter()
-        .filter(|r| r.opt_text(6).ok().flatten().as_deref() == Some("completed"))
-        .filter_map(|r| r.opt_float(5).ok().flatten())
+        .filter(|r| r.opt_text("status").ok().flatten().as_deref() == Some("completed"))
+        .filter_map(|r| r.opt_float("score").ok().flatten())
         .collect();
     let pupils = rows.iter().map(pupil_line).collect::<Result<Vec<_>, _>>()?;
     json(

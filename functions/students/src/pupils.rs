@@ -23,25 +23,24 @@ type Request = http::Request<Body>;
 /// Columns of a pupil summary; `pupil_id` names the pupil for the access log.
 macro_rules! pupil_columns {
     () => {
-        "p.id AS pupil_id, p.given_name, p.family_name, p.year_level, p.school_id, s.name, \
-         p.special_needs, p.left_at::text, \
+        "p.id AS pupil_id, p.given_name, p.family_name, p.year_level, p.school_id, s.name AS school_name, \
+         p.special_needs, p.left_at::text AS left_at, \
          (SELECT coalesce(jsonb_agg(jsonb_build_object('id', g.id, 'name', g.name) ORDER BY g.name, g.id), '[]'::jsonb) \
-          FROM group_memberships m JOIN groups g ON g.id = m.group_id WHERE m.pupil_id = p.id)"
+          FROM group_memberships m JOIN groups g ON g.id = m.group_id WHERE m.pupil_id = p.id) AS groups"
     };
 }
 const PUPIL_COLUMNS: &str = pupil_columns!();
-const PUPIL_COLUMN_COUNT: usize = 9;
 
 fn pupil_view(row: &Row) -> Result<Json, Problem> {
     Ok(json!({
-        "id": row.text(0)?,
-        "given_name": row.text(1)?,
-        "family_name": row.text(2)?,
-        "year_level": row.opt_int(3)?,
-        "school": {"id": row.text(4)?, "name": row.text(5)?},
-        "special_needs": row.bool(6)?,
-        "left_at": row.opt_text(7)?,
-        "groups": row.json(8)?,
+        "id": row.text("pupil_id")?,
+        "given_name": row.text("given_name")?,
+        "family_name": row.text("family_name")?,
+        "year_level": row.opt_int("year_level")?,
+        "school": {"id": row.text("school_id")?, "name": row.text("school_name")?},
+        "special_needs": row.bool("special_needs")?,
+        "left_at": row.opt_text("left_at")?,
+        "groups": row.json("groups")?,
     }))
 }
 
@@ -130,7 +129,7 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
         school.map(uuid).unwrap_or(Value::Null),
         group.map(uuid).unwrap_or(Value::Null),
         year.into(),
-        Value::TextArray(terms),
+        Value::text_array(terms),
         (limit + 1).into(),
     ]);
     let sql = format!(
@@ -152,13 +151,13 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
     let mut rows = logged_read(db, &scope.who, meta, "pupils.listed", &sql, &concerned, params).await?;
     // Shown are exactly the rows the access record names (rn <= limit), in
     // their order, whatever order the statement returned them in.
-    let rank = |r: &Row| r.int(PUPIL_COLUMN_COUNT).unwrap_or(i64::MAX);
+    let rank = |r: &Row| r.int("rn").unwrap_or(i64::MAX);
     rows.sort_by_key(rank);
     let more = rows.iter().any(|r| rank(r) > limit);
     let shown: Vec<&Row> = rows.iter().filter(|r| rank(r) <= limit).collect();
     let items = shown.iter().map(|r| pupil_view(r)).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = match (more, shown.last()) {
-        (true, Some(last)) => Some(encode_cursor(&json!({"after": last.text(0)?}))),
+        (true, Some(last)) => Some(encode_cursor(&json!({"after": last.text("pupil_id")?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
@@ -204,20 +203,21 @@ pub async fn search(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
 /// Public so the benchmark can time the bare query behind the route.
 pub const PROFILE_SQL: &str = concat!(
     "WITH pupil AS MATERIALIZED ( \
-         SELECT p.id, p.tenant_id, p.given_name, p.family_name, p.year_level, p.school_id, s.name, \
+         SELECT p.id, p.tenant_id, p.given_name, p.family_name, p.year_level, p.school_id, s.name AS school_name, \
                 p.special_needs, p.left_at \
          FROM pupils p JOIN schools s ON s.id = p.school_id \
          WHERE p.id = $4::uuid AND ",
     pupil_visible!(),
     ") \
-     SELECT p.id AS pupil_id, p.given_name, p.family_name, p.year_level, p.school_id, p.name, p.special_needs, \
-            p.left_at::text, \
+     SELECT p.id AS pupil_id, p.given_name, p.family_name, p.year_level, p.school_id, p.school_name, p.special_needs, \
+            p.left_at::text AS left_at, \
             CASE WHEN row_number() OVER (ORDER BY a.administered_on, a.title, r.id) = 1 THEN \
                 (SELECT coalesce(jsonb_agg(jsonb_build_object('id', g.id, 'name', g.name) ORDER BY g.name, g.id), \
                                  '[]'::jsonb) \
-                 FROM group_memberships m JOIN groups g ON g.id = m.group_id WHERE m.pupil_id = p.id) END, \
-            r.id, r.score, r.status, rfc3339(r.completed_at), r.source_id IS NULL, r.recorded_by, ru.display_name, \
-            rfc3339(r.updated_at), a.id, a.title, a.subject, a.max_score, a.administered_on::text \
+                 FROM group_memberships m JOIN groups g ON g.id = m.group_id WHERE m.pupil_id = p.id) END AS groups, \
+            r.id AS result_id, r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.source_id IS NULL AS manual, \
+            r.recorded_by, ru.display_name AS recorded_by_name, rfc3339(r.updated_at) AS updated_at, \
+            a.id AS assessment_id, a.title, a.subject, a.max_score, a.administered_on::text AS administered_on \
      FROM pupil p \
      LEFT JOIN (results r \
                 CROSS JOIN LATERAL (SELECT a.id, a.title, a.subject, a.max_score, a.administered_on \
@@ -233,25 +233,26 @@ pub const PROFILE_SQL: &str = concat!(
      ORDER BY a.administered_on, a.title, r.id"
 );
 
-pub fn result_view(row: &Row, at: usize) -> Result<Json, Problem> {
-    let manual = row.bool(at + 4)?;
+/// One result of a `PROFILE_SQL` row that has one.
+pub fn result_view(row: &Row) -> Result<Json, Problem> {
+    let manual = row.bool("manual")?;
     Ok(json!({
-        "id": row.text(at)?,
-        "score": row.opt_float(at + 1)?,
-        "status": row.text(at + 2)?,
-        "completed_at": row.opt_text(at + 3)?,
+        "id": row.text("result_id")?,
+        "score": row.opt_float("score")?,
+        "status": row.text("status")?,
+        "completed_at": row.opt_text("completed_at")?,
         "source": if manual { "manual" } else { "publisher" },
-        "recorded_by": match row.opt_text(at + 5)? {
-            Some(id) => json!({"id": id, "display_name": row.opt_text(at + 6)?}),
+        "recorded_by": match row.opt_text("recorded_by")? {
+            Some(id) => json!({"id": id, "display_name": row.opt_text("recorded_by_name")?}),
             None => Json::Null,
         },
-        "updated_at": row.text(at + 7)?,
+        "updated_at": row.text("updated_at")?,
         "assessment": {
-            "id": row.text(at + 8)?,
-            "title": row.text(at + 9)?,
-            "subject": row.text(at + 10)?,
-            "max_score": row.float(at + 11)?,
-            "administered_on": row.text(at + 12)?,
+            "id": row.text("assessment_id")?,
+            "title": row.text("title")?,
+            "subject": row.text("subject")?,
+            "max_score": row.float("max_score")?,
+            "administered_on": row.text("administered_on")?,
         },
     }))
 }
@@ -288,14 +289,18 @@ pub async fn profile(
     let Some(first) = rows.first() else { return Err(Problem::not_found()) };
     let mut view = pupil_view(first)?;
     // The groups column is filled on one row only (the first, by the query's order).
-    if let Some(with_groups) = rows.iter().find(|r| !r.is_null(8)) {
-        view["groups"] = with_groups.json(8)?;
+    for row in &rows {
+        if !row.is_null("groups")? {
+            view["groups"] = row.json("groups")?;
+            break;
+        }
     }
-    let results = rows
-        .iter()
-        .filter(|r| !r.is_null(PUPIL_COLUMN_COUNT))
-        .map(|r| result_view(r, PUPIL_COLUMN_COUNT))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if !row.is_null("result_id")? {
+            results.push(result_view(row)?);
+        }
+    }
     view["results"] = Json::Array(results);
     json(StatusCode::OK, &view)
 }

@@ -60,7 +60,7 @@ impl Scope {
 
     /// `$1..$3` for the scoped queries.
     pub fn params(&self) -> Vec<Value> {
-        vec![uuid(&self.who.tenant_id), Value::TextArray(self.taught.clone()), Value::TextArray(self.led.clone())]
+        vec![uuid(&self.who.tenant_id), Value::text_array(self.taught.clone()), Value::text_array(self.led.clone())]
     }
 
     /// Whether any pupil can be in scope at all (teacher or school leader).

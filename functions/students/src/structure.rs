@@ -36,7 +36,7 @@ pub async fn groups(req: &Request, vars: &impl Variables, db: &mut impl Db) -> H
     params.extend([scope.whole_structure().into(), after_name, after_id, school, (limit + 1).into()]);
     let rows = db
         .query(
-            "SELECT g.id, g.name, g.year_level, s.id, s.name FROM groups g JOIN schools s ON s.id = g.school_id \
+            "SELECT g.id, g.name, g.year_level, s.id AS school_id, s.name AS school_name FROM groups g JOIN schools s ON s.id = g.school_id \
              WHERE g.tenant_id = $1::uuid \
                AND ($4::bool OR g.id = ANY($2::text[]::uuid[]) OR g.school_id = ANY($3::text[]::uuid[])) \
                AND ($5::text IS NULL OR (g.name, g.id) > ($5::text, $6::uuid)) \
@@ -49,10 +49,10 @@ pub async fn groups(req: &Request, vars: &impl Variables, db: &mut impl Db) -> H
         &rows,
         limit,
         |r| {
-            Ok(json!({"id": r.text(0)?, "name": r.text(1)?, "year_level": r.opt_int(2)?,
-                      "school": {"id": r.text(3)?, "name": r.text(4)?}}))
+            Ok(json!({"id": r.text("id")?, "name": r.text("name")?, "year_level": r.opt_int("year_level")?,
+                      "school": {"id": r.text("school_id")?, "name": r.text("school_name")?}}))
         },
-        |r| Ok(json!({"k": r.text(1)?, "id": r.text(0)?})),
+        |r| Ok(json!({"k": r.text("name")?, "id": r.text("id")?})),
     )
 }
 
@@ -77,8 +77,8 @@ pub async fn schools(req: &Request, vars: &impl Variables, db: &mut impl Db) -> 
     page(
         &rows,
         limit,
-        |r| Ok(json!({"id": r.text(0)?, "name": r.text(1)?})),
-        |r| Ok(json!({"k": r.text(1)?, "id": r.text(0)?})),
+        |r| Ok(json!({"id": r.text("id")?, "name": r.text("name")?})),
+        |r| Ok(json!({"k": r.text("name")?, "id": r.text("id")?})),
     )
 }
 
@@ -96,7 +96,7 @@ pub async fn assessments(req: &Request, vars: &impl Variables, db: &mut impl Db)
     let scope = Scope::of(req, vars, db).await?;
     let rows = db
         .query(
-            "SELECT a.id, a.title, a.subject, a.year_level, a.max_score, a.administered_on::text FROM assessments a \
+            "SELECT a.id, a.title, a.subject, a.year_level, a.max_score, a.administered_on::text AS administered_on FROM assessments a \
              WHERE a.tenant_id = $1::uuid \
                AND ($2::text IS NULL OR (a.administered_on, a.id) < ($2::text::date, $3::uuid)) \
                AND ($4::text IS NULL OR a.subject = $4::text) \
@@ -108,9 +108,10 @@ pub async fn assessments(req: &Request, vars: &impl Variables, db: &mut impl Db)
         &rows,
         limit,
         |r| {
-            Ok(json!({"id": r.text(0)?, "title": r.text(1)?, "subject": r.text(2)?, "year_level": r.opt_int(3)?,
-                      "max_score": r.float(4)?, "administered_on": r.text(5)?}))
+            Ok(json!({"id": r.text("id")?, "title": r.text("title")?, "subject": r.text("subject")?,
+                      "year_level": r.opt_int("year_level")?, "max_score": r.float("max_score")?,
+                      "administered_on": r.text("administered_on")?}))
         },
-        |r| Ok(json!({"k": r.text(5)?, "id": r.text(0)?})),
+        |r| Ok(json!({"k": r.text("administered_on")?, "id": r.text("id")?})),
     )
 }

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tavle_core::db::SqlxDb;
-use tavle_core::web::{self, Body, RequestMeta};
+use tavle_core::web::{self, Body, BodyReader, RequestMeta};
 use tavle_core::Problem;
 
 /// Components this binary can run natively, by `spin.toml` component id.
@@ -78,22 +78,31 @@ impl Host {
         Ok(Host { manifest: config.manifest.clone(), components })
     }
 
-    /// Serves one request as Spin would: route by path, set
-    /// `spin-client-addr` (never trusting a client-sent one), call the component.
-    pub async fn handle(&self, mut req: Request<Body>, client: Option<SocketAddr>) -> Response<Body> {
-        let headers = req.headers_mut();
-        let spin_headers: Vec<_> = headers.keys().filter(|k| k.as_str().starts_with("spin-")).cloned().collect();
-        for k in spin_headers {
-            headers.remove(k);
+    /// The body limit of the component that serves `path` (what its Spin
+    /// adapter enforces); unrouted paths take no body worth reading.
+    pub fn body_limit(&self, path: &str) -> usize {
+        match self.manifest.route_for(path).map(|r| r.component.as_str()) {
+            Some("login") => tavle_login::body_limit(path),
+            Some("ingest") => tavle_ingest::body_limit(path),
+            Some("students") => tavle_students::body_limit(path),
+            _ => 0,
         }
+    }
+
+    /// Serves one request as Spin would: route by path, then append
+    /// `spin-client-addr` after whatever the client sent under that name
+    /// (Spin keeps the client's copy and adds its own last, so handlers read
+    /// the last one), then call the component.
+    pub async fn handle(&self, mut req: Request<Body>, client: Option<SocketAddr>) -> Response<Body> {
         if let Some(addr) = client {
             if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
-                headers.insert(web::CLIENT_ADDR, v);
+                req.headers_mut().append(web::CLIENT_ADDR, v);
             }
         }
         let path = req.uri().path().to_owned();
+        let no_vars = HashMap::<String, String>::new();
         let Some(route) = self.manifest.route_for(&path) else {
-            return web::serve(req, async |_, _: RequestMeta| Err(Problem::not_found())).await;
+            return web::serve(req, &no_vars, async |_, _: RequestMeta| Err(Problem::not_found())).await;
         };
         let runtime = &self.components[&route.component];
         let mut db = SqlxDb::new(runtime.pool.clone());
@@ -101,7 +110,19 @@ impl Host {
             "login" => tavle_login::handle(req, &runtime.variables, &mut db).await,
             "ingest" => tavle_ingest::handle(req, &runtime.variables, &mut db).await,
             "students" => tavle_students::handle(req, &runtime.variables, &mut db).await,
-            _ => web::serve(req, async |_, _: RequestMeta| Err(Problem::not_found())).await,
+            _ => web::serve(req, &no_vars, async |_, _: RequestMeta| Err(Problem::not_found())).await,
+        }
+    }
+
+    /// Serves a request whose body is already in memory (tests), refusing it
+    /// exactly as the streaming body reader of either host would.
+    pub async fn handle_buffered(&self, req: Request<Body>, client: Option<SocketAddr>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let checked = BodyReader::new(&parts.headers, self.body_limit(parts.uri.path()))
+            .and_then(|mut reader| reader.push(&body).map(|_| reader.finish()));
+        match checked {
+            Ok(body) => self.handle(Request::from_parts(parts, body), client).await,
+            Err(problem) => refused(parts, problem).await,
         }
     }
 
@@ -111,6 +132,13 @@ impl Host {
             c.pool.close().await;
         }
     }
+}
+
+/// The answer to a request refused before any component ran (a body over
+/// the limit, a broken body): problem+json with a request id, as always.
+pub async fn refused(parts: http::request::Parts, problem: Problem) -> Response<Body> {
+    let no_vars = HashMap::<String, String>::new();
+    web::serve(Request::from_parts(parts, Vec::new()), &no_vars, async |_, _: RequestMeta| Err(problem)).await
 }
 
 /// Spin refuses connections to hosts outside `allowed_outbound_hosts`; the

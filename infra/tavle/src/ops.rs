@@ -57,7 +57,7 @@ pub async fn create_tenant(pool: &PgPool, t: NewTenant<'_>) -> Result<(String, S
                 &[t.slug.into(), t.name.into()],
             )
             .await?
-            .text(0)?;
+            .text("id")?;
         let user = db
             .query_one(
                 "INSERT INTO users (tenant_id, username, display_name, password_hash) \
@@ -65,7 +65,7 @@ pub async fn create_tenant(pool: &PgPool, t: NewTenant<'_>) -> Result<(String, S
                 &[uuid(&tenant), username.clone().into(), t.admin_display_name.into(), hash.clone().into()],
             )
             .await?
-            .text(0)?;
+            .text("id")?;
         db.execute(
             "INSERT INTO role_grants (tenant_id, user_id, role) VALUES ($1::uuid, $2::uuid, 'tenant_admin')",
             &[uuid(&tenant), uuid(&user)],
@@ -121,7 +121,7 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
     let existing = db.query_opt("SELECT id FROM tenants WHERE slug = $1::text", &[DEMO_TENANT.into()]).await?;
     let admin_password = random_password();
     let tenant_id = match existing {
-        Some(row) => row.text(0)?,
+        Some(row) => row.text("id")?,
         None => {
             create_tenant(
                 pool,
@@ -152,7 +152,7 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
                 &[uuid(&tenant_id)],
             )
             .await?
-            .text(0)?;
+            .text("id")?;
         let mut groups = Vec::new();
         for name in ["5A", "5B"] {
             let g = db
@@ -163,7 +163,7 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
                     &[uuid(&tenant_id), uuid(&school), name.into()],
                 )
                 .await?
-                .text(0)?;
+                .text("id")?;
             groups.push(g);
         }
         let mut pupils = Vec::new();
@@ -191,7 +191,7 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
                     ],
                 )
                 .await?
-                .text(0)?;
+                .text("id")?;
             db.execute(
                 "INSERT INTO group_memberships (tenant_id, group_id, pupil_id) VALUES ($1::uuid, $2::uuid, $3::uuid) \
                  ON CONFLICT DO NOTHING",
@@ -216,7 +216,7 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
                     &[uuid(&tenant_id), username.into(), display.into(), hash.into()],
                 )
                 .await?
-                .text(0)?;
+                .text("id")?;
             db.execute("DELETE FROM role_grants WHERE user_id = $1::uuid", &[uuid(&user)]).await?;
             let (school_id, group_id) = match role {
                 "teacher" => (Value::Null, uuid(&groups[0])),
@@ -248,7 +248,7 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
         )
         .await?;
     let source = match existing {
-        Some(row) => row.text(0)?,
+        Some(row) => row.text("id")?,
         None => db
             .query_one(
                 "INSERT INTO webhook_sources (tenant_id, kind, name, active, disabled_at) \
@@ -256,7 +256,7 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
                 &[uuid(tenant_id)],
             )
             .await?
-            .text(0)?,
+            .text("id")?,
     };
     for (n, (external_id, title, subject, on)) in [
         ("demo-lesing", "Kartlegging lesing 5. trinn", "norsk", "2026-09-15"),
@@ -274,7 +274,7 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
                 &[uuid(tenant_id), uuid(&source), external_id.into(), title.into(), subject.into(), on.into()],
             )
             .await?
-            .text(0)?;
+            .text("id")?;
         // Deterministic spread of scores; every ninth pupil was absent.
         let ids: Vec<String> = pupils.iter().map(|p| format!("{external_id}-{p}")).collect();
         let scores: Vec<String> = (0..pupils.len())
@@ -291,10 +291,10 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
                 uuid(tenant_id),
                 uuid(&assessment),
                 uuid(&source),
-                Value::TextArray(pupils.to_vec()),
-                Value::TextArray(ids),
+                Value::text_array(pupils),
+                Value::text_array(ids),
                 format!("{on}T09:30:00Z").into(),
-                Value::TextArray(scores),
+                Value::text_array(scores),
             ],
         )
         .await?;

@@ -432,6 +432,13 @@ fn set_credentials(cmd: &mut Command, run_as: Option<RunAs>, death_signal: Optio
     }
 }
 
+/// Spawns a helper process (e.g. `spin up` for tests) that receives SIGTERM
+/// when this process ends, however it ends.
+pub fn spawn_tied_to_this_process(mut cmd: Command) -> io::Result<Child> {
+    set_credentials(&mut cmd, None, Some(libc::SIGTERM));
+    spawn_on_keeper_thread(cmd)
+}
+
 /// PDEATHSIG fires when the *thread* that forked exits, not the process, so
 /// servers are forked from one thread that lives as long as the process
 /// (test threads come and go).

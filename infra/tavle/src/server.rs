@@ -3,18 +3,17 @@
 //! runs its own single-threaded runtime. One acceptor hands connections to
 //! the workers in turn, so that two clients never pile onto one core.
 
-use crate::host::{Host, HostConfig};
+use crate::host::{refused, Host, HostConfig};
 use anyhow::Result;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
+use tavle_core::web::BodyReader;
+use tavle_core::Problem;
 use tokio::sync::mpsc;
-
-/// Bodies above this never reach a handler; components set lower limits.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// Serves until the process ends. Returns only on setup errors.
 pub fn serve(listener: TcpListener, config: HostConfig, workers: usize) -> Result<()> {
@@ -70,17 +69,24 @@ async fn worker(mut connections: mpsc::UnboundedReceiver<(TcpStream, SocketAddr)
     Ok(())
 }
 
+/// Reads the body under the serving component's limit while it arrives,
+/// as the Spin adapter does (`tavle_core::spin_http`), then serves it.
 async fn respond(host: &Host, req: hyper::Request<Incoming>, peer: SocketAddr) -> hyper::Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes().to_vec(),
-        Err(_) => {
-            let req = http::Request::from_parts(parts, Vec::new());
-            let response =
-                tavle_core::web::serve(req, async |_, _| Err(tavle_core::Problem::too_large(MAX_BODY))).await;
-            return response.map(|b| Full::new(Bytes::from(b)));
-        }
+    let (parts, mut body) = req.into_parts();
+    let refuse = async |parts, problem| refused(parts, problem).await.map(|b| Full::new(Bytes::from(b)));
+    let mut reader = match BodyReader::new(&parts.headers, host.body_limit(parts.uri.path())) {
+        Ok(reader) => reader,
+        Err(problem) => return refuse(parts, problem).await,
     };
-    let req = http::Request::from_parts(parts, body);
+    while let Some(frame) = body.frame().await {
+        let pushed = match frame {
+            Ok(frame) => frame.data_ref().map_or(Ok(()), |data| reader.push(data)),
+            Err(_) => Err(Problem::malformed("the request body could not be read")),
+        };
+        if let Err(problem) = pushed {
+            return refuse(parts, problem).await;
+        }
+    }
+    let req = http::Request::from_parts(parts, reader.finish());
     host.handle(req, Some(peer)).await.map(|b| Full::new(Bytes::from(b)))
 }

@@ -241,9 +241,7 @@ fn skip_group(b: &[u8], start: usize) -> Result<usize, &'static str> {
             }
             b'\'' => {
                 // E'…' (escape string): the E is a token of its own before the quote.
-                let escape = i > 0
-                    && (b[i - 1] == b'e' || b[i - 1] == b'E')
-                    && (i == 1 || !is_ident_byte(b[i - 2]));
+                let escape = i > 0 && (b[i - 1] == b'e' || b[i - 1] == b'E') && (i == 1 || !is_ident_byte(b[i - 2]));
                 i = skip_quoted(b, i, b'\'', escape)?;
             }
             b'"' => i = skip_quoted(b, i, b'"', false)?,
@@ -297,8 +295,8 @@ mod tests {
         let cols = vec![COLUMN.to_owned(), "id".to_owned()];
         let none = unwrap(cols.clone(), vec![vec![Value::Null, Value::Null]]).unwrap();
         assert!(none.is_empty());
-        let two = unwrap(cols, vec![vec![Value::Bool(true), Value::Int(1)], vec![Value::Bool(true), Value::Int(2)]])
-            .unwrap();
+        let two =
+            unwrap(cols, vec![vec![Value::Bool(true), Value::Int(1)], vec![Value::Bool(true), Value::Int(2)]]).unwrap();
         assert_eq!(two.iter().map(|r| r.int("id").unwrap()).collect::<Vec<_>>(), [1, 2]);
         assert!(unwrap(vec!["id".into()], vec![]).is_err(), "a result without the marker is refused");
     }

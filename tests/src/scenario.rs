@@ -1,0 +1,585 @@
+//! The end-to-end scenario: Tavle's main flows as its users drive them, over
+//! real HTTP, with the same assertions whichever host serves it (the native
+//! host or `spin up`). Each request is recorded as a [`Step`] (status, problem
+//! type, content type and the shape of the JSON body), so two runs on two
+//! hosts can be compared step by step; the access records the run wrote are
+//! read back in a form that does not depend on generated ids.
+//!
+//! It covers login, `me`, refresh and logout; user administration; webhook
+//! sources, a signed roster and a results post signed by the independent
+//! Python signer, replays; pupil list, search, profile, class overview,
+//! manual result and correction; the privacy officer's access-log view. And
+//! every "nothing found" path that hung on released Spin 4.0.x (a `query`
+//! yielding no rows): unknown tenant, empty lists, unknown ids.
+
+use crate::python::python_sign;
+use crate::{synthetic_id, unix_now, Api, Session, Source, Staff, TestApp, TestResponse, ORIGIN};
+use http::{header, Method, Request};
+use serde_json::{json, Value};
+
+/// One recorded request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub status: u16,
+    pub problem_type: Option<String>,
+    pub content_type: Option<String>,
+    /// The body with every scalar replaced by its JSON type; arrays keep
+    /// their length, objects their keys.
+    pub shape: Value,
+}
+
+/// What a run leaves for later requests (benchmarks) and checks.
+pub struct World {
+    pub oslo: Staff,
+    pub admin: Session,
+    pub teacher: Staff,
+    pub teacher_session: Session,
+    pub privacy: Session,
+    pub publisher: Source,
+    pub group_5a: String,
+    pub pupil: String,
+    pub assessment: String,
+    pub steps: Vec<Step>,
+}
+
+/// The shape of a JSON value (see [`Step::shape`]).
+pub fn shape(v: &Value) -> Value {
+    match v {
+        Value::Null => json!("null"),
+        Value::Bool(_) => json!("bool"),
+        Value::Number(_) => json!("number"),
+        Value::String(_) => json!("string"),
+        Value::Array(items) => Value::Array(items.iter().map(shape).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+    }
+}
+
+struct Recorder<'a, A: Api> {
+    api: &'a A,
+    steps: Vec<Step>,
+}
+
+impl<A: Api> Recorder<'_, A> {
+    async fn call(&mut self, name: &str, req: Request<Vec<u8>>) -> TestResponse {
+        let r = self.api.call(req).await;
+        let body: Option<Value> = serde_json::from_slice(&r.body).ok();
+        self.steps.push(Step {
+            name: name.to_owned(),
+            status: r.status,
+            problem_type: body.as_ref().and_then(|b| b["type"].as_str()).map(str::to_owned),
+            content_type: r.header("content-type").map(str::to_owned),
+            shape: body.as_ref().map(shape).unwrap_or(Value::Null),
+        });
+        assert!(r.header("x-request-id").is_some(), "{name}: no x-request-id");
+        r
+    }
+
+    async fn send(
+        &mut self,
+        name: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                serde_json::to_vec(&v).unwrap()
+            }
+            None => Vec::new(),
+        };
+        self.call(name, b.body(body).unwrap()).await
+    }
+
+    async fn get(&mut self, name: &str, path: &str, token: &str) -> TestResponse {
+        self.send(name, Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&mut self, name: &str, path: &str, token: Option<&str>, body: Value) -> TestResponse {
+        self.send(name, Method::POST, path, token, Some(body)).await
+    }
+
+    async fn signed(
+        &mut self,
+        name: &str,
+        path: &str,
+        id: &str,
+        signature: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) -> TestResponse {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_vec())
+            .unwrap();
+        self.call(name, req).await
+    }
+
+    async fn deliver(&mut self, name: &str, source: &Source, kind: &str, id: &str, body: &Value) -> TestResponse {
+        let body = serde_json::to_vec(body).unwrap();
+        let now = unix_now();
+        let signature = standardwebhooks::Webhook::new(&source.secret).unwrap().sign(id, now, &body).unwrap();
+        self.signed(name, &format!("/ingest/{}/{kind}", source.id), id, &signature, now, &body).await
+    }
+}
+
+fn expect(r: &TestResponse, status: u16, what: &str) -> Value {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    if status == 204 {
+        return Value::Null;
+    }
+    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("{what}: not JSON: {}", r.text()))
+}
+
+fn problem(r: &TestResponse, status: u16, slug: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    r.assert_problem(status, slug);
+}
+
+/// The pupils of the scenario's roster: (number, given, family, group).
+pub const PUPILS: [(u32, &str, &str, &str); 6] = [
+    (0, "Åse", "Ødegård", "5A"),
+    (1, "Bjørn", "Aasen", "5A"),
+    (2, "Cecilie", "Berg", "5A"),
+    (3, "Dag", "Dahl", "5B"),
+    (4, "Eva", "Eide", "5B"),
+    (5, "Frida", "Fjell", "5A"),
+];
+
+fn roster() -> Value {
+    let pupils: Vec<Value> = PUPILS
+        .iter()
+        .map(|(n, given, family, group)| {
+            json!({"identity_number": synthetic_id(*n), "given_name": given, "family_name": family,
+                   "year_level": 5, "gender": if n % 2 == 0 { "female" } else { "male" },
+                   "special_needs": *n == 2, "groups": [group]})
+        })
+        .collect();
+    json!({"school": {"external_id": "nordby", "name": "Nordby skole"},
+           "groups": [{"external_id": "5A", "name": "5A", "year_level": 5},
+                      {"external_id": "5B", "name": "5B", "year_level": 5}],
+           "pupils": pupils})
+}
+
+/// A results post for the scenario's pupils 0..=3 (pupil 3 absent); with
+/// `completed_at` for every row.
+pub fn results_post(external_id: &str, completed_at: &str) -> Value {
+    let rows: Vec<Value> = [
+        (0u32, Some(31.0), "completed"),
+        (1, Some(12.0), "completed"),
+        (2, Some(25.5), "completed"),
+        (3, None, "absent"),
+    ]
+    .iter()
+    .map(|(n, score, status)| {
+        json!({"external_id": format!("{external_id}-{n}"), "pupil": {"identity_number": synthetic_id(*n)},
+                   "score": score, "status": status, "completed_at": completed_at,
+                   "items": [{"item": "q1", "score": 1, "answer": "B"}]})
+    })
+    .collect();
+    json!({"assessment": {"external_id": external_id, "title": "Kartlegging lesing", "subject": "norsk",
+                          "year_level": 5, "max_score": 40, "administered_on": "2026-09-15"},
+           "results": rows})
+}
+
+async fn scalar(app: &TestApp, sql: &str, arg: &str) -> String {
+    let id: uuid::Uuid = sqlx::query_scalar(sql).bind(arg).fetch_one(&app.pool).await.unwrap();
+    id.to_string()
+}
+
+async fn create_source<A: Api>(s: &mut Recorder<'_, A>, admin: &Session, kind: &str) -> Source {
+    let body = json!({"kind": kind, "name": format!("{kind} system")});
+    let r = s.post(&format!("create {kind} source"), "/admin/sources", Some(&admin.token), body).await;
+    let body = expect(&r, 201, "create source");
+    Source { id: body["id"].as_str().unwrap().to_owned(), secret: body["secret"].as_str().unwrap().to_owned() }
+}
+
+async fn create_user<A: Api>(
+    s: &mut Recorder<'_, A>,
+    admin: &Session,
+    tenant: &Staff,
+    username: &str,
+    roles: Value,
+) -> Staff {
+    let password = format!("Pw-{}-9x", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let body = json!({"username": username, "display_name": format!("{username} display"), "password": password, "roles": roles});
+    let r = s.post(&format!("create user {username}"), "/admin/users", Some(&admin.token), body).await;
+    let body = expect(&r, 201, "create user");
+    Staff {
+        tenant: tenant.tenant.clone(),
+        tenant_id: tenant.tenant_id.clone(),
+        username: username.into(),
+        password,
+        user_id: body["id"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn login<A: Api>(s: &mut Recorder<'_, A>, staff: &Staff) -> Session {
+    let body = json!({"tenant": staff.tenant, "username": staff.username, "password": staff.password});
+    let r = s.post(&format!("login {}", staff.username), "/auth/login", None, body).await;
+    let body = expect(&r, 200, "login");
+    let cookie = r.header("set-cookie").and_then(|c| c.split(';').next()).expect("a session cookie").to_owned();
+    Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body }
+}
+
+/// Runs the whole scenario against `api`, which serves `app`'s database.
+pub async fn run(api: &impl Api, app: &TestApp) -> World {
+    let mut s = Recorder { api, steps: Vec::new() };
+    let oslo = app.seed_tenant("oslo").await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+
+    // --- login, me, refresh ---------------------------------------------------
+    let r = s.send("me without credentials", Method::GET, "/auth/me", None, None).await;
+    problem(&r, 401, "unauthenticated", "me without credentials");
+    let r = s
+        .post(
+            "login, unknown tenant",
+            "/auth/login",
+            None,
+            json!({"tenant": "nowhere", "username": "admin", "password": "Wrong-pass-1x"}),
+        )
+        .await;
+    problem(&r, 401, "invalid-credentials", "unknown tenant");
+    let r = s
+        .post(
+            "login, wrong password",
+            "/auth/login",
+            None,
+            json!({"tenant": "oslo", "username": "admin", "password": "Wrong-pass-1x"}),
+        )
+        .await;
+    problem(&r, 401, "invalid-credentials", "wrong password");
+    let r = s
+        .post(
+            "login, unknown user",
+            "/auth/login",
+            None,
+            json!({"tenant": "oslo", "username": "nobody", "password": "Wrong-pass-1x"}),
+        )
+        .await;
+    problem(&r, 401, "invalid-credentials", "unknown user");
+    let r = s
+        .post("login", "/auth/login", None, json!({"tenant": "oslo", "username": "admin", "password": oslo.password}))
+        .await;
+    let body = expect(&r, 200, "login");
+    let cookie = r.header("set-cookie").and_then(|c| c.split(';').next()).expect("a session cookie").to_owned();
+    let admin = Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body };
+    let me = expect(&s.get("me", "/auth/me", &admin.token).await, 200, "me");
+    assert_eq!(me["user"]["username"], "admin");
+    assert_eq!(me["tenant"]["slug"], "oslo");
+    let refresh = Request::builder()
+        .method(Method::POST)
+        .uri("/auth/refresh")
+        .header(header::COOKIE, &admin.cookie)
+        .header(header::ORIGIN, ORIGIN)
+        .body(Vec::new())
+        .unwrap();
+    let refreshed = expect(&s.call("refresh by cookie", refresh).await, 200, "refresh");
+    assert!(refreshed["access_token"].as_str().is_some_and(|t| t != admin.token));
+
+    // --- an empty tenant: every list is empty, every id unknown ----------------
+    for (name, path) in [
+        ("sources, none yet", "/admin/sources"),
+        ("schools, none yet", "/schools"),
+        ("groups, none yet", "/groups"),
+        ("assessments, none yet", "/assessments"),
+    ] {
+        let list = expect(&s.get(name, path, &admin.token).await, 200, name);
+        assert_eq!(list["items"], json!([]), "{name}");
+    }
+    let users = expect(&s.get("users", "/admin/users", &admin.token).await, 200, "users");
+    assert_eq!(users["items"].as_array().map(Vec::len), Some(1));
+    for (name, path) in [
+        ("user, unknown id", format!("/admin/users/{unknown}")),
+        ("source, unknown id", format!("/admin/sources/{unknown}")),
+        ("pupil, unknown id", format!("/pupils/{unknown}")),
+        ("overview, unknown group", format!("/groups/{unknown}/overview?assessment_id={unknown}")),
+    ] {
+        problem(&s.get(name, &path, &admin.token).await, 404, "not-found", name);
+    }
+    let stranger = Source { id: unknown.clone(), secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into() };
+    let r = s.deliver("webhook, unknown source", &stranger, "roster", "msg-0", &roster()).await;
+    problem(&r, 404, "not-found", "unknown source");
+
+    // --- webhook sources, roster, results ---------------------------------------
+    let sas = create_source(&mut s, &admin, "sas").await;
+    let publisher = create_source(&mut s, &admin, "publisher").await;
+    let sources = expect(&s.get("sources", "/admin/sources", &admin.token).await, 200, "sources");
+    assert_eq!(sources["items"].as_array().map(Vec::len), Some(2));
+    assert!(!sources.to_string().contains(&sas.secret), "a source list shows a secret");
+
+    let r = s.deliver("roster", &sas, "roster", "roster-1", &roster()).await;
+    let summary = expect(&r, 200, "roster");
+    assert_eq!(r.header("webhook-replayed"), None);
+    let r = s.deliver("roster, replayed", &sas, "roster", "roster-1", &roster()).await;
+    assert_eq!(expect(&r, 200, "roster replay"), summary);
+    assert_eq!(r.header("webhook-replayed"), Some("true"));
+
+    // Results signed by the independent (PyPI) signer.
+    let body = results_post("lesing-h26", "2026-09-15T09:30:00+02:00").to_string();
+    let now = unix_now();
+    let signature = python_sign(&publisher.secret, "results-1", now, &body);
+    let path = format!("/ingest/{}/results", publisher.id);
+    let r =
+        s.signed("results, signed by the Python package", &path, "results-1", &signature, now, body.as_bytes()).await;
+    let summary = expect(&r, 200, "results");
+    assert_eq!((summary["created"].as_u64(), summary["rejected"].as_u64()), (Some(4), Some(0)), "{summary}");
+    let r = s.signed("results, replayed", &path, "results-1", &signature, now, body.as_bytes()).await;
+    assert_eq!(expect(&r, 200, "results replay"), summary);
+    assert_eq!(r.header("webhook-replayed"), Some("true"));
+    let r = s
+        .deliver(
+            "a roster's webhook id reused for results",
+            &sas,
+            "results",
+            "roster-1",
+            &results_post("y", "2026-09-15T09:30:00Z"),
+        )
+        .await;
+    problem(&r, 409, "conflict", "a roster id reused for results");
+    // A multi-byte character where the offset's colon belongs: a clear 422
+    // (it used to panic inside the transaction).
+    let r = s
+        .deliver(
+            "results, broken offset",
+            &publisher,
+            "results",
+            "results-2",
+            &results_post("z", "2026-09-15T09:30:00+0é00"),
+        )
+        .await;
+    let bad = expect(&r, 422, "broken offset");
+    assert_eq!(bad["errors"][0]["pointer"], "/results/0/completed_at", "{bad}");
+
+    let group_5a = scalar(app, "SELECT id FROM groups WHERE external_id = $1", "5A").await;
+    let school = scalar(app, "SELECT id FROM schools WHERE external_id = $1", "nordby").await;
+    let assessment = scalar(app, "SELECT id FROM assessments WHERE external_id = $1", "lesing-h26").await;
+    let pupil = scalar(app, "SELECT id FROM pupils WHERE family_name = $1", "Ødegård").await;
+    let fifth = scalar(app, "SELECT id FROM pupils WHERE family_name = $1", "Fjell").await;
+
+    // --- user administration ------------------------------------------------------
+    let teacher = create_user(&mut s, &admin, &oslo, "kari", json!([{"role": "teacher", "group_id": group_5a}])).await;
+    let leader = create_user(&mut s, &admin, &oslo, "leif", json!([])).await;
+    let privacy_officer = create_user(&mut s, &admin, &oslo, "per", json!([{"role": "privacy_officer"}])).await;
+    let r = s
+        .send(
+            "grant a school leader",
+            Method::PUT,
+            &format!("/admin/users/{}/roles", leader.user_id),
+            Some(&admin.token),
+            Some(json!({"roles": [{"role": "school_leader", "school_id": school}]})),
+        )
+        .await;
+    assert_eq!(expect(&r, 200, "roles")["roles"][0]["role"], "school_leader");
+    let r = s
+        .post("deactivate", &format!("/admin/users/{}/deactivate", leader.user_id), Some(&admin.token), json!({}))
+        .await;
+    assert_eq!(expect(&r, 200, "deactivate")["active"], false);
+    let r = s
+        .post(
+            "login while deactivated",
+            "/auth/login",
+            None,
+            json!({"tenant": "oslo", "username": "leif", "password": leader.password}),
+        )
+        .await;
+    problem(&r, 401, "invalid-credentials", "deactivated");
+    let r =
+        s.post("activate", &format!("/admin/users/{}/activate", leader.user_id), Some(&admin.token), json!({})).await;
+    assert_eq!(expect(&r, 200, "activate")["active"], true);
+    let r = s.post("unlock", &format!("/admin/users/{}/unlock", leader.user_id), Some(&admin.token), json!({})).await;
+    expect(&r, 200, "unlock");
+    let one = expect(&s.get("user", &format!("/admin/users/{}", teacher.user_id), &admin.token).await, 200, "user");
+    assert_eq!(one["username"], "kari");
+
+    // --- what a teacher sees ------------------------------------------------------------
+    let kari = login(&mut s, &teacher).await;
+    let list = expect(&s.get("pupils of my groups", "/pupils", &kari.token).await, 200, "pupils");
+    let names: Vec<&str> =
+        list["items"].as_array().unwrap().iter().map(|p| p["family_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Aasen", "Berg", "Fjell", "Ødegård"], "5A by family name");
+    let found = expect(&s.get("pupils, name search", "/pupils?q=berg", &kari.token).await, 200, "q");
+    assert_eq!(found["items"].as_array().map(Vec::len), Some(1));
+    let none = expect(&s.get("pupils, name search without match", "/pupils?q=zzz", &kari.token).await, 200, "q");
+    assert_eq!(none["items"], json!([]));
+    let r = s.get("pupils, identity number in the URL", &format!("/pupils?q={}", synthetic_id(0)), &kari.token).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = s
+        .post(
+            "search by identity number",
+            "/pupils/search",
+            Some(&kari.token),
+            json!({"identity_number": synthetic_id(0)}),
+        )
+        .await;
+    let hit = expect(&r, 200, "search");
+    assert_eq!(hit["items"][0]["id"], pupil.as_str(), "{hit}");
+    let r = s
+        .post(
+            "search, unknown number",
+            "/pupils/search",
+            Some(&kari.token),
+            json!({"identity_number": synthetic_id(40)}),
+        )
+        .await;
+    assert_eq!(expect(&r, 200, "search none")["items"], json!([]));
+    let r = s
+        .post(
+            "search, a pupil of another group",
+            "/pupils/search",
+            Some(&kari.token),
+            json!({"identity_number": synthetic_id(3)}),
+        )
+        .await;
+    assert_eq!(expect(&r, 200, "search out of scope")["items"], json!([]));
+    let profile = expect(&s.get("profile", &format!("/pupils/{pupil}"), &kari.token).await, 200, "profile");
+    assert_eq!(profile["family_name"], "Ødegård");
+    assert_eq!(profile["results"].as_array().map(Vec::len), Some(1), "{profile}");
+    assert!(!profile.to_string().contains(&synthetic_id(0)), "a profile shows the identity number");
+    let other = scalar(app, "SELECT id FROM pupils WHERE family_name = $1", "Dahl").await;
+    problem(
+        &s.get("profile, out of scope", &format!("/pupils/{other}"), &kari.token).await,
+        404,
+        "not-found",
+        "out of scope",
+    );
+    let overview = expect(
+        &s.get("class overview", &format!("/groups/{group_5a}/overview?assessment_id={assessment}"), &kari.token).await,
+        200,
+        "overview",
+    );
+    assert_eq!(overview["pupils"].as_array().map(Vec::len), Some(4), "{overview}");
+    assert_eq!(overview["completed"], 3);
+    assert_eq!(overview["median"], 25.5);
+
+    // --- manual results -------------------------------------------------------------------
+    let r = s
+        .post("register a manual result", &format!("/pupils/{fifth}/results"), Some(&kari.token),
+              json!({"assessment_id": assessment, "score": 28, "status": "completed", "completed_at": "2026-09-16T10:00:00+02:00"}))
+        .await;
+    let manual = expect(&r, 201, "manual");
+    assert_eq!(
+        (manual["source"].as_str(), manual["completed_at"].as_str()),
+        (Some("manual"), Some("2026-09-16T08:00:00.000000Z"))
+    );
+    let result_id = manual["id"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            "register it twice",
+            &format!("/pupils/{fifth}/results"),
+            Some(&kari.token),
+            json!({"assessment_id": assessment, "score": 1, "status": "completed"}),
+        )
+        .await;
+    problem(&r, 409, "conflict", "twice");
+    let r = s
+        .send(
+            "correct the manual result",
+            Method::PUT,
+            &format!("/pupils/{fifth}/results/{result_id}"),
+            Some(&kari.token),
+            Some(json!({"score": 29.5, "status": "completed"})),
+        )
+        .await;
+    assert_eq!(expect(&r, 200, "correct")["score"], 29.5);
+    let overview = expect(
+        &s.get(
+            "class overview after the manual result",
+            &format!("/groups/{group_5a}/overview?assessment_id={assessment}"),
+            &kari.token,
+        )
+        .await,
+        200,
+        "overview",
+    );
+    assert_eq!(overview["completed"], 4);
+
+    // --- the privacy officer ----------------------------------------------------------------
+    let per = login(&mut s, &privacy_officer).await;
+    let log = expect(
+        &s.get("access log of a pupil", &format!("/pupils/{pupil}/access-log"), &per.token).await,
+        200,
+        "access log",
+    );
+    let actions: Vec<&str> = log["items"].as_array().unwrap().iter().map(|i| i["action"].as_str().unwrap()).collect();
+    assert!(actions.len() >= 4, "{log}");
+    assert!(
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["actor"]["username"] == "kari" && i["client_ip"] == "127.0.0.1"),
+        "{log}"
+    );
+    problem(
+        &s.get("access log, unknown pupil", &format!("/pupils/{unknown}/access-log"), &per.token).await,
+        404,
+        "not-found",
+        "unknown",
+    );
+    problem(
+        &s.get("access log, not for teachers", &format!("/pupils/{pupil}/access-log"), &kari.token).await,
+        403,
+        "forbidden",
+        "teacher",
+    );
+
+    // --- limits, and logout ------------------------------------------------------------------
+    let big = format!(r#"{{"tenant":"oslo","username":"admin","password":"{}"}}"#, "x".repeat(70 * 1024));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(big.into_bytes())
+        .unwrap();
+    problem(&s.call("login, body over the limit", req).await, 413, "payload-too-large", "too large");
+    let r = s.post("logout", "/auth/logout", Some(&kari.token), json!({})).await;
+    expect(&r, 204, "logout");
+    problem(&s.get("me after logout", "/auth/me", &kari.token).await, 401, "unauthenticated", "after logout");
+
+    let report = crate::ops::verify_access_log(&app.pool, "oslo").await.unwrap();
+    assert!(report.broken.is_none(), "access log chain broken: {:?}", report.broken);
+    assert!(report.records >= 8, "{} records", report.records);
+
+    let teacher_session = login(&mut s, &teacher).await;
+    World {
+        oslo,
+        admin,
+        teacher,
+        teacher_session,
+        privacy: per,
+        publisher,
+        group_5a,
+        pupil,
+        assessment,
+        steps: s.steps,
+    }
+}
+
+/// The access records of `tenant` in order, without generated ids: (action,
+/// actor's username, pupils' family names in record order, client address).
+pub async fn access_records(app: &TestApp, tenant: &str) -> Vec<(String, String, Vec<String>, Option<String>)> {
+    sqlx::query_as(
+        "SELECT l.action, u.username, \
+                ARRAY(SELECT p.family_name FROM unnest(l.pupil_ids) WITH ORDINALITY AS x(id, n) \
+                      JOIN pupils p ON p.id = x.id ORDER BY x.n), \
+                l.client_ip \
+         FROM access_log l JOIN tenants t ON t.id = l.tenant_id JOIN users u ON u.id = l.actor_user_id \
+         WHERE t.slug = $1 ORDER BY l.seq",
+    )
+    .bind(tenant)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
