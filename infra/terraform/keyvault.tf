@@ -93,7 +93,8 @@ resource "azurerm_key_vault_secret" "postgres_admin_password" {
 }
 
 # Not a secret, but kept next to db_url so both change together (e.g. after a restore
-# to a new server). Feeds the Spin variable `db_host` and the runtime config.
+# to a new server). Feeds the Spin variable `db_host` (allowed_outbound_hosts); db_url
+# names the same FQDN, which the server certificate is verified against.
 resource "azurerm_key_vault_secret" "db_host" {
   name         = "tavle-db-host"
   value        = azurerm_postgresql_flexible_server.main.fqdn

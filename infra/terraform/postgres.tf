@@ -107,7 +107,10 @@ resource "azurerm_postgresql_flexible_server_database" "tavle" {
 
 # --- Server parameters ---------------------------------------------------------
 
-# TLS is mandatory for every connection (seed 004 3.4.3.3.6 / 3.4.3.3.8).
+# TLS is mandatory for every connection (seed 004 3.4.3.3.6 / 3.4.3.3.8). The server
+# only refuses plain text; that clients verify it is up to their URLs: the app's db_url
+# uses sslmode=require (verified by Spin against the node's trust store), the migration
+# URL sslmode=verify-full (infra/README.md, "TLS to the database").
 resource "azurerm_postgresql_flexible_server_configuration" "require_secure_transport" {
   name      = "require_secure_transport"
   server_id = azurerm_postgresql_flexible_server.main.id

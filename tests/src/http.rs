@@ -50,7 +50,7 @@ impl HttpClient {
     }
 
     /// Sends one request; a connection the server closed is reopened once.
-    pub async fn send(&self, req: Request<Vec<u8>>) -> TestResponse {
+    pub async fn exchange(&self, req: Request<Vec<u8>>) -> TestResponse {
         self.try_send(req, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("HTTP to {}: {e}", self.server))
     }
 
@@ -101,14 +101,19 @@ impl HttpClient {
 
 impl Api for HttpClient {
     async fn call(&self, req: Request<Vec<u8>>) -> TestResponse {
-        self.send(req).await
+        self.exchange(req).await
     }
 }
 
 /// The native host on an ephemeral loopback port, configured from spin.toml
 /// and `variables`, serving on `workers` threads for the rest of the process.
 pub fn start_native(variables: &HashMap<String, String>, workers: usize) -> SocketAddr {
-    let manifest = Manifest::load(&crate::project_root().join("spin.toml")).expect("spin.toml loads");
+    start_native_on(&crate::project_root().join("spin.toml"), variables, workers)
+}
+
+/// The native host serving another manifest (e.g. `spin::manifest_with_probe`).
+pub fn start_native_on(manifest: &std::path::Path, variables: &HashMap<String, String>, workers: usize) -> SocketAddr {
+    let manifest = Manifest::load(manifest).expect("the manifest loads");
     let config = HostConfig::new(manifest, variables).expect("host config from spin.toml");
     let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
     let addr = listener.local_addr().expect("bound");

@@ -32,7 +32,11 @@ pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the project").to_path_buf()
 }
 
-struct Cluster {
+/// A throwaway cluster prepared like the shared one of every test binary: the
+/// application roles and the migrated template. Tests that need a server of
+/// their own (e.g. with TLS on) start one with [`TestCluster::start_with`] and
+/// build their app on it with [`TestApp::spawn_on`].
+pub struct TestCluster {
     cluster: PgCluster,
 }
 
@@ -61,11 +65,17 @@ pub fn url_as(owner_url: &str, role: &str) -> String {
     owner_url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1)
 }
 
-/// The cluster and the migrated template, created once per test binary.
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let cluster = PgCluster::start_ephemeral().expect("starting a throwaway PostgreSQL cluster");
+impl TestCluster {
+    /// A throwaway cluster started with extra server settings (`postgres -c`,
+    /// see [`PgCluster::start_ephemeral_with`]), prepared like the shared one.
+    pub fn start_with(settings: &[String]) -> TestCluster {
+        TestCluster::prepare(
+            PgCluster::start_ephemeral_with(settings).expect("starting a throwaway PostgreSQL cluster"),
+        )
+    }
+
+    /// Creates the application roles and the migrated template on `cluster`.
+    fn prepare(cluster: PgCluster) -> TestCluster {
         let admin_url = cluster.url("postgres");
         let template_url = cluster.url(TEMPLATE);
         // Own runtime: pools must not outlive the runtime that made them.
@@ -90,18 +100,34 @@ fn cluster() -> &'static Cluster {
         })
         .join()
         .expect("template setup");
-        Cluster { cluster }
+        TestCluster { cluster }
+    }
+
+    pub fn cluster(&self) -> &PgCluster {
+        &self.cluster
+    }
+
+    /// A fresh database cloned from the migrated template; its owner's URL.
+    pub async fn fresh_database(&self) -> String {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new().max_connections(1).connect(&self.cluster.url("postgres")).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}")).execute(&admin).await.unwrap();
+        admin.close().await;
+        self.cluster.url(&name)
+    }
+}
+
+/// The shared cluster and its migrated template, created once per test binary.
+fn cluster() -> &'static TestCluster {
+    static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        TestCluster::prepare(PgCluster::start_ephemeral().expect("starting a throwaway PostgreSQL cluster"))
     })
 }
 
 /// A fresh database cloned from the migrated template; its URL.
 pub async fn fresh_database() -> String {
-    let c = cluster();
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = PgPoolOptions::new().max_connections(1).connect(&c.cluster.url("postgres")).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}")).execute(&admin).await.unwrap();
-    admin.close().await;
-    c.cluster.url(&name)
+    cluster().fresh_database().await
 }
 
 /// Keys used by one test app.
@@ -176,11 +202,17 @@ impl TestApp {
     /// A fresh database and a host configured from spin.toml; `overrides`
     /// replace application variables (e.g. a short lockout).
     pub async fn spawn_with(overrides: HashMap<&str, &str>) -> TestApp {
-        let db_url = fresh_database().await;
+        TestApp::spawn_on(cluster(), overrides).await
+    }
+
+    /// As [`TestApp::spawn_with`], with the database on `cluster` rather than
+    /// the shared cluster of the test binary.
+    pub async fn spawn_on(cluster: &TestCluster, overrides: HashMap<&str, &str>) -> TestApp {
+        let db_url = cluster.fresh_database().await;
         let (signing, public) = tavle_login::generate_signing_key();
         let mut provided: HashMap<String, String> = HashMap::from([
             ("db_url".to_owned(), url_as(&db_url, APP_LOGIN)),
-            ("db_host".to_owned(), format!("127.0.0.1:{}", cluster().cluster.port())),
+            ("db_host".to_owned(), format!("127.0.0.1:{}", cluster.cluster.port())),
             ("token_signing_key".to_owned(), signing.clone()),
             ("token_public_keys".to_owned(), public.clone()),
             ("identity_key".to_owned(), random_key()),

@@ -62,6 +62,64 @@ pub fn ensure_components_built() {
     });
 }
 
+/// A manifest for tests: the project's spin.toml (component sources made
+/// absolute, build sections dropped) plus the `probe` fixture component
+/// (`tests/fixtures/db-probe`) on `/probe/...`, which shares `db_url` and so
+/// Spin's connection pool with the real components. Written once per process.
+pub fn manifest_with_probe() -> PathBuf {
+    static MANIFEST: OnceLock<PathBuf> = OnceLock::new();
+    MANIFEST
+        .get_or_init(|| {
+            ensure_components_built();
+            let command = "cargo build --target wasm32-wasip2 --release -p tavle-db-probe --locked";
+            let mut words = command.split_whitespace();
+            let status = Command::new(words.next().unwrap())
+                .args(words)
+                .current_dir(project_root())
+                .stdin(Stdio::null())
+                .status()
+                .expect("running cargo");
+            assert!(status.success(), "`{command}` failed");
+            let probe = project_root().join("target/wasm32-wasip2/release/tavle_db_probe.wasm");
+            let mut manifest: toml::Table =
+                toml::from_str(&std::fs::read_to_string(project_root().join("spin.toml")).unwrap()).unwrap();
+            let components = manifest["component"].as_table_mut().unwrap();
+            for (_, component) in components.iter_mut() {
+                let c = component.as_table_mut().unwrap();
+                let source = project_root().join(c["source"].as_str().unwrap());
+                c.insert("source".into(), source.to_string_lossy().into_owned().into());
+                c.remove("build");
+            }
+            let probe_component: toml::Table = toml::from_str(&format!(
+                "source = {:?}\nallowed_outbound_hosts = [\"postgres://{{{{ db_host }}}}\"]\n\
+                 [variables]\ndb_url = \"{{{{ db_url }}}}\"\n",
+                probe.to_string_lossy()
+            ))
+            .unwrap();
+            components.insert("probe".into(), probe_component.into());
+            let triggers = manifest["trigger"]["http"].as_array_mut().unwrap();
+            let route: toml::Table = toml::from_str("route = \"/probe/...\"\ncomponent = \"probe\"").unwrap();
+            triggers.push(route.into());
+            let dir = std::env::temp_dir().join(format!("tavle-probe-app-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("spin.toml");
+            std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
+            path
+        })
+        .clone()
+}
+
+/// Peak resident memory (`VmHWM`) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
 /// A running `spin up`, stopped on drop (and when the test process ends).
 pub struct SpinApp {
     child: Child,
@@ -76,6 +134,12 @@ pub struct SpinApp {
 impl SpinApp {
     /// Starts Spin on `manifest` with these application variables.
     pub fn start(manifest: &Path, variables: &HashMap<String, String>) -> SpinApp {
+        SpinApp::start_with_env(manifest, variables, &[])
+    }
+
+    /// As [`SpinApp::start`], with extra environment variables for `spin up`
+    /// itself (e.g. `SSL_CERT_FILE`, the trust store of Spin's TLS clients).
+    pub fn start_with_env(manifest: &Path, variables: &HashMap<String, String>, env: &[(&str, &str)]) -> SpinApp {
         ensure_components_built();
         for attempt in 0.. {
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -101,6 +165,9 @@ impl SpinApp {
             }
             for (k, v) in variables {
                 cmd.env(format!("SPIN_VARIABLE_{}", k.to_uppercase()), v);
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
             }
             let started = Instant::now();
             let child = tavle_host::pgcluster::spawn_tied_to_this_process(cmd).expect("spawning spin up");

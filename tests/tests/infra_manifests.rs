@@ -8,7 +8,12 @@
 //!   `ExternalSecret` (Azure Key Vault) materialises, never from a literal or ConfigMap;
 //! * every Secret/ConfigMap key referenced exists in the manifests, and the Secret the
 //!   app reads holds only Spin variables;
-//! * the Spin runtime config lists every component that talks to PostgreSQL;
+//! * no Spin runtime config pretends to protect PostgreSQL: `[[client_tls]]` applies
+//!   to Spin's outbound HTTP only, so an entry for the database host or for a component
+//!   that talks to PostgreSQL (and makes no outbound HTTP) is refused;
+//! * every documented `db_url` (comments in `infra/k8s`, `infra/README.md`, `README.md`)
+//!   passes `tavle_core::db::check_db_url`, names `sslmode=require` and the server by
+//!   name, and every documented migration URL (sqlx) uses `sslmode=verify-full`;
 //! * NetworkPolicies: default deny; the app may leave only to the database subnet on
 //!   5432 (the same CIDR as `infra/terraform`) and to cluster DNS;
 //! * the retention CronJob stays suspended (and out of the variable check) until
@@ -74,6 +79,8 @@ struct Spin {
     component_refs: BTreeMap<String, BTreeSet<String>>,
     /// components with a `postgres://` outbound host
     pg_components: BTreeSet<String>,
+    /// components with an HTTP(S) outbound host (the only ones `[[client_tls]]` can concern)
+    http_components: BTreeSet<String>,
     /// `[[trigger.http]]` routes
     routes: Vec<String>,
 }
@@ -115,6 +122,9 @@ fn parse_spin(text: &str) -> Result<Spin, String> {
                     refs.extend(template_refs(h));
                     if h.starts_with("postgres://") {
                         spin.pg_components.insert(id.clone());
+                    }
+                    if ["http://", "https://", "*://"].iter().any(|s| h.starts_with(s)) {
+                        spin.http_components.insert(id.clone());
                     }
                 }
             }
@@ -301,7 +311,7 @@ fn check_deployment(spin_toml: &str, files: &[(String, String)], tf_db_subnet_ci
                 if str_at(v, &["apiVersion"]) != Some("core.spinkube.dev/v1alpha1") {
                     problems.push(format!("{}: apiVersion must be core.spinkube.dev/v1alpha1", d.id()));
                 }
-                for p in ["/spec/image", "/spec/executor", "/spec/runtimeConfig/loadFromSecret"] {
+                for p in ["/spec/image", "/spec/executor"] {
                     require(&mut problems, p);
                 }
                 if !v.pointer("/spec/variables").is_some_and(|x| x.is_array()) {
@@ -546,7 +556,7 @@ fn check_deployment(spin_toml: &str, files: &[(String, String)], tf_db_subnet_ci
             }
         }
 
-        // Runtime config: a Secret with runtime-config.toml; PostgreSQL components listed.
+        // Runtime config, if any: a Secret that an ExternalSecret templates with runtime-config.toml.
         if let Some(rc) = str_at(&app.value, &["spec", "runtimeConfig", "loadFromSecret"]) {
             match es_by_target.get(rc) {
                 None => {
@@ -554,30 +564,49 @@ fn check_deployment(spin_toml: &str, files: &[(String, String)], tf_db_subnet_ci
                 }
                 Some(es) => match str_at(&es.value, &["spec", "target", "template", "data", "runtime-config.toml"]) {
                     None => problems.push(format!("{}: must template the key runtime-config.toml", es.id())),
-                    Some(toml_text) => match toml_text.parse::<toml::Table>() {
-                        Err(e) => problems.push(format!("{}: runtime-config.toml is not TOML: {e}", es.id())),
-                        Ok(rt) => {
-                            let mut listed = BTreeSet::new();
-                            for tls in rt.get("client_tls").and_then(|t| t.as_array()).into_iter().flatten() {
-                                for c in tls.get("component_ids").and_then(|c| c.as_array()).into_iter().flatten() {
-                                    if let Some(c) = c.as_str() {
-                                        listed.insert(c.to_string());
-                                    }
-                                }
-                            }
-                            for c in spin.pg_components.difference(&listed) {
-                                problems.push(format!(
-                                    "{}: component {c:?} connects to PostgreSQL but is missing from [[client_tls]] component_ids",
-                                    es.id()
-                                ));
-                            }
-                            for c in listed.iter().filter(|c| !spin.component_refs.contains_key(*c)) {
-                                problems.push(format!("{}: [[client_tls]] lists unknown component {c:?}", es.id()));
-                            }
+                    Some(toml_text) => {
+                        if let Err(e) = toml_text.parse::<toml::Table>() {
+                            problems.push(format!("{}: runtime-config.toml is not TOML: {e}", es.id()));
                         }
-                    },
+                    }
                 },
             }
+        }
+    }
+
+    // --- runtime configs: no [[client_tls]] for PostgreSQL -------------------------------
+    // Key Vault secrets that hold the database host (what `db_host` is read from).
+    let db_host_remote_keys: BTreeSet<&str> = docs
+        .iter()
+        .filter(|d| d.kind() == "ExternalSecret")
+        .flat_map(|d| d.value["spec"]["data"].as_array().into_iter().flatten())
+        .filter(|i| i["secretKey"].as_str() == Some("db_host"))
+        .filter_map(|i| str_at(i, &["remoteRef", "key"]))
+        .collect();
+    for d in &docs {
+        let (texts, db_host_vars) = match d.kind() {
+            "ExternalSecret" => {
+                // Template variables ({{ .name }}) that stand for the database host.
+                let vars: BTreeSet<String> = d.value["spec"]["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| {
+                        i["secretKey"].as_str() == Some("db_host")
+                            || str_at(i, &["remoteRef", "key"]).is_some_and(|k| db_host_remote_keys.contains(k))
+                    })
+                    .filter_map(|i| i["secretKey"].as_str().map(str::to_string))
+                    .collect();
+                (d.value.pointer("/spec/target/template/data").and_then(|t| t.as_object()), vars)
+            }
+            "ConfigMap" => (d.value.get("data").and_then(|t| t.as_object()), BTreeSet::new()),
+            _ => continue,
+        };
+        for (key, text) in texts.into_iter().flatten() {
+            let Some(text) = text.as_str().filter(|_| key.ends_with(".toml")) else { continue };
+            let Ok(rt) = text.parse::<toml::Table>() else { continue };
+            let who = format!("{} ({key})", d.id());
+            problems.extend(client_tls_problems(&who, &rt, &db_host_vars, &spin));
         }
     }
 
@@ -721,6 +750,159 @@ fn check_deployment(spin_toml: &str, files: &[(String, String)], tf_db_subnet_ci
     }
 
     problems
+}
+
+/// Why a `[[client_tls]]` entry for PostgreSQL is refused.
+const CLIENT_TLS_IS_HTTP_ONLY: &str = "[[client_tls]] applies to Spin's outbound HTTP only, never to PostgreSQL, \
+     so it would pretend to protect a connection it does not touch (the database's TLS comes from db_url with \
+     sslmode=require and the node's trust store; infra/README.md, \"TLS to the database\")";
+
+/// Names used by the Go templates (`{{ .name }}`, `{{ .name | lower }}`) of a string.
+fn go_template_refs(s: &str) -> Vec<String> {
+    template_refs(s)
+        .iter()
+        .filter_map(|r| {
+            let r = r.trim_start_matches('.');
+            let end = r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(r.len());
+            (end > 0).then(|| r[..end].to_string())
+        })
+        .collect()
+}
+
+/// Problems of the `[[client_tls]]` entries of a Spin runtime config. Spin's PostgreSQL
+/// client never reads them: an entry for the database host (a template variable in
+/// `db_host_vars` or `db_host`, or an Azure PostgreSQL FQDN), or for a component that
+/// talks to PostgreSQL and makes no outbound HTTP, configures nothing it seems to.
+fn client_tls_problems(who: &str, rt: &toml::Table, db_host_vars: &BTreeSet<String>, spin: &Spin) -> Vec<String> {
+    let mut problems = Vec::new();
+    for entry in rt.get("client_tls").and_then(|t| t.as_array()).into_iter().flatten() {
+        for h in entry.get("hosts").and_then(|h| h.as_array()).into_iter().flatten().filter_map(|h| h.as_str()) {
+            let name = h.rsplit_once(':').map_or(h, |(name, _port)| name).trim_end_matches('.');
+            let azure_pg = name.to_ascii_lowercase().ends_with(".postgres.database.azure.com");
+            let db_host_var = go_template_refs(h).iter().any(|v| v == "db_host" || db_host_vars.contains(v));
+            if azure_pg || db_host_var {
+                problems
+                    .push(format!("{who}: [[client_tls]] names the database host {h:?}: {CLIENT_TLS_IS_HTTP_ONLY}"));
+            }
+        }
+        for c in entry.get("component_ids").and_then(|c| c.as_array()).into_iter().flatten().filter_map(|c| c.as_str())
+        {
+            if !spin.component_refs.contains_key(c) {
+                problems.push(format!("{who}: [[client_tls]] lists unknown component {c:?}"));
+            } else if spin.pg_components.contains(c) && !spin.http_components.contains(c) {
+                problems.push(format!(
+                    "{who}: [[client_tls]] lists component {c:?}, which talks to PostgreSQL and makes no outbound HTTP: {CLIENT_TLS_IS_HTTP_ONLY}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Placeholders of the documented connection URLs, and plausible values for them.
+const URL_PLACEHOLDERS: [(&str, &str); 5] = [
+    ("<pw>", "Zx9-not-a-real-secret"),
+    ("<password>", "Zx9-not-a-real-secret"),
+    ("…", "Zx9-not-a-real-secret"),
+    ("<server_fqdn>", "psql-tavle-prod.postgres.database.azure.com"),
+    ("<db_host>", "psql-tavle-prod.postgres.database.azure.com"),
+];
+
+/// The login that owns the schema and runs `tavle migrate` (infra/README.md 3.2).
+const SCHEMA_OWNER: &str = "tavle_owner";
+
+/// How many URLs of each kind a source documents.
+#[derive(Debug, Default, Clone, Copy)]
+struct UrlCounts {
+    db_urls: usize,
+    migration_urls: usize,
+}
+
+/// Checks every PostgreSQL URL written in `sources` (name, text): comments, tables and
+/// shell examples alike (Spin templates such as `postgres://{{ db_host }}` are not URLs).
+/// A URL for the schema owner, or on a line that sets `DATABASE_URL`, is for the
+/// operator binary (sqlx): it must use `sslmode=verify-full`, since sqlx's `require`
+/// does not verify. Every other URL is a `db_url` for Spin: it must pass
+/// `tavle_core::db::check_db_url` and name `sslmode=require`. Both must name the
+/// server by host name, not IP (the certificate names the FQDN). Placeholders
+/// (`<pw>`, `<server_fqdn>`, ...) are replaced by plausible values first.
+fn check_documented_urls(sources: &[(String, String)]) -> (Vec<String>, BTreeMap<String, UrlCounts>) {
+    let mut problems = Vec::new();
+    let mut counts: BTreeMap<String, UrlCounts> = BTreeMap::new();
+    for (source, text) in sources {
+        for (n, line) in text.lines().enumerate() {
+            let at = format!("{source}:{}", n + 1);
+            for (i, _) in line.match_indices("postgres") {
+                let rest = &line[i..];
+                if !(rest.starts_with("postgres://") || rest.starts_with("postgresql://")) {
+                    continue;
+                }
+                let end = rest.find(|c: char| c.is_whitespace() || "'\"`|)]".contains(c)).unwrap_or(rest.len());
+                // Prose may end a sentence right after a URL.
+                let written = rest[..end].trim_end_matches(['.', ',', ';', ':']);
+                if written.contains("{{") {
+                    continue;
+                }
+                let mut url = written.to_string();
+                for (placeholder, value) in URL_PLACEHOLDERS {
+                    url = url.replace(placeholder, value);
+                }
+                if url.contains(['<', '>']) {
+                    problems.push(format!("{at}: {written:?} has a placeholder this check does not know"));
+                    continue;
+                }
+                let Ok(uri) = url.parse::<http::Uri>() else {
+                    problems.push(format!("{at}: {written:?} is not a URL"));
+                    continue;
+                };
+                let authority = uri.authority().map_or("", |a| a.as_str());
+                let user = authority.rsplit_once('@').map_or("", |(info, _)| info.split(':').next().unwrap_or(""));
+                let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+                if host.parse::<std::net::IpAddr>().is_ok() {
+                    problems.push(format!(
+                        "{at}: {written:?} names the server by IP address; use its FQDN (the server certificate names the FQDN, so verification fails on an IP)"
+                    ));
+                }
+                let count = counts.entry(source.clone()).or_default();
+                if user == SCHEMA_OWNER || line.contains("DATABASE_URL") {
+                    count.migration_urls += 1;
+                    match url.parse::<sqlx::postgres::PgConnectOptions>() {
+                        Err(e) => problems.push(format!("{at}: migration URL {written:?} does not parse for sqlx: {e}")),
+                        Ok(o) if !matches!(o.get_ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull) => {
+                            problems.push(format!(
+                                "{at}: migration URL {written:?} must use sslmode=verify-full: `tavle migrate` connects with sqlx, whose `require` does not verify the server"
+                            ))
+                        }
+                        Ok(_) => {}
+                    }
+                } else {
+                    count.db_urls += 1;
+                    if let Err(e) = tavle_core::db::check_db_url(&url) {
+                        problems.push(format!("{at}: db_url {written:?} is refused by check_db_url: {e}"));
+                    } else if !uri.query().unwrap_or("").split('&').any(|p| p == "sslmode=require") {
+                        problems.push(format!(
+                            "{at}: db_url {written:?} must name sslmode=require (verified TLS on Spin; `prefer`, the default, falls back to plain text)"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (problems, counts)
+}
+
+/// Every text that documents connection URLs: the manifests, the two guides, spin.toml.
+fn load_documented_sources() -> Vec<(String, String)> {
+    let mut sources: Vec<(String, String)> =
+        load_manifests().into_iter().map(|(name, text)| (format!("infra/k8s/{name}"), text)).collect();
+    for path in ["infra/README.md", "README.md", "spin.toml"] {
+        let p = repo_root().join(path);
+        sources.push((
+            path.to_string(),
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())),
+        ));
+    }
+    sources
 }
 
 /// `default` of `variable "db_subnet_cidr"` in infra/terraform/variables.tf.
@@ -896,13 +1078,134 @@ fn fails_on_broken_yaml_and_missing_fields() {
     assert_flags(&problems, "configmap.yaml: missing kind");
 }
 
+/// The manifests with a Spin runtime config added back: an ExternalSecret templating
+/// `runtime-config.toml` with `client_tls_toml`, and the SpinApp loading it.
+fn with_runtime_config(client_tls_toml: &str) -> Vec<(String, String)> {
+    let body: String = client_tls_toml.lines().map(|l| format!("          {l}\n")).collect();
+    let es = format!(
+        "---\napiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata:\n  name: tavle-runtime-config\n  namespace: tavle\n\
+         spec:\n  secretStoreRef:\n    kind: SecretStore\n    name: azure-key-vault\n  target:\n    name: tavle-runtime-config\n\
+         \x20   template:\n      engineVersion: v2\n      data:\n        runtime-config.toml: |\n{body}\
+         \x20 data:\n    - secretKey: db_host\n      remoteRef:\n        key: tavle-db-host\n"
+    );
+    let files = patched(
+        &load_manifests(),
+        "spinapp.yaml",
+        "  replicas: 2\n",
+        "  replicas: 2\n  runtimeConfig:\n    loadFromSecret: tavle-runtime-config\n",
+    );
+    files.into_iter().map(|(f, t)| if f == "externalsecrets.yaml" { (f, format!("{t}{es}")) } else { (f, t) }).collect()
+}
+
 #[test]
-fn fails_when_a_postgres_component_is_missing_from_runtime_config() {
+fn fails_when_a_runtime_config_pretends_to_protect_postgresql() {
+    // What the manifests used to carry: trust roots for the database host, for every
+    // PostgreSQL component. Spin's PostgreSQL client never reads it.
+    let files = with_runtime_config(
+        "[[client_tls]]\ncomponent_ids = [\"login\", \"ingest\", \"students\"]\nhosts = [\"{{ .db_host }}\"]\nca_use_webpki_roots = true\n",
+    );
+    let problems = check_deployment(&load_spin_toml(), &files, None);
+    assert_flags(&problems, "[[client_tls]] names the database host \"{{ .db_host }}\"");
+    for c in ["login", "ingest", "students"] {
+        assert_flags(
+            &problems,
+            &format!("lists component {c:?}, which talks to PostgreSQL and makes no outbound HTTP"),
+        );
+    }
+    assert_flags(&problems, "applies to Spin's outbound HTTP only, never to PostgreSQL");
+
+    // The server's FQDN written out, for no component in particular.
+    let files = with_runtime_config("[[client_tls]]\nhosts = [\"psql-tavle.postgres.database.azure.com:5432\"]\n");
+    assert_flags(
+        &check_deployment(&load_spin_toml(), &files, None),
+        "names the database host \"psql-tavle.postgres.database.azure.com:5432\"",
+    );
+
+    // A PostgreSQL component that makes no outbound HTTP, whatever the host.
+    let files = with_runtime_config("[[client_tls]]\ncomponent_ids = [\"login\"]\nhosts = [\"api.example.com\"]\n");
+    assert_flags(
+        &check_deployment(&load_spin_toml(), &files, None),
+        "lists component \"login\", which talks to PostgreSQL",
+    );
+}
+
+#[test]
+fn a_runtime_config_for_outbound_http_is_left_alone() {
+    // Not over-eager: client_tls for a component's own HTTPS host is what it is for.
     let spin = format!(
-        "{}\n[component.newcomer]\nsource = \"x.wasm\"\nallowed_outbound_hosts = [\"postgres://{{{{ db_host }}}}\"]\n[component.newcomer.variables]\ndb_url = \"{{{{ db_url }}}}\"\n",
+        "{}\n[component.caller]\nsource = \"x.wasm\"\nallowed_outbound_hosts = [\"https://api.example.com\"]\n",
         load_spin_toml()
     );
-    assert_flags(&check_deployment(&spin, &load_manifests(), None), "component \"newcomer\" connects to PostgreSQL");
+    let files = with_runtime_config(
+        "[[client_tls]]\ncomponent_ids = [\"caller\"]\nhosts = [\"api.example.com\"]\nca_use_webpki_roots = true\n",
+    );
+    assert_clean(&check_deployment(&spin, &files, None));
+    // The same runtime config is read: add the database host and it is flagged.
+    let files = with_runtime_config(
+        "[[client_tls]]\ncomponent_ids = [\"caller\"]\nhosts = [\"api.example.com\", \"{{ .db_host }}\"]\n",
+    );
+    assert_flags(&check_deployment(&spin, &files, None), "names the database host \"{{ .db_host }}\"");
+}
+
+#[test]
+fn documented_database_urls_verify_the_server() {
+    let (problems, counts) = check_documented_urls(&load_documented_sources());
+    assert!(
+        problems.is_empty(),
+        "documented PostgreSQL URLs would not verify the server:\n  - {}",
+        problems.join("\n  - ")
+    );
+    // Guards against passing on nothing: each guide shows both kinds.
+    for source in ["infra/k8s/externalsecrets.yaml", "infra/README.md", "README.md"] {
+        let c = counts.get(source).copied().unwrap_or_default();
+        assert!(
+            c.db_urls >= 1 && c.migration_urls >= 1,
+            "{source}: expected a db_url and a migration URL, found {c:?}"
+        );
+    }
+}
+
+#[test]
+fn fails_when_a_documented_database_url_would_not_verify() {
+    let sources = load_documented_sources();
+    let check = |file: &str, from: &str, to: &str| check_documented_urls(&patched(&sources, file, from, to)).0;
+
+    // Spin cannot parse verify-full: every connection would fail.
+    let problems = check("infra/README.md", "5432/tavle?sslmode=require", "5432/tavle?sslmode=verify-full");
+    assert_flags(&problems, "infra/README.md:");
+    assert_flags(
+        &problems,
+        "is refused by check_db_url: db_url: Spin's PostgreSQL client does not know sslmode=verify-ca",
+    );
+    // No sslmode: `prefer`, downgradable.
+    let problems = check("infra/k8s/externalsecrets.yaml", "5432/tavle?sslmode=require", "5432/tavle");
+    assert_flags(&problems, "must be reached with sslmode=require");
+    // A loopback example passes check_db_url but does not name require.
+    let problems = check(
+        "README.md",
+        "tavle_app_1:…@db.example.com:5432/tavle?sslmode=require",
+        "tavle_app_1@localhost:5432/tavle",
+    );
+    assert_flags(&problems, "must name sslmode=require");
+    // The migration URL with sqlx's unverified `require`.
+    let problems = check("README.md", "5432/tavle?sslmode=verify-full", "5432/tavle?sslmode=require");
+    assert_flags(&problems, "must use sslmode=verify-full");
+    let problems = check(
+        "infra/README.md",
+        "tavle_owner:<pw>@<server_fqdn>:5432/tavle?sslmode=verify-full",
+        "tavle_owner:<pw>@<server_fqdn>:5432/tavle",
+    );
+    assert_flags(&problems, "must use sslmode=verify-full");
+    // An IP address cannot match the certificate.
+    let problems = check("infra/README.md", "tavle_app_1:<pw>@<server_fqdn>", "tavle_app_1:<pw>@10.20.1.4");
+    assert_flags(&problems, "names the server by IP address");
+    // A placeholder the check would have to guess.
+    let problems = check(
+        "infra/k8s/externalsecrets.yaml",
+        "<db_host>:5432/tavle?sslmode=require",
+        "<host>:5432/tavle?sslmode=require",
+    );
+    assert_flags(&problems, "has a placeholder this check does not know");
 }
 
 #[test]

@@ -312,12 +312,58 @@ where
     }
 }
 
+/// Checks a `db_url` before any connection: TLS that verifies the server.
+///
+/// Spin's PostgreSQL client (tokio-postgres with native-tls, Spin 4.0.x)
+/// knows `sslmode` `disable`, `prefer` and `require` only, and refuses a URL
+/// with `verify-ca` or `verify-full`. Its `require` does verify: native-tls
+/// (OpenSSL) checks the certificate chain against the system's roots and the
+/// host name. `prefer` (the default) falls back to plain text when a server
+/// (or someone in between) says it has no TLS. So every database but one on
+/// this machine's loopback must be reached with `sslmode=require` and its
+/// host name, and the native host maps `require` to sqlx's `verify-full`
+/// (see `infra/tavle/src/host.rs`) so that it verifies the same way.
+pub fn check_db_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| "db_url is not a postgres:// URL".to_owned())?;
+    if !matches!(uri.scheme_str(), Some("postgres" | "postgresql")) {
+        return Err("db_url is not a postgres:// URL".into());
+    }
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let sslmode = uri.query().unwrap_or_default().split('&').find_map(|p| p.strip_prefix("sslmode="));
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match sslmode {
+        Some("verify-ca" | "verify-full") => Err("db_url: Spin's PostgreSQL client does not know sslmode=verify-ca \
+             or verify-full; use sslmode=require, which there verifies the certificate and host name"
+            .into()),
+        Some("require") => Ok(()),
+        _ if loopback => Ok(()),
+        _ => Err(format!("db_url: a database on {host} must be reached with sslmode=require (verified TLS)")),
+    }
+}
+
 /// Statement issued when a connection is taken for a request: whatever the
 /// previous user of a pooled connection left behind (Spin's pool recycles
 /// connections without a rollback, so a component that trapped inside a
 /// transaction hands its open transaction, and its row locks, to the next
 /// request), this request starts outside any transaction.
 const ON_TAKE: &str = "ROLLBACK";
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn remote_databases_need_verified_tls() {
+        let ok = |u: &str| super::check_db_url(u).is_ok();
+        assert!(ok("postgres://app:pw@db.example.com:5432/tavle?sslmode=require"));
+        assert!(ok("postgres://postgres@127.0.0.1:5432/t"), "loopback (development, tests)");
+        assert!(ok("postgresql://u@[::1]:5432/t?sslmode=disable"));
+        assert!(!ok("postgres://app:pw@db.example.com:5432/tavle"), "prefer falls back to plain text");
+        assert!(!ok("postgres://app:pw@db.example.com/tavle?sslmode=prefer"));
+        assert!(!ok("postgres://app:pw@10.0.0.5/tavle?sslmode=disable"));
+        assert!(!ok("postgres://app:pw@db.example.com/tavle?sslmode=verify-full"), "Spin cannot parse it");
+        assert!(!ok("postgres://u@127.0.0.1/t?sslmode=verify-ca"));
+        assert!(!ok("host=db.example.com sslmode=require"), "the URL form only");
+    }
+}
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::SqlxDb;
@@ -464,11 +510,12 @@ mod native {
             "INT8" => Value::Int(row.try_get(i).map_err(de)?),
             "FLOAT4" => Value::Float(row.try_get::<f32, _>(i).map_err(de)?.into()),
             "FLOAT8" => Value::Float(row.try_get(i).map_err(de)?),
-            "TEXT" | "VARCHAR" | "BPCHAR" => Value::Text(row.try_get(i).map_err(de)?),
+            // sqlx calls bpchar (char(n)) CHAR.
+            "TEXT" | "VARCHAR" | "CHAR" | "BPCHAR" => Value::Text(row.try_get(i).map_err(de)?),
             "UUID" => Value::Uuid(row.try_get::<uuid::Uuid, _>(i).map_err(de)?.to_string()),
             "BYTEA" => Value::Bytes(row.try_get(i).map_err(de)?),
             "JSONB" => Value::Json(row.try_get(i).map_err(de)?),
-            "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" => Value::TextArray(row.try_get(i).map_err(de)?),
+            "TEXT[]" | "VARCHAR[]" | "CHAR[]" | "BPCHAR[]" => Value::TextArray(row.try_get(i).map_err(de)?),
             "INT8[]" => Value::IntArray(row.try_get(i).map_err(de)?),
             "INT4[]" => {
                 let v: Vec<Option<i32>> = row.try_get(i).map_err(de)?;
@@ -533,18 +580,44 @@ mod native {
 }
 
 #[cfg(target_arch = "wasm32")]
-pub use spin::SpinDb;
+pub use spin::{roll_back_on_panic, SpinDb};
 
 #[cfg(target_arch = "wasm32")]
 mod spin {
     use super::{marker, Db, DbError, Row, Value, ON_TAKE};
     use spin_sdk::pg4::{Connection, DbValue, ParameterValue, PgError, QueryError};
+    use std::cell::RefCell;
+    use std::rc::Rc;
 
     /// Spin implementation: a `pg4` connection to the address from the
     /// component's `db_url` variable, opened on first use.
     pub struct SpinDb {
         address: String,
-        conn: Option<Connection>,
+        conn: Option<Rc<Connection>>,
+    }
+
+    thread_local! {
+        /// The connection of the transaction in progress, for the panic hook.
+        static IN_TRANSACTION: RefCell<Option<Rc<Connection>>> = const { RefCell::new(None) };
+    }
+
+    /// Installs (once per instance) a panic hook that rolls back the
+    /// transaction in progress before the component traps, so its row
+    /// locks are released at once rather than when the pool hands the
+    /// connection out again (ON_TAKE) or the server's
+    /// `idle_in_transaction_session_timeout` ends it. Traps that are not
+    /// panics (no hook runs) are left to those two.
+    pub fn roll_back_on_panic() {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if let Some(conn) = IN_TRANSACTION.with(|t| t.borrow_mut().take()) {
+                    let _ = conn.execute("ROLLBACK", &[]);
+                }
+                previous(info);
+            }));
+        });
     }
 
     impl SpinDb {
@@ -552,15 +625,16 @@ mod spin {
             SpinDb { address, conn: None }
         }
 
-        fn conn(&mut self) -> Result<&Connection, DbError> {
+        fn conn(&mut self) -> Result<Rc<Connection>, DbError> {
             if self.conn.is_none() {
+                super::check_db_url(&self.address).map_err(DbError::Query)?;
                 let conn = Connection::open(&self.address).map_err(map_err)?;
                 // See ON_TAKE: the pool may hand us a connection that a
                 // trapped component left inside its transaction.
                 conn.execute(ON_TAKE, &[]).map_err(map_err)?;
-                self.conn = Some(conn);
+                self.conn = Some(Rc::new(conn));
             }
-            Ok(self.conn.as_ref().expect("connection just set"))
+            Ok(self.conn.clone().expect("connection just set"))
         }
     }
 
@@ -631,7 +705,14 @@ mod spin {
 
         async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
             let params: Vec<ParameterValue> = params.iter().map(param).collect();
-            self.conn()?.execute(sql, &params).map_err(map_err)
+            let conn = self.conn()?;
+            let done = conn.execute(sql, &params).map_err(map_err)?;
+            match sql {
+                "BEGIN" => IN_TRANSACTION.with(|t| *t.borrow_mut() = Some(conn)),
+                "COMMIT" | "ROLLBACK" => IN_TRANSACTION.with(|t| *t.borrow_mut() = None),
+                _ => {}
+            }
+            Ok(done)
         }
     }
 }

@@ -27,6 +27,7 @@ macro_rules! spin_component {
     ($handler:path, $body_limit:path) => {
         #[spin_sdk::http_component]
         async fn spin_entry(req: spin_sdk::http::IncomingRequest) -> http::Response<Vec<u8>> {
+            $crate::db::roll_back_on_panic();
             let vars = $crate::vars::SpinVariables;
             let req = match $crate::spin_http::read_request(req, &vars, $body_limit).await {
                 Ok(req) => req,

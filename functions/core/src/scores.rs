@@ -34,14 +34,26 @@ pub fn check_outcome(
 /// Years a date of Tavle's may name: assessments, results, filters.
 const YEARS: std::ops::RangeInclusive<i32> = 1900..=2199;
 
-/// `YYYY-MM-DD`, a real calendar date between 1900 and 2199.
+const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
+/// `YYYY-MM-DD`, a real calendar date between 1900 and 2199. The crate's
+/// year would also take a sign (`+2026-09-15`), which PostgreSQL refuses.
 pub fn parse_date(s: &str) -> Option<time::Date> {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(s, format).ok().filter(|d| YEARS.contains(&d.year()))
+    if !s.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    time::Date::parse(s, DATE).ok().filter(|d| YEARS.contains(&d.year()))
 }
 
 pub fn valid_date(s: &str) -> bool {
     parse_date(s).is_some()
+}
+
+/// The date as `YYYY-MM-DD` formatted from its parsed value: what goes to
+/// the database (and compares in date order as text).
+pub fn canonical_date(s: &str) -> Option<String> {
+    parse_date(s)?.format(DATE).ok()
 }
 
 /// An RFC 3339 date-time (`2026-09-01T10:15:00Z`, fractions and offsets
@@ -85,6 +97,8 @@ mod tests {
         assert!(!valid_date("2026-13-01"));
         assert!(!valid_date("2026-9-15"));
         assert!(!valid_date("1899-12-31"));
+        assert!(!valid_date("+2026-09-15"));
+        assert_eq!(canonical_date("2026-09-15").as_deref(), Some("2026-09-15"));
         assert!(valid_datetime("2026-09-15T09:30:00+02:00"));
         assert!(valid_datetime("2026-09-15T09:30:00.5Z"));
         assert!(!valid_datetime("2026-09-15 09:30:00"));

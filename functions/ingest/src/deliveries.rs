@@ -1,6 +1,8 @@
 //! Receiving a webhook delivery: size limit, source lookup, signature,
-//! idempotency, then the roster or results logic in one transaction with
-//! the delivery record.
+//! idempotency, validation of the whole post, and only then one transaction
+//! with the roster or results changes and the delivery record. Nothing in
+//! that transaction can reject the post's form, so no client input can make
+//! it fail (or panic) halfway.
 
 use crate::verify::{self, SourceKey};
 use crate::{results, roster, IngestConfig, WEBHOOK_BODY_LIMIT};
@@ -25,9 +27,10 @@ impl Kind {
     }
 }
 
+/// A post that passed validation, ready for the transaction.
 enum Post {
-    Roster(roster::RosterPost),
-    Results(results::ResultsPost),
+    Roster(roster::ValidRoster),
+    Results(results::ValidResultsPost),
 }
 
 struct Source {
@@ -134,14 +137,16 @@ pub async fn receive(
         return previous;
     }
     let post = match kind {
-        Kind::Roster => Post::Roster(read_json(req, WEBHOOK_BODY_LIMIT)?),
-        Kind::Results => Post::Results(read_json(req, WEBHOOK_BODY_LIMIT)?),
+        Kind::Roster => Post::Roster(roster::validate(read_json(req, WEBHOOK_BODY_LIMIT)?, &cfg, &source.tenant_id)?),
+        Kind::Results => {
+            Post::Results(results::validate(read_json(req, WEBHOOK_BODY_LIMIT)?, &cfg, &source.tenant_id)?)
+        }
     };
 
     let applied = transaction(db, async |db| {
         let summary = match post {
-            Post::Roster(p) => roster::apply(db, meta, &cfg, &source.tenant_id, &source_id, p).await?,
-            Post::Results(p) => results::apply(db, meta, &cfg, &source.tenant_id, &source_id, p).await?,
+            Post::Roster(p) => roster::apply(db, meta, &source.tenant_id, &source_id, p).await?,
+            Post::Results(p) => results::apply(db, meta, &source.tenant_id, &source_id, p).await?,
         };
         let recorded = db
             .execute(

@@ -117,3 +117,31 @@ impl IngestConfig {
         Ok(IngestConfig { identity, blind_index, secrets, synthetic, overlap_hours })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::IngestConfig;
+    use base64::Engine;
+    use std::collections::HashMap;
+
+    /// A configuration with fixed keys that accepts synthetic identity numbers.
+    pub fn config() -> IngestConfig {
+        let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+        let vars: HashMap<String, String> = [
+            ("identity_key", key(1)),
+            ("blind_index_key", key(2)),
+            ("webhook_secret_key", key(3)),
+            ("accept_synthetic_identity_numbers", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        IngestConfig::from_vars(&vars).unwrap()
+    }
+
+    /// A valid synthetic identity number, a different one for each `n` below 12.
+    pub fn identity_number(n: u32) -> String {
+        let id = tavle_core::identity::IdentityNumber::synthetic((2016, 1 + n, 14), 0).unwrap();
+        id.expose().to_owned()
+    }
+}

@@ -1,9 +1,11 @@
 //! Results posts: one assessment and a batch of results.
 //!
-//! Schema and value errors reject the whole post (422, a pointer per bad
-//! row, nothing stored). Rows for pupils unknown in the source's tenant, or
-//! whose processing is restricted, are not stored and are listed in the 200
-//! answer. Results are upserted by (source, external result id).
+//! [`validate`] checks the whole post before any transaction begins: a
+//! schema or value error rejects it (422, a pointer per bad row, nothing
+//! stored). [`apply`] then only does database work. Rows for pupils unknown
+//! in the source's tenant, or whose processing is restricted, are not stored
+//! and are listed in the 200 answer. Results are upserted by (source,
+//! external result id).
 
 use crate::pupils::{self, PupilIdentifiers, PupilKey};
 use crate::IngestConfig;
@@ -12,7 +14,7 @@ use serde_json::json;
 use std::collections::HashSet;
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::db::{uuid, Db, Value};
-use tavle_core::scores::{check_outcome, finite_in, valid_date};
+use tavle_core::scores::{canonical_date, canonical_datetime, check_outcome, finite_in, STATUSES};
 use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
@@ -71,28 +73,39 @@ pub fn check_text(checks: &mut Checks, pointer: &str, value: &str, max: usize) {
     }
 }
 
-struct Row<'a> {
-    input: &'a ResultIn,
-    key: PupilKey,
-    index: usize,
+/// A results post that passed every check, in the form it is stored.
+pub struct ValidResultsPost {
+    assessment: ValidAssessment,
+    results: Vec<ValidResult>,
 }
 
-#[derive(Serialize)]
-struct Rejected {
-    index: usize,
+struct ValidAssessment {
     external_id: String,
-    reason: &'static str,
+    title: String,
+    subject: String,
+    year_level: Option<i64>,
+    max_score: f64,
+    /// `YYYY-MM-DD`, formatted from the parsed date.
+    administered_on: String,
 }
 
-/// Validates and applies a results post inside the caller's transaction.
-pub async fn apply(
-    db: &mut impl Db,
-    meta: &RequestMeta,
-    cfg: &IngestConfig,
-    tenant_id: &str,
-    source_id: &str,
-    post: ResultsPost,
-) -> Result<serde_json::Value, Problem> {
+struct ValidResult {
+    /// Position in the post, for `rejected_rows` and pointers.
+    index: usize,
+    /// As sent: results are found again by it.
+    external_id: String,
+    pupil: PupilKey,
+    score: Option<f64>,
+    status: &'static str,
+    /// RFC 3339 in UTC.
+    completed_at: Option<String>,
+    /// The items as JSON text; `None` without any.
+    items: Option<String>,
+}
+
+/// Checks a whole results post; no database work. Errors come in the order
+/// of the post, every bad field of every row at once.
+pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Result<ValidResultsPost, Problem> {
     let mut checks = Checks::default();
     let a = &post.assessment;
     check_text(&mut checks, "/assessment/external_id", &a.external_id, 200);
@@ -104,14 +117,15 @@ pub async fn apply(
     if !finite_in(a.max_score, f64::MIN_POSITIVE, 1e6) {
         checks.fail("/assessment/max_score", "must be greater than 0 and at most 1000000");
     }
-    if !valid_date(&a.administered_on) {
+    let administered_on = canonical_date(&a.administered_on);
+    if administered_on.is_none() {
         checks.fail("/assessment/administered_on", "must be a date (YYYY-MM-DD)");
     }
     if post.results.is_empty() || post.results.len() > MAX_RESULTS {
         checks.fail("/results", format!("must hold 1 to {MAX_RESULTS} results"));
         return Err(Problem::validation(checks.0));
     }
-    let mut rows = Vec::with_capacity(post.results.len());
+    let mut results = Vec::with_capacity(post.results.len());
     let mut seen_ids = HashSet::with_capacity(post.results.len());
     let mut seen_pupils = HashSet::with_capacity(post.results.len());
     for (i, r) in post.results.iter().enumerate() {
@@ -135,16 +149,65 @@ pub async fn apply(
                 checks.fail(&format!("{p}/items/{j}/answer"), "at most 1000 characters");
             }
         }
-        if let Some(key) = pupils::parse(&r.pupil, cfg, tenant_id, &format!("{p}/pupil"), &mut checks) {
+        // Results find pupils by the blind index; the number itself is not kept.
+        let key = pupils::parse(&r.pupil, cfg, tenant_id, &format!("{p}/pupil"), &mut checks)
+            .map(|key| PupilKey { identity: None, ..key });
+        if let Some(key) = &key {
             // One result per pupil and assessment in a post; a second is a mistake.
             if !seen_pupils.insert(key.dedup_key()) {
                 checks.fail(&format!("{p}/pupil"), "this pupil already has a result in this post");
             }
-            rows.push(Row { input: r, key, index: i });
+        }
+        // Whatever does not parse here has already failed a check above.
+        let status = STATUSES.iter().copied().find(|s| *s == r.status);
+        let completed_at = match &r.completed_at {
+            None => Some(None),
+            Some(t) => canonical_datetime(t).map(Some),
+        };
+        if let (Some(pupil), Some(status), Some(completed_at)) = (key, status, completed_at) {
+            let items = if r.items.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&r.items).map_err(|_| Problem::internal())?)
+            };
+            let external_id = r.external_id.clone();
+            results.push(ValidResult { index: i, external_id, pupil, score: r.score, status, completed_at, items });
         }
     }
     checks.finish()?;
+    let Some(administered_on) = administered_on else { return Err(Problem::internal()) };
+    if results.len() != post.results.len() {
+        // A row that did not parse but failed no check: a bug here, not the sender's.
+        return Err(Problem::internal());
+    }
+    let assessment = ValidAssessment {
+        external_id: a.external_id.trim().to_owned(),
+        title: a.title.trim().to_owned(),
+        subject: a.subject.trim().to_owned(),
+        year_level: a.year_level,
+        max_score: a.max_score,
+        administered_on,
+    };
+    Ok(ValidResultsPost { assessment, results })
+}
 
+#[derive(Serialize)]
+struct Rejected {
+    index: usize,
+    external_id: String,
+    reason: &'static str,
+}
+
+/// Stores a validated results post inside the caller's transaction. What
+/// still fails here depends on the tenant's data, not on the post's form.
+pub async fn apply(
+    db: &mut impl Db,
+    meta: &RequestMeta,
+    tenant_id: &str,
+    source_id: &str,
+    post: ValidResultsPost,
+) -> Result<serde_json::Value, Problem> {
+    let a = &post.assessment;
     let assessment_id = db
         .query_one(
             "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, administered_on) \
@@ -156,9 +219,9 @@ pub async fn apply(
             &[
                 uuid(tenant_id),
                 uuid(source_id),
-                a.external_id.trim().into(),
-                a.title.trim().into(),
-                a.subject.trim().into(),
+                a.external_id.clone().into(),
+                a.title.clone().into(),
+                a.subject.clone().into(),
                 a.year_level.into(),
                 Value::Float(a.max_score),
                 a.administered_on.clone().into(),
@@ -167,11 +230,12 @@ pub async fn apply(
         .await?
         .text("id")?;
 
-    let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.key).collect();
+    let rows = &post.results;
+    let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.pupil).collect();
     let known = pupils::resolve(db, tenant_id, &keys).await?;
     // A result already held for a restricted pupil stays where it is, even if
     // the publisher now names another pupil for it.
-    let all_ext: Vec<String> = rows.iter().map(|r| r.input.external_id.clone()).collect();
+    let all_ext: Vec<String> = rows.iter().map(|r| r.external_id.clone()).collect();
     let held_for_restricted: HashSet<String> = db
         .query(
             "SELECT r.external_id FROM results r JOIN pupils p ON p.id = r.pupil_id \
@@ -186,12 +250,13 @@ pub async fn apply(
     let (mut ext, mut pupil, mut score, mut status, mut completed, mut items) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stored_pupils = HashSet::with_capacity(rows.len());
-    for row in &rows {
-        let reason = match pupils::lookup(&known, &row.key) {
-            _ if held_for_restricted.contains(&row.input.external_id) => Some("processing_restricted"),
+    for row in rows {
+        let reason = match pupils::lookup(&known, &row.pupil) {
+            _ if held_for_restricted.contains(&row.external_id) => Some("processing_restricted"),
             None => Some("unknown_pupil"),
             Some(k) if k.restricted => Some("processing_restricted"),
-            // The same pupil named once by identity number and once by Feide username.
+            // The same pupil named once by identity number and once by Feide
+            // username: only the tenant's data shows it, so it is found here.
             Some(k) if !stored_pupils.insert(k.id.as_str()) => {
                 return Err(Problem::validation(vec![tavle_core::problem::field(
                     format!("/results/{}/pupil", row.index),
@@ -199,21 +264,17 @@ pub async fn apply(
                 )]));
             }
             Some(k) => {
-                ext.push(row.input.external_id.clone());
+                ext.push(row.external_id.clone());
                 pupil.push(k.id.clone());
-                score.push(row.input.score.map(|s| s.to_string()).unwrap_or_default());
-                status.push(row.input.status.clone());
-                completed.push(row.input.completed_at.clone().unwrap_or_default());
-                items.push(if row.input.items.is_empty() {
-                    String::new()
-                } else {
-                    serde_json::to_string(&row.input.items).map_err(|_| Problem::internal())?
-                });
+                score.push(row.score.map(|s| s.to_string()).unwrap_or_default());
+                status.push(row.status.to_owned());
+                completed.push(row.completed_at.clone().unwrap_or_default());
+                items.push(row.items.clone().unwrap_or_default());
                 None
             }
         };
         if let Some(reason) = reason {
-            rejected.push(Rejected { index: row.index, external_id: row.input.external_id.clone(), reason });
+            rejected.push(Rejected { index: row.index, external_id: row.external_id.clone(), reason });
         }
     }
     let stored = ext.len();
@@ -258,7 +319,7 @@ pub async fn apply(
         "received": post.results.len(),
         "created": created,
         "updated": updated_ids.len(),
-        "unchanged": stored - created - updated_ids.len(),
+        "unchanged": stored.saturating_sub(created + updated_ids.len()),
         "rejected": rejected.len(),
         "updated_external_ids": updated_ids,
         "rejected_rows": rejected,
@@ -275,4 +336,91 @@ pub async fn apply(
     )
     .await?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{config, identity_number};
+
+    fn post(body: serde_json::Value) -> ResultsPost {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn good() -> serde_json::Value {
+        json!({
+            "assessment": {"external_id": " lesing-h26 ", "title": "Kartlegging lesing", "subject": "norsk",
+                           "year_level": 5, "max_score": 40, "administered_on": "2026-09-15"},
+            "results": [
+                {"external_id": "r-1", "pupil": {"identity_number": identity_number(0)}, "score": 31,
+                 "status": "completed", "completed_at": "2026-09-15T09:30:00.5+02:00",
+                 "items": [{"item": "q1", "score": 1, "answer": "B"}]},
+                {"external_id": "r-2", "pupil": {"feide_username": "Ola@Nordby.no"}, "status": "absent"},
+            ],
+        })
+    }
+
+    fn pointers(p: &Problem) -> Vec<&str> {
+        p.errors.iter().map(|e| e.pointer.as_str()).collect()
+    }
+
+    #[test]
+    fn a_good_post_is_validated_into_its_stored_form() {
+        let valid = validate(post(good()), &config(), "tenant").unwrap();
+        let a = &valid.assessment;
+        assert_eq!(
+            (a.external_id.as_str(), a.administered_on.as_str(), a.max_score),
+            ("lesing-h26", "2026-09-15", 40.0)
+        );
+        let [r1, r2] = &valid.results[..] else { panic!("two results") };
+        assert_eq!((r1.index, r1.status, r1.score), (0, "completed", Some(31.0)));
+        // Canonical UTC text: PostgreSQL never parses what the sender wrote.
+        assert_eq!(r1.completed_at.as_deref(), Some("2026-09-15T07:30:00.5Z"));
+        assert_eq!(r1.items.as_deref(), Some(r#"[{"item":"q1","score":1.0,"answer":"B"}]"#));
+        assert!(r1.pupil.index.is_some() && r1.pupil.identity.is_none());
+        assert_eq!((r2.index, r2.status, r2.completed_at.as_deref(), r2.items.as_deref()), (1, "absent", None, None));
+        assert_eq!(r2.pupil.feide.as_deref(), Some("ola@nordby.no"));
+    }
+
+    #[test]
+    fn a_bad_post_is_rejected_with_a_pointer_per_error_in_order() {
+        let mut body = good();
+        body["assessment"]["administered_on"] = json!("2026-02-30");
+        body["results"][0]["score"] = json!(41);
+        body["results"][0]["completed_at"] = json!("2026-09-15 09:30:00Z");
+        body["results"][1]["external_id"] = json!("r-1");
+        body["results"][1]["status"] = json!("done");
+        body["results"][1]["pupil"] = json!({"identity_number": identity_number(0)});
+        let p = validate(post(body), &config(), "tenant").err().unwrap();
+        assert_eq!(p.status, 422);
+        assert_eq!(
+            pointers(&p),
+            [
+                "/assessment/administered_on",
+                "/results/0/score",
+                "/results/0/completed_at",
+                "/results/1/external_id",
+                "/results/1/status",
+                "/results/1/pupil",
+            ]
+        );
+        assert_eq!(p.errors[5].message, "this pupil already has a result in this post");
+
+        let mut body = good();
+        body["results"] = json!([]);
+        body["assessment"]["max_score"] = json!(0);
+        let p = validate(post(body), &config(), "tenant").err().unwrap();
+        assert_eq!(pointers(&p), ["/assessment/max_score", "/results"]);
+    }
+
+    #[test]
+    fn whatever_date_is_accepted_is_stored_as_yyyy_mm_dd() {
+        for date in ["2026-09-15", "+2026-09-15"] {
+            let mut body = good();
+            body["assessment"]["administered_on"] = json!(date);
+            if let Ok(valid) = validate(post(body), &config(), "tenant") {
+                assert_eq!(valid.assessment.administered_on, "2026-09-15", "{date}");
+            }
+        }
+    }
 }

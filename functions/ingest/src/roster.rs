@@ -2,17 +2,21 @@
 //! (optionally) teachers' group assignments. New pupils are added, changed
 //! ones updated, memberships replaced; pupils of the school absent from the
 //! roster are marked as left (never deleted here, so retention can apply
-//! its rules). Everything applies in the caller's transaction.
+//! its rules).
+//!
+//! [`validate`] checks the whole roster before any transaction begins;
+//! [`apply`] then only does database work, in the caller's transaction.
 
-use crate::pupils::{self, PupilIdentifiers};
+use crate::pupils::{self, PupilIdentifiers, PupilKey};
 use crate::results::check_text;
 use crate::IngestConfig;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use tavle_core::audit::{self, Actor, Event};
+use tavle_core::auth::hex;
 use tavle_core::db::{uuid, Db, Value};
-use tavle_core::web::Checks;
+use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
 pub const MAX_PUPILS: usize = 20_000;
@@ -69,14 +73,50 @@ struct TeacherIn {
     groups: Vec<String>,
 }
 
-pub async fn apply(
-    db: &mut impl Db,
-    meta: &tavle_core::web::RequestMeta,
-    cfg: &IngestConfig,
-    tenant_id: &str,
-    source_id: &str,
-    post: RosterPost,
-) -> Result<serde_json::Value, Problem> {
+/// A roster that passed every check, in the form it is stored.
+pub struct ValidRoster {
+    school: ValidSchool,
+    groups: Vec<ValidGroup>,
+    pupils: Vec<ValidPupil>,
+    teachers: Option<Vec<ValidTeacher>>,
+}
+
+struct ValidSchool {
+    external_id: String,
+    name: String,
+}
+
+struct ValidGroup {
+    /// As sent: pupils and teachers name their groups by it.
+    external_id: String,
+    name: String,
+    year_level: Option<i64>,
+}
+
+struct ValidPupil {
+    /// Blind index and Feide username; the identity number itself is not
+    /// kept, only its encryption.
+    key: PupilKey,
+    /// Hex of the encrypted identity number, when one was given.
+    identity_enc: Option<String>,
+    given_name: String,
+    family_name: String,
+    year_level: Option<i64>,
+    gender: Option<&'static str>,
+    special_needs: bool,
+    /// External ids of groups of this roster.
+    groups: Vec<String>,
+}
+
+struct ValidTeacher {
+    feide: String,
+    /// External ids of groups of this roster.
+    groups: Vec<String>,
+}
+
+/// Checks a whole roster; no database work. Errors come in the order of the
+/// roster, every bad field at once.
+pub fn validate(post: RosterPost, cfg: &IngestConfig, tenant_id: &str) -> Result<ValidRoster, Problem> {
     let mut checks = Checks::default();
     check_text(&mut checks, "/school/external_id", &post.school.external_id, 200);
     check_text(&mut checks, "/school/name", &post.school.name, 200);
@@ -95,7 +135,7 @@ pub async fn apply(
         checks.fail("/pupils", format!("at most {MAX_PUPILS} pupils per roster"));
         return Err(Problem::validation(checks.0));
     }
-    let mut keys = Vec::with_capacity(post.pupils.len());
+    let mut pupils = Vec::with_capacity(post.pupils.len());
     let mut seen = HashSet::new();
     let mut seen_feide = HashSet::new();
     for (i, p) in post.pupils.iter().enumerate() {
@@ -105,7 +145,8 @@ pub async fn apply(
         if p.year_level.is_some_and(|y| !(1..=13).contains(&y)) {
             checks.fail(&format!("{ptr}/year_level"), "must be from 1 to 13");
         }
-        if p.gender.as_deref().is_some_and(|g| !GENDERS.contains(&g)) {
+        let gender = p.gender.as_deref().map(|g| GENDERS.iter().copied().find(|known| *known == g));
+        if gender.is_some_and(|g| g.is_none()) {
             checks.fail(&format!("{ptr}/gender"), "must be female, male, other or unknown");
         }
         for (j, g) in p.groups.iter().enumerate() {
@@ -113,18 +154,31 @@ pub async fn apply(
                 checks.fail(&format!("{ptr}/groups/{j}"), "not a group of this roster");
             }
         }
-        if let Some(key) = pupils::parse(&p.ids, cfg, tenant_id, &ptr, &mut checks) {
+        if let Some(mut key) = pupils::parse(&p.ids, cfg, tenant_id, &ptr, &mut checks) {
             if !seen.insert(key.dedup_key()) {
                 checks.fail(&ptr, "this pupil appears twice in the roster");
             }
             if key.feide.as_ref().is_some_and(|f| !seen_feide.insert(f.clone())) {
                 checks.fail(&format!("{ptr}/feide_username"), "this feide_username appears twice in the roster");
             }
-            keys.push((i, key));
+            let identity_enc =
+                key.identity.take().map(|id| hex(&cfg.identity.encrypt_identity(&id, tenant_id.as_bytes())));
+            pupils.push(ValidPupil {
+                key,
+                identity_enc,
+                given_name: p.given_name.trim().to_owned(),
+                family_name: p.family_name.trim().to_owned(),
+                year_level: p.year_level,
+                gender: gender.flatten(),
+                special_needs: p.special_needs,
+                groups: p.groups.clone(),
+            });
         }
     }
+    let mut teachers = post.teachers.as_ref().map(|list| Vec::with_capacity(list.len()));
     for (i, t) in post.teachers.iter().flatten().enumerate() {
-        if pupils::parse_feide(&t.feide_username).is_none() {
+        let feide = pupils::parse_feide(&t.feide_username);
+        if feide.is_none() {
             checks.fail(&format!("/teachers/{i}/feide_username"), "must be a Feide username (user@realm)");
         }
         for (j, g) in t.groups.iter().enumerate() {
@@ -132,14 +186,46 @@ pub async fn apply(
                 checks.fail(&format!("/teachers/{i}/groups/{j}"), "not a group of this roster");
             }
         }
+        if let (Some(list), Some(feide)) = (&mut teachers, feide) {
+            list.push(ValidTeacher { feide, groups: t.groups.clone() });
+        }
     }
     checks.finish()?;
+    if pupils.len() != post.pupils.len() || teachers.as_ref().map(Vec::len) != post.teachers.as_ref().map(Vec::len) {
+        // An entry that did not parse but failed no check: a bug here, not the sender's.
+        return Err(Problem::internal());
+    }
+    let groups = post
+        .groups
+        .iter()
+        .map(|g| ValidGroup {
+            external_id: g.external_id.clone(),
+            name: g.name.trim().to_owned(),
+            year_level: g.year_level,
+        })
+        .collect();
+    let school = ValidSchool {
+        external_id: post.school.external_id.trim().to_owned(),
+        name: post.school.name.trim().to_owned(),
+    };
+    Ok(ValidRoster { school, groups, pupils, teachers })
+}
 
+/// Applies a validated roster inside the caller's transaction. What still
+/// fails here depends on the tenant's data (an identifier that belongs to
+/// another pupil: 409), not on the roster's form.
+pub async fn apply(
+    db: &mut impl Db,
+    meta: &RequestMeta,
+    tenant_id: &str,
+    source_id: &str,
+    post: ValidRoster,
+) -> Result<serde_json::Value, Problem> {
     let school_id = db
         .query_one(
             "INSERT INTO schools (tenant_id, external_id, name) VALUES ($1::uuid, $2::text, $3::text) \
              ON CONFLICT (tenant_id, external_id) DO UPDATE SET name = EXCLUDED.name RETURNING id",
-            &[uuid(tenant_id), post.school.external_id.trim().into(), post.school.name.trim().into()],
+            &[uuid(tenant_id), post.school.external_id.clone().into(), post.school.name.clone().into()],
         )
         .await?
         .text("id")?;
@@ -155,15 +241,18 @@ pub async fn apply(
                 uuid(tenant_id),
                 uuid(&school_id),
                 Value::text_array(post.groups.iter().map(|g| g.external_id.clone())),
-                Value::text_array(post.groups.iter().map(|g| g.name.trim().to_owned())),
+                Value::text_array(post.groups.iter().map(|g| g.name.clone())),
                 Value::text_array(post.groups.iter().map(|g| g.year_level.map(|y| y.to_string()).unwrap_or_default())),
             ],
         )
         .await?;
     let group_by_ext: HashMap<String, String> =
         group_rows.iter().map(|r| Ok((r.text("external_id")?, r.text("id")?))).collect::<Result<_, Problem>>()?;
+    // Every group named was validated to be in the roster, so it was just
+    // written; a miss is a bug, answered as one rather than with a panic.
+    let group_id = |external_id: &str| group_by_ext.get(external_id).cloned().ok_or_else(Problem::internal);
 
-    let key_refs: Vec<_> = keys.iter().map(|(_, k)| k).collect();
+    let key_refs: Vec<&PupilKey> = post.pupils.iter().map(|p| &p.key).collect();
     let known = pupils::resolve(db, tenant_id, &key_refs).await?;
 
     // Split into updates of known pupils and inserts of new ones.
@@ -173,8 +262,8 @@ pub async fn apply(
     let mut present = Vec::new();
     let mut restricted_skipped = 0;
     let mut pupil_id_at: HashMap<usize, String> = HashMap::new();
-    for (i, key) in &keys {
-        let p = &post.pupils[*i];
+    for (i, p) in post.pupils.iter().enumerate() {
+        let key = &p.key;
         let known_pupil = pupils::lookup(&known, key);
         if let Some(k) = known_pupil {
             present.push(k.id.clone());
@@ -184,22 +273,17 @@ pub async fn apply(
                 restricted_skipped += 1;
                 continue;
             }
-            pupil_id_at.insert(*i, k.id.clone());
+            pupil_id_at.insert(i, k.id.clone());
         }
-        let enc = key
-            .identity
-            .as_ref()
-            .map(|id| tavle_core::auth::hex(&cfg.identity.encrypt_identity(id, tenant_id.as_bytes())))
-            .unwrap_or_default();
         let cols = [
             known_pupil.map(|k| k.id.clone()).unwrap_or_default(),
-            enc,
+            p.identity_enc.clone().unwrap_or_default(),
             key.index.clone().unwrap_or_default(),
             key.feide.clone().unwrap_or_default(),
-            p.given_name.trim().to_owned(),
-            p.family_name.trim().to_owned(),
+            p.given_name.clone(),
+            p.family_name.clone(),
             p.year_level.map(|y| y.to_string()).unwrap_or_default(),
-            p.gender.clone().unwrap_or_default(),
+            p.gender.unwrap_or_default().to_owned(),
             p.special_needs.to_string(),
         ];
         let target = if known_pupil.is_some() { &mut upd } else { &mut ins };
@@ -207,7 +291,7 @@ pub async fn apply(
             col.push(v);
         }
         if known_pupil.is_none() {
-            new_keys.push(*i);
+            new_keys.push(i);
         }
     }
     let arrays = |cols: &[Vec<String>; 9]| cols.iter().map(|c| Value::text_array(c.clone())).collect::<Vec<_>>();
@@ -273,7 +357,7 @@ pub async fn apply(
     for (i, p) in post.pupils.iter().enumerate() {
         let Some(pid) = pupil_id_at.get(&i) else { continue };
         for g in &p.groups {
-            m_group.push(group_by_ext[g].clone());
+            m_group.push(group_id(g)?);
             m_pupil.push(pid.clone());
         }
     }
@@ -294,7 +378,7 @@ pub async fn apply(
 
     let mut teachers = json!(null);
     if let Some(list) = &post.teachers {
-        let feides: Vec<String> = list.iter().filter_map(|t| pupils::parse_feide(&t.feide_username)).collect();
+        let feides: Vec<String> = list.iter().map(|t| t.feide.clone()).collect();
         let users = db
             .query(
                 "SELECT feide_username, id FROM users WHERE tenant_id = $1::uuid AND deleted_at IS NULL \
@@ -306,11 +390,11 @@ pub async fn apply(
             users.iter().map(|r| Ok((r.text("feide_username")?, r.text("id")?))).collect::<Result<_, Problem>>()?;
         let (mut g_user, mut g_group, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
         for (i, t) in list.iter().enumerate() {
-            match pupils::parse_feide(&t.feide_username).and_then(|f| user_by_feide.get(&f)) {
+            match user_by_feide.get(&t.feide) {
                 Some(user) => {
                     for g in &t.groups {
                         g_user.push(user.clone());
-                        g_group.push(group_by_ext[g].clone());
+                        g_group.push(group_id(g)?);
                     }
                 }
                 None => unknown.push(i),
@@ -339,7 +423,7 @@ pub async fn apply(
             "received": post.pupils.len(),
             "created": created.len(),
             "updated": updated,
-            "unchanged": keys.len() - created.len() - updated as usize - restricted_skipped,
+            "unchanged": post.pupils.len().saturating_sub(created.len() + updated as usize + restricted_skipped),
             "left": left,
             "restricted_unchanged": restricted_skipped,
         },
@@ -364,5 +448,96 @@ fn pupil_conflict(e: tavle_core::db::DbError) -> Problem {
         Problem::conflict("a feide_username or identity number in this roster belongs to another pupil of the tenant")
     } else {
         e.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{config, identity_number};
+
+    fn post(body: serde_json::Value) -> RosterPost {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn good() -> serde_json::Value {
+        json!({
+            "school": {"external_id": " nordby ", "name": "Nordby skole "},
+            "groups": [{"external_id": "5A", "name": " 5A", "year_level": 5}, {"external_id": "5B", "name": "5B"}],
+            "pupils": [
+                {"identity_number": identity_number(0), "given_name": " Ola", "family_name": "Nordmann",
+                 "year_level": 5, "gender": "male", "groups": ["5A"]},
+                {"feide_username": "Kari@Nordby.no", "given_name": "Kari", "family_name": "Nordmann", "groups": ["5B"]},
+            ],
+            "teachers": [{"feide_username": "Lise@Nordby.no", "groups": ["5A", "5B"]}],
+        })
+    }
+
+    fn pointers(p: &Problem) -> Vec<&str> {
+        p.errors.iter().map(|e| e.pointer.as_str()).collect()
+    }
+
+    #[test]
+    fn a_good_roster_is_validated_into_its_stored_form() {
+        let cfg = config();
+        let valid = validate(post(good()), &cfg, "tenant").unwrap();
+        assert_eq!((valid.school.external_id.as_str(), valid.school.name.as_str()), ("nordby", "Nordby skole"));
+        let groups: Vec<_> =
+            valid.groups.iter().map(|g| (g.external_id.as_str(), g.name.as_str(), g.year_level)).collect();
+        assert_eq!(groups, [("5A", "5A", Some(5)), ("5B", "5B", None)]);
+        let [ola, kari] = &valid.pupils[..] else { panic!("two pupils") };
+        assert_eq!(
+            (ola.given_name.as_str(), ola.gender, ola.groups.as_slice()),
+            ("Ola", Some("male"), &["5A".to_owned()][..])
+        );
+        // Only the encrypted number is kept, and it decrypts to the one sent.
+        assert!(ola.key.identity.is_none() && ola.key.index.is_some());
+        let hex = ola.identity_enc.as_deref().unwrap();
+        let enc: Vec<u8> = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+            .collect();
+        assert_eq!(cfg.identity.decrypt_identity(&enc, b"tenant").unwrap().expose(), identity_number(0));
+        assert_eq!(
+            (kari.identity_enc.as_deref(), kari.key.feide.as_deref(), kari.gender),
+            (None, Some("kari@nordby.no"), None)
+        );
+        let teachers = valid.teachers.as_deref().unwrap();
+        assert_eq!((teachers[0].feide.as_str(), teachers[0].groups.len()), ("lise@nordby.no", 2));
+    }
+
+    #[test]
+    fn a_bad_roster_is_rejected_with_a_pointer_per_error_in_order() {
+        let mut body = good();
+        body["groups"][1]["external_id"] = json!("5A");
+        body["pupils"][0]["gender"] = json!("boy");
+        body["pupils"][0]["groups"] = json!(["6C"]);
+        body["pupils"][1]["feide_username"] = json!("kari");
+        body["pupils"][1]["year_level"] = json!(14);
+        body["teachers"][0]["groups"] = json!(["5A", "7D"]);
+        let p = validate(post(body), &config(), "tenant").err().unwrap();
+        assert_eq!(p.status, 422);
+        assert_eq!(
+            pointers(&p),
+            [
+                "/groups/1/external_id",
+                "/pupils/0/gender",
+                "/pupils/0/groups/0",
+                "/pupils/1/year_level",
+                "/pupils/1/groups/0", // 5B is no group now
+                "/pupils/1/feide_username",
+                "/teachers/0/groups/1",
+            ]
+        );
+
+        // The same pupil twice, and a bad identity number whose digits no message repeats.
+        let mut body = good();
+        body["pupils"][1]["identity_number"] = json!(identity_number(0));
+        body["pupils"].as_array_mut().unwrap().push(json!({"identity_number": "12345678901", "given_name": "X",
+                                                          "family_name": "Y"}));
+        let p = validate(post(body), &config(), "tenant").err().unwrap();
+        assert_eq!(pointers(&p), ["/pupils/1", "/pupils/2/identity_number"]);
+        assert!(p.errors.iter().all(|e| !e.message.contains("12345678901")));
     }
 }

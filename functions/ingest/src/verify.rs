@@ -66,10 +66,12 @@ pub fn verify(keys: &[SourceKey], body: &[u8], headers: &HeaderMap, now: i64) ->
     }
     let signature = header(headers, HEADER_WEBHOOK_SIGNATURE)?;
     let ts: i64 = header(headers, HEADER_WEBHOOK_TIMESTAMP)?.parse().map_err(|_| Rejection::BadTimestamp)?;
-    if now - ts > TOLERANCE_SECONDS {
+    // Saturating: the sender picks `ts`, and `now - i64::MIN` overflows. The
+    // crate's own check subtracts unchecked, so this one must come first.
+    if now.saturating_sub(ts) > TOLERANCE_SECONDS {
         return Err(Rejection::Stale);
     }
-    if ts - now > TOLERANCE_SECONDS {
+    if ts.saturating_sub(now) > TOLERANCE_SECONDS {
         return Err(Rejection::Future);
     }
     for key in keys {
@@ -146,6 +148,25 @@ mod tests {
         assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_2", ts, &sig), ts), Err(Rejection::BadSignature));
         assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_1", ts - 301, &sig), ts), Err(Rejection::Stale));
         assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_1", ts + 301, &sig), ts), Err(Rejection::Future));
+    }
+
+    #[test]
+    fn extreme_timestamps_are_rejected_without_overflow() {
+        let (raw, _) = new_secret();
+        let keys = [SourceKey::secret(raw).unwrap()];
+        let ts = now();
+        let mut h = headers("m", ts, "v1,x");
+        for (timestamp, why) in [
+            ("-9223372036854775808", Rejection::Stale),
+            ("9223372036854775807", Rejection::Future),
+            ("-9223372036854775809", Rejection::BadTimestamp),
+        ] {
+            h.insert("webhook-timestamp", HeaderValue::from_static(timestamp));
+            assert_eq!(verify(&keys, b"{}", &h, ts), Err(why), "{timestamp}");
+        }
+        // Nor can an extreme clock overflow.
+        assert_eq!(verify(&keys, b"{}", &headers("m", i64::MAX, "v1,x"), i64::MIN), Err(Rejection::Future));
+        assert_eq!(verify(&keys, b"{}", &headers("m", i64::MIN, "v1,x"), i64::MAX), Err(Rejection::Stale));
     }
 
     #[test]

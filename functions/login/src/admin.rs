@@ -229,9 +229,18 @@ async fn insert_grants(
     }
 }
 
-pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
-    let who = admin(req, vars, db).await?;
-    let body: NewUser = read_json(req, BODY_LIMIT)?;
+/// A new user that passed every check, in the form it is stored.
+struct ValidNewUser {
+    username: String,
+    display_name: String,
+    email: Option<String>,
+    language: &'static str,
+    password: NewPassword,
+    grants: Vec<Grant>,
+}
+
+/// Checks a new user's fields and grants; no database work.
+fn validate_new_user(body: NewUser) -> Result<ValidNewUser, Problem> {
     let mut checks = Checks::default();
     let username = normalise_username(&body.username);
     if username.is_none() {
@@ -242,8 +251,9 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
     if let Some(e) = email {
         check_email(&mut checks, e);
     }
-    let language = body.language.clone().unwrap_or_else(|| "nb".to_owned());
-    if !LANGUAGES.contains(&language.as_str()) {
+    let language = body.language.as_deref().unwrap_or("nb");
+    let known_language = LANGUAGES.iter().copied().find(|l| *l == language);
+    if known_language.is_none() {
         checks.fail("/language", format!("must be one of {}", LANGUAGES.join(", ")));
     }
     let password = match NewPassword::parse(&body.password, username.as_deref().unwrap_or(&body.username)) {
@@ -255,8 +265,32 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
     };
     let grants = check_grants(&mut checks, "/roles", &body.roles);
     checks.finish()?;
-    let (username, password) = (username.expect("checked"), password.expect("checked"));
-    let hash = password.hash();
+    match (username, known_language, password) {
+        (Some(username), Some(language), Some(password)) => Ok(ValidNewUser {
+            username,
+            display_name: body.display_name.trim().to_owned(),
+            email: email.map(str::to_owned),
+            language,
+            password,
+            grants,
+        }),
+        // Each of these failed a check above.
+        _ => Err(Problem::internal()),
+    }
+}
+
+/// Checks a replacement set of grants; no database work.
+fn validate_roles(body: RolesBody) -> Result<Vec<Grant>, Problem> {
+    let mut checks = Checks::default();
+    let grants = check_grants(&mut checks, "/roles", &body.roles);
+    checks.finish()?;
+    Ok(grants)
+}
+
+pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let who = admin(req, vars, db).await?;
+    let user = validate_new_user(read_json(req, BODY_LIMIT)?)?;
+    let hash = user.password.hash();
 
     let id = transaction(db, async |db| {
         let inserted = db
@@ -265,11 +299,11 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
                  VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text) RETURNING id",
                 &[
                     uuid(&who.tenant_id),
-                    username.clone().into(),
-                    body.display_name.trim().into(),
-                    email.map(str::to_owned).into(),
+                    user.username.clone().into(),
+                    user.display_name.clone().into(),
+                    user.email.clone().into(),
                     hash.into(),
-                    language.into(),
+                    user.language.into(),
                 ],
             )
             .await;
@@ -280,11 +314,11 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
             }
             Err(e) => return Err(e.into()),
         };
-        insert_grants(db, &who.tenant_id, &id, &grants, "/roles").await?;
+        insert_grants(db, &who.tenant_id, &id, &user.grants, "/roles").await?;
         audit::record(
             db,
             Some(meta),
-            Event::by(&who, "user.created").target("user", &id).details(json!({"roles": grants})),
+            Event::by(&who, "user.created").target("user", &id).details(json!({"roles": user.grants})),
         )
         .await?;
         Ok(id)
@@ -308,10 +342,7 @@ pub async fn set_roles(
 ) -> HttpResult {
     let who = admin(req, vars, db).await?;
     let id = path_id(id)?;
-    let body: RolesBody = read_json(req, BODY_LIMIT)?;
-    let mut checks = Checks::default();
-    let grants = check_grants(&mut checks, "/roles", &body.roles);
-    checks.finish()?;
+    let grants = validate_roles(read_json(req, BODY_LIMIT)?)?;
     if id == who.user_id && !grants.iter().any(|g| g.role == Role::TenantAdmin) {
         return Err(Problem::conflict("you cannot remove your own tenant_admin role"));
     }
@@ -447,4 +478,53 @@ pub async fn delete(
     })
     .await?;
     tavle_core::web::no_content()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_user(body: serde_json::Value) -> NewUser {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn pointers(p: &Problem) -> Vec<&str> {
+        p.errors.iter().map(|e| e.pointer.as_str()).collect()
+    }
+
+    #[test]
+    fn a_new_user_is_validated_before_anything_is_written() {
+        let group = "4f0c2a9e-6d1b-4c55-9a0e-2b7d3c1e8f10";
+        let user = validate_new_user(new_user(json!({
+            "username": " Kari@Nordby.no ", "display_name": " Kari Nordmann ", "email": " kari@nordby.no ",
+            "password": "Kx9#mPq2zz", "roles": [{"role": "teacher", "group_id": group.to_uppercase()},
+                                               {"role": "teacher", "group_id": group}],
+        })))
+        .unwrap();
+        assert_eq!((user.username.as_str(), user.display_name.as_str()), ("kari@nordby.no", "Kari Nordmann"));
+        assert_eq!((user.email.as_deref(), user.language), (Some("kari@nordby.no"), "nb"));
+        // Grants are normalised (and so deduplicated) before they reach the database.
+        assert_eq!(user.grants.len(), 1);
+        assert_eq!(user.grants[0].group_id.as_deref(), Some(group));
+
+        let p = validate_new_user(new_user(json!({
+            "username": "-x", "display_name": "", "email": "nope", "language": "fr", "password": "short",
+            "roles": [{"role": "teacher"}],
+        })))
+        .err()
+        .unwrap();
+        assert_eq!(p.status, 422);
+        let mut got = pointers(&p);
+        got.dedup();
+        assert_eq!(got, ["/username", "/display_name", "/email", "/language", "/password", "/roles/0"]);
+    }
+
+    #[test]
+    fn replacement_roles_are_validated_before_anything_is_written() {
+        let body: RolesBody =
+            serde_json::from_value(json!({"roles": [{"role": "school_leader", "group_id": "x"}]})).unwrap();
+        assert_eq!(pointers(&validate_roles(body).unwrap_err()), ["/roles/0"]);
+        let body: RolesBody = serde_json::from_value(json!({"roles": [{"role": "tenant_admin"}]})).unwrap();
+        assert_eq!(validate_roles(body).unwrap()[0].role, Role::TenantAdmin);
+    }
 }

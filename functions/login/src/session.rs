@@ -231,7 +231,7 @@ async fn count_failure(
 fn token_response(cfg: &LoginConfig, user_id: &str, tenant_id: &str, session: &Row) -> HttpResult {
     let session_id = session.text("id")?;
     let seconds_left = session.int("seconds_left")?.max(1) as u64;
-    let lifetime = (cfg.access_token_minutes as u64 * 60).min(seconds_left);
+    let lifetime = (cfg.access_token_minutes as u64).saturating_mul(60).min(seconds_left);
     let claims = Claims::with_custom_claims(
         TokenClaims { tenant: tenant_id.to_owned(), sid: session_id.clone() },
         Duration::from_secs(lifetime),

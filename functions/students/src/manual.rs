@@ -2,6 +2,10 @@
 //! pupil in scope, or corrects a manual result. Source "manual", with who
 //! recorded it and when; a correction keeps the previous value in the audit
 //! log. Publishers' results are corrected by the publisher re-sending them.
+//!
+//! The body is validated in full before the transaction begins: the
+//! assessment's maximum it is checked against is read first, and the
+//! transaction only gets a [`ValidOutcome`].
 
 use crate::scope::{Scope, PUPIL_VISIBLE};
 use crate::BODY_LIMIT;
@@ -12,7 +16,7 @@ use tavle_core::access_log;
 use tavle_core::audit::{self, Event};
 use tavle_core::db::{transaction, uuid, Db, Row};
 use tavle_core::problem::field;
-use tavle_core::scores::check_outcome;
+use tavle_core::scores::{canonical_datetime, check_outcome, STATUSES};
 use tavle_core::vars::Variables;
 use tavle_core::web::{json, path_id, read_json, Body, Checks, HttpResult, RequestMeta};
 use tavle_core::Problem;
@@ -59,6 +63,38 @@ fn view(r: &Row) -> Result<Json, Problem> {
     }))
 }
 
+/// A result's score, status and completion time, checked against the
+/// assessment's maximum: what gets stored.
+#[derive(Debug, PartialEq)]
+struct ValidOutcome {
+    score: Option<f64>,
+    status: &'static str,
+    /// RFC 3339 in UTC.
+    completed_at: Option<String>,
+}
+
+impl ValidOutcome {
+    fn json(&self) -> Json {
+        outcome_json(self.score, self.status, self.completed_at.as_deref())
+    }
+}
+
+/// Checks an outcome against the assessment's `max_score`; no database work.
+fn validate(
+    score: Option<f64>,
+    status: &str,
+    completed_at: Option<&str>,
+    max_score: f64,
+) -> Result<ValidOutcome, Problem> {
+    let mut checks = Checks::default();
+    check_outcome(&mut checks, "", score, status, completed_at, max_score);
+    checks.finish()?;
+    // Both parse: check_outcome accepted them.
+    let status = STATUSES.iter().copied().find(|s| *s == status).ok_or_else(Problem::internal)?;
+    let completed_at = completed_at.map(|t| canonical_datetime(t).ok_or_else(Problem::internal)).transpose()?;
+    Ok(ValidOutcome { score, status, completed_at })
+}
+
 fn outcome_json(score: Option<f64>, status: &str, completed_at: Option<&str>) -> Json {
     json!({"score": score, "status": status, "completed_at": completed_at})
 }
@@ -71,6 +107,40 @@ async fn visible_pupil(db: &mut impl Db, scope: &Scope, pupil: &str) -> Result<(
     let sql = format!("SELECT p.id FROM pupils p WHERE p.id = $4::uuid AND {PUPIL_VISIBLE} FOR SHARE OF p");
     db.query_opt(&sql, &params).await?.ok_or_else(Problem::not_found)?;
     Ok(())
+}
+
+/// Before the transaction: 404 unless the pupil is visible, 422 unless the
+/// assessment is the tenant's; its `max_score` otherwise.
+async fn registration_target(db: &mut impl Db, scope: &Scope, pupil: &str, assessment: &str) -> Result<f64, Problem> {
+    let mut params = scope.params();
+    params.extend([uuid(pupil), uuid(assessment)]);
+    let sql = format!(
+        "SELECT (SELECT max_score FROM assessments WHERE id = $5::uuid AND tenant_id = $1::uuid) AS max_score \
+         FROM pupils p WHERE p.id = $4::uuid AND {PUPIL_VISIBLE}"
+    );
+    let row = db.query_opt(&sql, &params).await?.ok_or_else(Problem::not_found)?;
+    row.opt_float("max_score")?.ok_or_else(|| Problem::validation(vec![field("/assessment_id", "no such assessment")]))
+}
+
+/// Before the transaction: 404 unless the pupil is visible and the result
+/// theirs, 409 for a publisher's result; its assessment's `max_score` otherwise.
+async fn correction_target(db: &mut impl Db, scope: &Scope, pupil: &str, result: &str) -> Result<f64, Problem> {
+    let mut params = scope.params();
+    params.extend([uuid(pupil), uuid(result)]);
+    let sql = format!(
+        "SELECT r.source_id IS NULL AS manual, a.max_score \
+         FROM pupils p JOIN results r ON r.pupil_id = p.id AND r.tenant_id = p.tenant_id \
+         JOIN assessments a ON a.id = r.assessment_id \
+         WHERE p.id = $4::uuid AND r.id = $5::uuid AND {PUPIL_VISIBLE}"
+    );
+    let row = db.query_opt(&sql, &params).await?.ok_or_else(Problem::not_found)?;
+    if !row.bool("manual")? {
+        return Err(Problem::conflict(
+            "a publisher's result is corrected by the publisher sending it again; \
+             register a manual result instead",
+        ));
+    }
+    Ok(row.float("max_score")?)
 }
 
 pub async fn register(
@@ -86,20 +156,11 @@ pub async fn register(
         .map_err(|_| Problem::validation(vec![field("/assessment_id", "must be an assessment id")]))?
         .to_string();
     let scope = Scope::of(req, vars, db).await?;
+    let max_score = registration_target(db, &scope, &pupil, &assessment).await?;
+    let outcome = validate(body.score, &body.status, body.completed_at.as_deref(), max_score)?;
     transaction(db, async |db| {
+        // Again, now locked: the pupil may have left the caller's scope meanwhile.
         visible_pupil(db, &scope, &pupil).await?;
-        let max_score = db
-            .query_opt(
-                "SELECT max_score FROM assessments WHERE id = $1::uuid AND tenant_id = $2::uuid",
-                &[uuid(&assessment), uuid(&scope.who.tenant_id)],
-            )
-            .await?
-            .ok_or_else(|| Problem::validation(vec![field("/assessment_id", "no such assessment")]))?
-            .float("max_score")?;
-        let mut checks = Checks::default();
-        check_outcome(&mut checks, "", body.score, &body.status, body.completed_at.as_deref(), max_score);
-        checks.finish()?;
-
         let inserted = db
             .query_opt(
                 &format!(
@@ -116,9 +177,9 @@ pub async fn register(
                     uuid(&pupil),
                     uuid(&assessment),
                     uuid(&scope.who.user_id),
-                    body.score.into(),
-                    body.status.clone().into(),
-                    body.completed_at.clone().into(),
+                    outcome.score.into(),
+                    outcome.status.into(),
+                    outcome.completed_at.clone().into(),
                 ],
             )
             .await?;
@@ -136,7 +197,7 @@ pub async fn register(
             Event::by(&scope.who, "result.registered").target("result", &id).details(json!({
                 "pupil_id": pupil,
                 "assessment_id": assessment,
-                "new": outcome_json(body.score, &body.status, body.completed_at.as_deref()),
+                "new": outcome.json(),
             })),
         )
         .await?;
@@ -158,28 +219,25 @@ pub async fn correct(
     let result = path_id(result)?;
     let body: Correction = read_json(req, BODY_LIMIT)?;
     let scope = Scope::of(req, vars, db).await?;
+    let max_score = correction_target(db, &scope, &pupil, &result).await?;
+    let outcome = validate(body.score, &body.status, body.completed_at.as_deref(), max_score)?;
     transaction(db, async |db| {
+        // Again, now locked: pupil and result may have changed meanwhile.
         visible_pupil(db, &scope, &pupil).await?;
         let current = db
             .query_opt(
-                "SELECT r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.source_id IS NULL AS manual, a.max_score, \
-                        r.assessment_id \
-                 FROM results r JOIN assessments a ON a.id = r.assessment_id \
-                 WHERE r.id = $1::uuid AND r.pupil_id = $2::uuid AND r.tenant_id = $3::uuid FOR UPDATE OF r",
+                "SELECT r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.assessment_id FROM results r \
+                 WHERE r.id = $1::uuid AND r.pupil_id = $2::uuid AND r.tenant_id = $3::uuid AND r.source_id IS NULL \
+                 FOR UPDATE OF r",
                 &[uuid(&result), uuid(&pupil), uuid(&scope.who.tenant_id)],
             )
             .await?
             .ok_or_else(Problem::not_found)?;
-        if !current.bool("manual")? {
-            return Err(Problem::conflict(
-                "a publisher's result is corrected by the publisher sending it again; \
-                 register a manual result instead",
-            ));
-        }
-        let mut checks = Checks::default();
-        check_outcome(&mut checks, "", body.score, &body.status, body.completed_at.as_deref(), current.float("max_score")?);
-        checks.finish()?;
-        let previous = outcome_json(current.opt_float("score")?, &current.text("status")?, current.opt_text("completed_at")?.as_deref());
+        let previous = outcome_json(
+            current.opt_float("score")?,
+            &current.text("status")?,
+            current.opt_text("completed_at")?.as_deref(),
+        );
         let row = db
             .query_one(
                 &format!(
@@ -190,9 +248,9 @@ pub async fn correct(
                 ),
                 &[
                     uuid(&result),
-                    body.score.into(),
-                    body.status.clone().into(),
-                    body.completed_at.clone().into(),
+                    outcome.score.into(),
+                    outcome.status.into(),
+                    outcome.completed_at.clone().into(),
                     uuid(&scope.who.user_id),
                 ],
             )
@@ -204,7 +262,7 @@ pub async fn correct(
                 "pupil_id": pupil,
                 "assessment_id": current.text("assessment_id")?,
                 "previous": previous,
-                "new": outcome_json(body.score, &body.status, body.completed_at.as_deref()),
+                "new": outcome.json(),
             })),
         )
         .await?;
@@ -212,4 +270,25 @@ pub async fn correct(
         json(StatusCode::OK, &view(&row)?)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_validated_against_the_maximum_and_made_canonical() {
+        let valid = validate(Some(31.5), "completed", Some("2026-09-16T10:00:00+02:00"), 40.0).unwrap();
+        let want =
+            ValidOutcome { score: Some(31.5), status: "completed", completed_at: Some("2026-09-16T08:00:00Z".into()) };
+        assert_eq!(valid, want);
+        assert_eq!(validate(None, "absent", None, 40.0).unwrap().completed_at, None);
+
+        let p = validate(Some(41.0), "done", Some("2026-09-16 10:00:00+02:00"), 40.0).unwrap_err();
+        assert_eq!(p.status, 422);
+        let pointers: Vec<&str> = p.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/status", "/score", "/completed_at"]);
+        let p = validate(None, "completed", None, 40.0).unwrap_err();
+        assert_eq!(p.errors[0].message, "a completed result needs a score");
+    }
 }

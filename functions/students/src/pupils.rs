@@ -12,7 +12,7 @@ use tavle_core::crypto::BlindIndex;
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
 use tavle_core::problem::field;
-use tavle_core::scores::valid_date;
+use tavle_core::scores::canonical_date;
 use tavle_core::vars::Variables;
 use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, path_id, query_param, read_json, Body};
 use tavle_core::web::{malformed_cursor, HttpResult, RequestMeta};
@@ -54,12 +54,14 @@ pub fn uuid_param(req: &Request, name: &str) -> Result<Option<String>, Problem> 
     }
 }
 
+/// A date parameter as `YYYY-MM-DD` formatted from the parsed date: what
+/// PostgreSQL gets (it fails on some text the parser takes, such as
+/// `+2026-09-15`), and text that compares in date order.
 fn date_param(req: &Request, name: &str) -> Result<Option<String>, Problem> {
-    match query_param(req, name)? {
-        Some(v) if !valid_date(&v) => {
-            Err(Problem::bad_query(vec![field(format!("/query/{name}"), "must be a date (YYYY-MM-DD)")]))
-        }
-        other => Ok(other),
+    let Some(v) = query_param(req, name)? else { return Ok(None) };
+    match canonical_date(&v) {
+        Some(d) => Ok(Some(d)),
+        None => Err(Problem::bad_query(vec![field(format!("/query/{name}"), "must be a date (YYYY-MM-DD)")])),
     }
 }
 

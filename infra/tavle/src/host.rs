@@ -5,7 +5,7 @@
 use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
 use http::{HeaderValue, Request, Response};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +17,12 @@ use tavle_core::web::{self, Body, BodyReader, RequestMeta};
 use tavle_core::Problem;
 
 /// Components this binary can run natively, by `spin.toml` component id.
+#[cfg(not(feature = "test-fixtures"))]
 pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students"];
+/// Components this binary can run natively, by `spin.toml` component id
+/// (with the tests' fixture component).
+#[cfg(feature = "test-fixtures")]
+pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "probe"];
 
 struct ComponentRuntime {
     variables: HashMap<String, String>,
@@ -64,7 +69,13 @@ impl Host {
             let pool = match pools.get(&url) {
                 Some(p) => p.clone(),
                 None => {
-                    let options = PgConnectOptions::from_str(&url).context("db_url is not a PostgreSQL URL")?;
+                    tavle_core::db::check_db_url(&url).map_err(|e| anyhow::anyhow!("component `{name}`: {e}"))?;
+                    let mut options = PgConnectOptions::from_str(&url).context("db_url is not a PostgreSQL URL")?;
+                    // Spin's `require` verifies the certificate and host name;
+                    // sqlx's does not, its `verify-full` does.
+                    if matches!(options.get_ssl_mode(), PgSslMode::Require) {
+                        options = options.ssl_mode(PgSslMode::VerifyFull);
+                    }
                     let pool = PgPoolOptions::new()
                         .max_connections(config.max_connections)
                         .acquire_timeout(Duration::from_secs(5))
@@ -85,6 +96,8 @@ impl Host {
             Some("login") => tavle_login::body_limit(path),
             Some("ingest") => tavle_ingest::body_limit(path),
             Some("students") => tavle_students::body_limit(path),
+            #[cfg(feature = "test-fixtures")]
+            Some("probe") => tavle_db_probe::body_limit(path),
             _ => 0,
         }
     }
@@ -94,6 +107,11 @@ impl Host {
     /// (Spin keeps the client's copy and adds its own last, so handlers read
     /// the last one), then call the component.
     pub async fn handle(&self, mut req: Request<Body>, client: Option<SocketAddr>) -> Response<Body> {
+        // Spin refuses a request with a header value that is not UTF-8
+        // before any component runs: an empty 500.
+        if req.headers().values().any(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
+            return empty(http::StatusCode::INTERNAL_SERVER_ERROR);
+        }
         if let Some(addr) = client {
             if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
                 req.headers_mut().append(web::CLIENT_ADDR, v);
@@ -101,8 +119,9 @@ impl Host {
         }
         let path = req.uri().path().to_owned();
         let no_vars = HashMap::<String, String>::new();
+        // A path no route serves is Spin's own empty 404 (no component runs).
         let Some(route) = self.manifest.route_for(&path) else {
-            return web::serve(req, &no_vars, async |_, _: RequestMeta| Err(Problem::not_found())).await;
+            return empty(http::StatusCode::NOT_FOUND);
         };
         let runtime = &self.components[&route.component];
         let mut db = SqlxDb::new(runtime.pool.clone());
@@ -110,6 +129,8 @@ impl Host {
             "login" => tavle_login::handle(req, &runtime.variables, &mut db).await,
             "ingest" => tavle_ingest::handle(req, &runtime.variables, &mut db).await,
             "students" => tavle_students::handle(req, &runtime.variables, &mut db).await,
+            #[cfg(feature = "test-fixtures")]
+            "probe" => tavle_db_probe::handle(req, &runtime.variables, &mut db).await,
             _ => web::serve(req, &no_vars, async |_, _: RequestMeta| Err(Problem::not_found())).await,
         }
     }
@@ -132,6 +153,13 @@ impl Host {
             c.pool.close().await;
         }
     }
+}
+
+/// An answer of Spin's own, before any component: a status, nothing else.
+fn empty(status: http::StatusCode) -> Response<Body> {
+    let mut response = Response::new(Vec::new());
+    *response.status_mut() = status;
+    response
 }
 
 /// The answer to a request refused before any component ran (a body over

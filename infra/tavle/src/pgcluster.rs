@@ -64,6 +64,14 @@ impl PgCluster {
     /// Throwaway cluster in a fresh temp dir (under `std::env::temp_dir()`),
     /// removed when stopped.
     pub fn start_ephemeral() -> Result<PgCluster> {
+        PgCluster::start_ephemeral_with(&[])
+    }
+
+    /// A throwaway cluster as [`PgCluster::start_ephemeral`], with extra server
+    /// settings (each passed as `postgres -c SETTING`, after ours, so they win),
+    /// e.g. `ssl=on` and `ssl_cert_file=/path/server.crt`. Files they name must
+    /// be readable by the server's OS user (see [`PgCluster::give_to_server_user`]).
+    pub fn start_ephemeral_with(settings: &[String]) -> Result<PgCluster> {
         let tmp = std::env::temp_dir();
         sweep_abandoned_temp_dirs(&tmp);
         let (root, lock) = create_temp_root(&tmp)?;
@@ -73,7 +81,7 @@ impl PgCluster {
             env.prepare_dir(&root)?;
             env.initdb(&layout, &layout.data, true)?;
             env.prepare_dir(&layout.sock)?;
-            let (child, port) = env.start_server(&layout, true, None)?;
+            let (child, port) = env.start_server(&layout, true, None, settings)?;
             Ok::<_, anyhow::Error>((child, port))
         })();
         match started {
@@ -110,7 +118,7 @@ impl PgCluster {
         clear_stale_pid_file(&layout.data)?;
         let port_file = root.join("port");
         let preferred = fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok());
-        let (child, port) = env.start_server(&layout, false, preferred)?;
+        let (child, port) = env.start_server(&layout, false, preferred, &[])?;
         let _ = fs::write(&port_file, format!("{port}\n"));
         Ok(PgCluster::register(root, port, false, child, lock))
     }
@@ -122,6 +130,17 @@ impl PgCluster {
 
     pub fn port(&self) -> u16 {
         self.inner.port
+    }
+
+    /// Hands `path` to the OS user the server runs as (`postgres` when we are
+    /// root; otherwise that is us already and nothing changes), e.g. a TLS key
+    /// file, which PostgreSQL wants owned by its user with mode 0600.
+    pub fn give_to_server_user(path: &Path) -> Result<()> {
+        if let Some(r) = Env::detect()?.run_as {
+            std::os::unix::fs::chown(path, Some(r.uid), Some(r.gid))
+                .with_context(|| format!("chown {} to {PG_OS_USER}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Fast shutdown (SIGINT, SIGKILL after 10 s); removes the directory of an
@@ -310,12 +329,18 @@ impl Env {
 
     /// Start the server and wait until it accepts connections; retries on a
     /// different port if ours was taken between probing and binding.
-    fn start_server(&self, layout: &Layout, ephemeral: bool, mut preferred_port: Option<u16>) -> Result<(Child, u16)> {
+    fn start_server(
+        &self,
+        layout: &Layout,
+        ephemeral: bool,
+        mut preferred_port: Option<u16>,
+        extra: &[String],
+    ) -> Result<(Child, u16)> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = pick_port(preferred_port.take())?;
             let offset = file_len(&layout.log);
-            let mut child = self.spawn_server(layout, port, ephemeral)?;
+            let mut child = self.spawn_server(layout, port, ephemeral, extra)?;
             match wait_ready(&self.bin, &mut child, &layout.data, port) {
                 Ok(()) => return Ok((child, port)),
                 Err(e) => {
@@ -336,7 +361,7 @@ impl Env {
         Err(last_err.unwrap_or_else(|| anyhow!("could not start PostgreSQL")))
     }
 
-    fn spawn_server(&self, layout: &Layout, port: u16, ephemeral: bool) -> Result<Child> {
+    fn spawn_server(&self, layout: &Layout, port: u16, ephemeral: bool, extra: &[String]) -> Result<Child> {
         let mut cmd = self.command(self.tool("postgres"), layout)?;
         cmd.arg("-D").arg(&layout.data);
         let mut settings = vec![
@@ -356,6 +381,7 @@ impl Env {
         if ephemeral {
             settings.extend(["fsync=off", "synchronous_commit=off", "full_page_writes=off"].map(String::from));
         }
+        settings.extend(extra.iter().cloned());
         for s in settings {
             cmd.arg("-c").arg(s);
         }
@@ -829,6 +855,14 @@ mod tests {
         assert!(!pg_isready(&bin(), port));
         pg.stop(); // idempotent
         drop(pg); // Drop after stop is a no-op
+    }
+
+    #[test]
+    fn ephemeral_takes_extra_settings() {
+        let pg = PgCluster::start_ephemeral_with(&["work_mem=7MB".to_string(), "fsync=on".to_string()]).unwrap();
+        assert_eq!(psql(pg.port(), "postgres", "show work_mem").unwrap(), "7MB");
+        assert_eq!(psql(pg.port(), "postgres", "show fsync").unwrap(), "on", "extra settings come last and win");
+        assert_eq!(psql(pg.port(), "postgres", "show listen_addresses").unwrap(), "127.0.0.1");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 
 use crate::host::{refused, Host, HostConfig};
 use anyhow::Result;
+use futures::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use tavle_core::web::BodyReader;
 use tavle_core::Problem;
@@ -88,5 +90,14 @@ async fn respond(host: &Host, req: hyper::Request<Incoming>, peer: SocketAddr) -
         }
     }
     let req = http::Request::from_parts(parts, reader.finish());
-    host.handle(req, Some(peer)).await.map(|b| Full::new(Bytes::from(b)))
+    // A handler that panics answers as a trapped component does on Spin: an
+    // empty 500 (and the connection it held is closed, see `SqlxDb`).
+    match AssertUnwindSafe(host.handle(req, Some(peer))).catch_unwind().await {
+        Ok(response) => response.map(|b| Full::new(Bytes::from(b))),
+        Err(_) => {
+            let mut response = hyper::Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
 }

@@ -1,0 +1,214 @@
+//! Spin against the native host, in the same run: the main requests of the
+//! end-to-end scenario, timed on `spin up` (release `.wasm` files, the
+//! project's spin.toml) and on the native host's HTTP server, interleaved
+//! request by request so that drift affects both alike. Prints p50 and p99
+//! per route and host, the ratio Spin / native, each component's size, and
+//! Spin's start-up and first-request latency.
+//!
+//! ```sh
+//! cargo bench -p tavle-tests --bench spin                # full run
+//! BENCH_SMOKE=1 cargo bench -p tavle-tests --bench spin  # smoke run (CI): same paths, few requests
+//! ```
+//!
+//! Settings: `BENCH_N` (requests per route and host, default 300; smoke 12),
+//! `BENCH_CLASS` (pupils in the class of the overview and the results post,
+//! default 100; smoke 20), `BENCH_WORKERS` (native host workers, default 2).
+//! Every answer is asserted; a smoke run's figures are printed but are not
+//! results. Method and figures: tests/benches/README.md.
+
+#[allow(dead_code)] // shared by the benches; this one uses only a few of its helpers
+mod common;
+
+use common::{env_usize, ms, pct};
+use http::{header, Method, Request};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tavle_tests::http::{start_native, HttpClient};
+use tavle_tests::scenario::{self, World};
+use tavle_tests::spin::SpinApp;
+use tavle_tests::{project_root, synthetic_id, unix_now, Api, Source, TestApp, TestResponse};
+
+struct Host {
+    name: &'static str,
+    app: TestApp,
+    client: HttpClient,
+    world: World,
+    class: String,
+    assessment: String,
+}
+
+/// A class of `n` pupils (numbers 100..100+n) with a results post each.
+fn class_roster(n: usize) -> Value {
+    let pupils: Vec<Value> = (0..n as u32)
+        .map(|i| {
+            json!({"identity_number": synthetic_id(100 + i), "given_name": format!("Elev {i}"),
+                   "family_name": format!("Klasse {i:03}"), "year_level": 6, "groups": ["6A"]})
+        })
+        .collect();
+    json!({"school": {"external_id": "sorby", "name": "Sørby skole"},
+           "groups": [{"external_id": "6A", "name": "6A", "year_level": 6}], "pupils": pupils})
+}
+
+fn class_results(n: usize, round: usize) -> Value {
+    let rows: Vec<Value> = (0..n as u32)
+        .map(|i| {
+            json!({"external_id": format!("regning-{i}"), "pupil": {"identity_number": synthetic_id(100 + i)},
+                   "score": ((i as usize + round) % 41) as f64, "status": "completed",
+                   "completed_at": "2026-10-01T09:00:00Z",
+                   "items": [{"item": "q1", "score": 1, "answer": "A"}, {"item": "q2", "score": 0, "answer": "C"}]})
+        })
+        .collect();
+    json!({"assessment": {"external_id": "regning-h26", "title": "Kartlegging regning", "subject": "matematikk",
+                          "year_level": 6, "max_score": 40, "administered_on": "2026-10-01"},
+           "results": rows})
+}
+
+async fn signed(client: &HttpClient, source: &Source, id: &str, body: &Value) -> TestResponse {
+    let body = serde_json::to_vec(body).unwrap();
+    let now = unix_now();
+    let signature = standardwebhooks::Webhook::new(&source.secret).unwrap().sign(id, now, &body).unwrap();
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/ingest/{}/results", source.id))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .unwrap();
+    client.call(req).await
+}
+
+async fn prepare(name: &'static str, app: TestApp, client: HttpClient, class: usize) -> Host {
+    let world = scenario::run(&client, &app).await;
+    let sas = client.create_source(&world.admin, "sas").await;
+    let r = client.deliver(&sas, "roster", "bench-class", &class_roster(class)).await;
+    assert_eq!(r.status, 200, "{name}: class roster: {}", r.text());
+    let r = signed(&client, &world.publisher, "bench-results-0", &class_results(class, 0)).await;
+    assert_eq!(r.status, 200, "{name}: class results: {}", r.text());
+    let id = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move { sqlx::query_scalar::<_, uuid::Uuid>(sql).fetch_one(&pool).await.unwrap().to_string() }
+    };
+    let class_id = id("SELECT id FROM groups WHERE external_id = '6A'").await;
+    let assessment = id("SELECT id FROM assessments WHERE external_id = 'regning-h26'").await;
+    // The teacher of the scenario also teaches the benchmark's class.
+    let roles =
+        json!({"roles": [{"role": "teacher", "group_id": world.group_5a}, {"role": "teacher", "group_id": class_id}]});
+    let r = client
+        .send(
+            Method::PUT,
+            &format!("/admin/users/{}/roles", world.teacher.user_id),
+            Some(&world.admin.token),
+            Some(roles),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{name}: roles: {}", r.text());
+    Host { name, app, client, world, class: class_id, assessment }
+}
+
+type Route = &'static str;
+const ROUTES: [Route; 4] = ["login", "pupil profile", "class overview", "results post"];
+
+/// One request of `route`, asserted; `i` makes each results post new.
+async fn request(h: &Host, route: Route, i: usize, class: usize) -> Duration {
+    let token = &h.world.teacher_session.token;
+    let started = Instant::now();
+    let r = match route {
+        "login" => h.client.login_response("oslo", &h.world.teacher.username, &h.world.teacher.password).await,
+        "pupil profile" => h.client.get(&format!("/pupils/{}", h.world.pupil), token).await,
+        "class overview" => {
+            h.client.get(&format!("/groups/{}/overview?assessment_id={}", h.class, h.assessment), token).await
+        }
+        "results post" => {
+            signed(&h.client, &h.world.publisher, &format!("bench-results-{}", i + 1), &class_results(class, i + 1))
+                .await
+        }
+        _ => unreachable!(),
+    };
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{} {route}: {}", h.name, r.text());
+    let body = r.json();
+    match route {
+        "login" => assert!(body["access_token"].is_string()),
+        "pupil profile" => assert_eq!(body["family_name"], "Ødegård"),
+        "class overview" => assert_eq!(body["pupils"].as_array().map(Vec::len), Some(class), "{}", h.name),
+        _ => assert_eq!(body["received"], class, "{}", h.name),
+    }
+    took
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    common::print_panics();
+    let smoke = std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
+    let n = env_usize("BENCH_N", if smoke { 12 } else { 300 });
+    let class = env_usize("BENCH_CLASS", if smoke { 20 } else { 100 });
+    let workers = env_usize("BENCH_WORKERS", 2);
+    if smoke {
+        println!("SMOKE RUN ({n} requests per route and host, a class of {class}): figures are not results");
+    }
+
+    let native_app = TestApp::spawn().await;
+    let native_addr = start_native(&native_app.variables, workers);
+    let native = prepare("native", native_app, HttpClient::new(native_addr), class).await;
+
+    let spin_app = TestApp::spawn().await;
+    let spin_process = SpinApp::start_project(&spin_app.variables);
+    let (startup, first) = (spin_process.startup, spin_process.first_request);
+    let spin = prepare("spin", spin_app, spin_process.client(), class).await;
+
+    // Warm-up, then interleaved: each iteration times one request on each
+    // host, the order alternating.
+    let hosts = [&native, &spin];
+    for route in ROUTES {
+        for (i, h) in hosts.iter().enumerate() {
+            request(h, route, 1000 + i, class).await;
+        }
+    }
+    let mut samples: Vec<[Vec<Duration>; 2]> = ROUTES.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    for (r, route) in ROUTES.iter().enumerate() {
+        for i in 0..n {
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for h in order {
+                let took = request(hosts[h], route, 2 * (i + 2000) + h, class).await;
+                samples[r][h].push(took);
+            }
+        }
+    }
+
+    println!(
+        "\nrequests on one keep-alive connection per host, {n} per route and host, interleaved; class of {class} pupils"
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "route", "native p50", "native p99", "spin p50", "spin p99", "ratio p50", "ratio p99"
+    );
+    for (r, route) in ROUTES.iter().enumerate() {
+        let [nat, sp] = &samples[r];
+        let (n50, n99, s50, s99) = (pct(nat, 0.5), pct(nat, 0.99), pct(sp, 0.5), pct(sp, 0.99));
+        println!(
+            "{:<16} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2}",
+            route,
+            ms(n50),
+            ms(n99),
+            ms(s50),
+            ms(s99),
+            ms(s50) / ms(n50),
+            ms(s99) / ms(n99)
+        );
+    }
+    println!("(ms; ratio = Spin / native; aim: p50 ratio <= 1.5 for each of these routes)");
+    println!("\nSpin: ready {:.0} ms after `spin up` started; its first request took {:.1} ms", ms(startup), ms(first));
+
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(project_root().join("spin.toml")).unwrap()).unwrap();
+    println!("\n{:<10} {:>10} {:>8}", "component", "bytes", "KiB");
+    for (name, c) in manifest["component"].as_table().unwrap() {
+        let path = project_root().join(c["source"].as_str().unwrap());
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("{name:<10} {bytes:>10} {:>8.1}", bytes as f64 / 1024.0);
+    }
+    let _ = (&native.app, &spin.app);
+    drop(spin_process);
+}
