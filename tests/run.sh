@@ -6,7 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step reports how long the previous one took (tests/README.md lists them).
+last_step=""; last_start=$SECONDS
+step() {
+  [ -n "$last_step" ] && printf '==> (%s: %d s)\n' "$last_step" "$((SECONDS - last_start))"
+  last_step="$*"; last_start=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
 
 step "toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -23,14 +29,13 @@ cargo fmt --all -- --check
 step "cargo clippy (native and wasm32-wasip2)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 components=$(sed -n 's/.*cargo build --target wasm32-wasip2 --release -p \([a-z0-9-]*\).*/\1/p' spin.toml | sort -u)
-for c in $components; do
+for c in $components tavle-db-probe; do
   cargo clippy --target wasm32-wasip2 --locked -p "$c" -- -D warnings
 done
 
-step "tests (each integration test on its own fresh database)"
-cargo test --workspace --locked
-
 step "release build of every component for wasm32-wasip2 (the build commands of spin.toml)"
+# Before the tests: the Spin tests run these very files (they rebuild them
+# only if a source changed since).
 grep -o 'command = "cargo build --target wasm32-wasip2 --release -p [a-z0-9-]*"' spin.toml | sed 's/command = "\(.*\)"/\1/' | sort -u | while read -r cmd; do
   echo "$cmd"; $cmd --locked
 done
@@ -39,6 +44,15 @@ for c in $components; do
   test -s "$f" || { echo "missing $f"; exit 1; }
   printf '%s %s bytes\n' "$f" "$(stat -c %s "$f")"
 done
+# The test fixture component (tests/fixtures/db-probe), for the Spin tests only.
+cargo build --target wasm32-wasip2 --release -p tavle-db-probe --locked
+
+step "tests (each integration test on its own fresh database; tests/tests/spin*.rs on real Spin)"
+echo "Spin CLI: $(bash tests/spin-cli.sh --version)"
+cargo test --workspace --locked
+
+step "benchmark smoke runs (same code paths, few requests; figures are not results)"
+BENCH_SMOKE=1 cargo bench -p tavle-tests --bench spin --locked
 
 step "infrastructure checks (HCL parse/format/policy)"
 bash infra/check/check_hcl.sh
@@ -48,5 +62,5 @@ if [ -f .ci/schemathesis.sh ]; then
   # The debug host from the test step: no extra LTO release build on 2 cores.
   TAVLE_PROFILE=dev bash .ci/schemathesis.sh
 fi
-echo
-echo "all checks passed"
+step "done"
+echo "all checks passed in $SECONDS s"

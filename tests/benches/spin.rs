@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tavle_tests::http::{start_native, HttpClient};
 use tavle_tests::scenario::{self, World};
-use tavle_tests::spin::SpinApp;
+use tavle_tests::spin::{manifest_with_probe, SpinApp};
 use tavle_tests::{project_root, synthetic_id, unix_now, Api, Source, TestApp, TestResponse};
 
 struct Host {
@@ -107,6 +107,10 @@ async fn prepare(name: &'static str, app: TestApp, client: HttpClient, class: us
     Host { name, app, client, world, class: class_id, assessment }
 }
 
+fn token_of(h: &Host) -> &str {
+    &h.world.teacher_session.token
+}
+
 type Route = &'static str;
 const ROUTES: [Route; 4] = ["login", "pupil profile", "class overview", "results post"];
 
@@ -154,7 +158,9 @@ async fn main() {
     let native = prepare("native", native_app, HttpClient::new(native_addr), class).await;
 
     let spin_app = TestApp::spawn().await;
-    let spin_process = SpinApp::start_project(&spin_app.variables);
+    // spin.toml's components, plus the test fixture `probe` for the
+    // argon2id diagnostics below.
+    let spin_process = SpinApp::start(&manifest_with_probe(), &spin_app.variables);
     let (startup, first) = (spin_process.startup, spin_process.first_request);
     let spin = prepare("spin", spin_app, spin_process.client(), class).await;
 
@@ -200,6 +206,28 @@ async fn main() {
     }
     println!("(ms; ratio = Spin / native; aim: p50 ratio <= 1.5 for each of these routes)");
     println!("\nSpin: ready {:.0} ms after `spin up` started; its first request took {:.1} ms", ms(startup), ms(first));
+
+    // Where a login's time goes: one argon2id verification (production
+    // parameters, the login component's code), natively in this process and
+    // inside a Spin component, whose first verification in a fresh instance
+    // also grows the instance's memory by the 19 MiB it needs.
+    let rounds = if smoke { 3 } else { 20 };
+    let (mut native_v, mut first_v, mut later_v) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        native_v.extend(tavle_db_probe::argon2_micros(3).into_iter().map(Duration::from_micros));
+        let r = spin.client.get("/probe/argon2?n=3", token_of(&spin)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let micros: Vec<u64> = serde_json::from_value(r.json()["micros"].clone()).unwrap();
+        first_v.push(Duration::from_micros(micros[0]));
+        later_v.extend(micros[1..].iter().map(|m| Duration::from_micros(*m)));
+    }
+    println!(
+        "argon2id verify p50: native {:.2} ms; in wasm on Spin {:.2} ms (first in an instance {:.2} ms); ratio {:.2}",
+        ms(pct(&native_v, 0.5)),
+        ms(pct(&later_v, 0.5)),
+        ms(pct(&first_v, 0.5)),
+        ms(pct(&later_v, 0.5)) / ms(pct(&native_v, 0.5))
+    );
 
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(project_root().join("spin.toml")).unwrap()).unwrap();

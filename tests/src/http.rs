@@ -79,6 +79,7 @@ impl HttpClient {
                     *guard = None;
                     return Err(format!("no answer within {timeout:?}"));
                 }
+                // Only a request that was never sent is sent again.
                 Ok(Err(e)) if attempt == 0 && e.is_canceled() => {
                     *guard = None;
                     continue;
@@ -93,6 +94,12 @@ impl HttpClient {
                 .map_err(|e| e.to_string())?
                 .to_bytes()
                 .to_vec();
+            // A server that answered before reading the whole request (a 413)
+            // or whose component trapped closes the connection, not always
+            // saying so: the next request goes on a new one, as a browser's would.
+            if parts.status == http::StatusCode::PAYLOAD_TOO_LARGE || parts.status.is_server_error() {
+                *guard = None;
+            }
             return Ok(TestResponse { status: parts.status.as_u16(), headers: parts.headers, body });
         }
         Err("the connection closed twice".into())

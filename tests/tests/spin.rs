@@ -319,3 +319,14 @@ async fn client_addresses_are_taken_from_trusted_proxies_only_on_spin_and_native
         assert_eq!(r.status, 200, "{host}: the session cookie in a second Cookie field: {}", r.text());
     }
 }
+
+#[test]
+fn the_probe_times_argon2id_with_the_login_components_parameters() {
+    assert_eq!(tavle_db_probe::PRODUCTION_HASH, tavle_login::password::dummy_hash());
+    assert!(tavle_login::password::dummy_hash().contains(&format!(
+        "m={},t={},p={}",
+        tavle_login::password::argon2().params().m_cost(),
+        tavle_login::password::argon2().params().t_cost(),
+        tavle_login::password::argon2().params().p_cost()
+    )));
+}

@@ -70,12 +70,7 @@ impl Host {
                 Some(p) => p.clone(),
                 None => {
                     tavle_core::db::check_db_url(&url).map_err(|e| anyhow::anyhow!("component `{name}`: {e}"))?;
-                    let mut options = PgConnectOptions::from_str(&url).context("db_url is not a PostgreSQL URL")?;
-                    // Spin's `require` verifies the certificate and host name;
-                    // sqlx's does not, its `verify-full` does.
-                    if matches!(options.get_ssl_mode(), PgSslMode::Require) {
-                        options = options.ssl_mode(PgSslMode::VerifyFull);
-                    }
+                    let options = connect_options(&url)?;
                     let pool = PgPoolOptions::new()
                         .max_connections(config.max_connections)
                         .acquire_timeout(Duration::from_secs(5))
@@ -153,6 +148,18 @@ impl Host {
             c.pool.close().await;
         }
     }
+}
+
+/// Connection options of a PostgreSQL URL, as every native connection of
+/// this binary uses them: `sslmode=require` verifies the certificate and
+/// the host name, as it does on Spin (sqlx's own `require` only encrypts;
+/// its `verify-full` verifies).
+pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(url).context("not a PostgreSQL URL")?;
+    Ok(match options.get_ssl_mode() {
+        PgSslMode::Require => options.ssl_mode(PgSslMode::VerifyFull),
+        _ => options,
+    })
 }
 
 /// An answer of Spin's own, before any component: a status, nothing else.

@@ -175,7 +175,8 @@ fn database_url() -> Result<String> {
 }
 
 async fn connect(url: &str) -> Result<sqlx::PgPool> {
-    PgPoolOptions::new().max_connections(2).connect(url).await.context("connecting to the database")
+    let options = tavle_host::host::connect_options(url).context("DATABASE_URL")?;
+    PgPoolOptions::new().max_connections(2).connect_with(options).await.context("connecting to the database")
 }
 
 fn read_password() -> Result<String> {
