@@ -61,24 +61,18 @@ impl Host {
     /// will serve requests.
     pub fn new(config: &HostConfig) -> Result<Host> {
         let mut components = HashMap::new();
-        let mut pools: HashMap<String, PgPool> = HashMap::new();
         for name in config.manifest.components.keys() {
             let variables = config.manifest.component_variables(name, &config.app_variables)?;
             let url = variables.get("db_url").cloned().unwrap_or_default();
             check_outbound(&config.manifest.outbound_hosts(name, &config.app_variables)?, &url, name)?;
-            let pool = match pools.get(&url) {
-                Some(p) => p.clone(),
-                None => {
-                    tavle_core::db::check_db_url(&url).map_err(|e| anyhow::anyhow!("component `{name}`: {e}"))?;
-                    let options = connect_options(&url)?;
-                    let pool = PgPoolOptions::new()
-                        .max_connections(config.max_connections)
-                        .acquire_timeout(Duration::from_secs(5))
-                        .connect_lazy_with(options);
-                    pools.insert(url.clone(), pool.clone());
-                    pool
-                }
-            };
+            tavle_core::db::check_db_url(&url).map_err(|e| anyhow::anyhow!("component `{name}`: {e}"))?;
+            // One pool per component, as Spin 4 keeps them (its pools are
+            // per component and address), so no component can take another's
+            // connections, or be handed one another left behind.
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(connect_options(&url)?);
             components.insert(name.clone(), ComponentRuntime { variables, pool });
         }
         Ok(Host { manifest: config.manifest.clone(), components })
