@@ -23,7 +23,7 @@ use common::{env_usize, ms, pct};
 use http::{header, Method, Request};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tavle_tests::http::{start_native, HttpClient};
+use tavle_tests::http::{start_native_on, HttpClient};
 use tavle_tests::scenario::{self, World};
 use tavle_tests::spin::{manifest_with_probe, SpinApp};
 use tavle_tests::{project_root, synthetic_id, unix_now, Api, Source, TestApp, TestResponse};
@@ -154,12 +154,12 @@ async fn main() {
     }
 
     let native_app = TestApp::spawn().await;
-    let native_addr = start_native(&native_app.variables, workers);
+    // Both hosts serve spin.toml's components plus the test fixture `probe`
+    // (for the diagnostics at the end).
+    let native_addr = start_native_on(&manifest_with_probe(), &native_app.variables, workers);
     let native = prepare("native", native_app, HttpClient::new(native_addr), class).await;
 
     let spin_app = TestApp::spawn().await;
-    // spin.toml's components, plus the test fixture `probe` for the
-    // argon2id diagnostics below.
     let spin_process = SpinApp::start(&manifest_with_probe(), &spin_app.variables);
     let (startup, first) = (spin_process.startup, spin_process.first_request);
     let spin = prepare("spin", spin_app, spin_process.client(), class).await;
@@ -206,6 +206,30 @@ async fn main() {
     }
     println!("(ms; ratio = Spin / native; aim: p50 ratio <= 1.5 for each of these routes)");
     println!("\nSpin: ready {:.0} ms after `spin up` started; its first request took {:.1} ms", ms(startup), ms(first));
+
+    // Where a request's time goes: one without the database (an
+    // unauthenticated `GET /auth/me`: HTTP, a fresh instance on Spin), and
+    // one with a single trivial statement (taking a pooled connection, its
+    // ROLLBACK, one statement).
+    let mut overhead: Vec<[Vec<Duration>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    for (k, path) in ["/auth/me", "/probe/ping"].into_iter().enumerate() {
+        for i in 0..n {
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for h in order {
+                let started = Instant::now();
+                let r = hosts[h].client.call(Request::builder().uri(path).body(Vec::new()).unwrap()).await;
+                overhead[k][h].push(started.elapsed());
+                assert_eq!(r.status, if k == 0 { 401 } else { 200 }, "{}", r.text());
+            }
+        }
+    }
+    println!("\n{:<34} {:>10} {:>10} {:>11}", "where the time goes (p50, ms)", "native", "spin", "difference");
+    for (what, s) in
+        [("no database (GET /auth/me, 401)", &overhead[0]), ("one trivial statement (probe)", &overhead[1])]
+    {
+        let (a, b) = (ms(pct(&s[0], 0.5)), ms(pct(&s[1], 0.5)));
+        println!("{what:<34} {a:>10.2} {b:>10.2} {:>11.2}", b - a);
+    }
 
     // Where a login's time goes: one argon2id verification (production
     // parameters, the login component's code), natively in this process and

@@ -72,6 +72,11 @@ impl<A: Api> Recorder<'_, A> {
             shape: body.as_ref().map(shape).unwrap_or(Value::Null),
         });
         assert!(r.header("x-request-id").is_some(), "{name}: no x-request-id");
+        // A known length, never chunked: on Spin a chunked answer's last
+        // segment can wait 40 ms for a delayed ACK (core::spin_http::respond).
+        // (RFC 9110 8.6: none on a 204.)
+        let length = (r.status != 204).then(|| r.body.len().to_string());
+        assert_eq!(r.header("content-length"), length.as_deref(), "{name}: content-length");
         r
     }
 

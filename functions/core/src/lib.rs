@@ -18,24 +18,26 @@ pub mod web;
 pub use problem::Problem;
 
 /// The whole Spin adapter of a component: reads each request with the
-/// component's body limit for its path (see [`spin_http`]), then hands it,
-/// the component's own Spin variables and a `pg4` connection (from its
-/// `db_url` variable) to the component's plain handler.
+/// component's body limit for its path (see [`spin_http`]), hands it, the
+/// component's own Spin variables and a `pg4` connection (from its `db_url`
+/// variable) to the component's plain handler, and writes the answer.
 #[cfg(target_arch = "wasm32")]
 #[macro_export]
 macro_rules! spin_component {
     ($handler:path, $body_limit:path) => {
         #[spin_sdk::http_component]
-        async fn spin_entry(req: spin_sdk::http::IncomingRequest) -> http::Response<Vec<u8>> {
+        async fn spin_entry(req: spin_sdk::http::IncomingRequest, out: spin_sdk::http::ResponseOutparam) {
             $crate::db::roll_back_on_panic();
             let vars = $crate::vars::SpinVariables;
-            let req = match $crate::spin_http::read_request(req, &vars, $body_limit).await {
-                Ok(req) => req,
-                Err(refused) => return refused,
+            let response = match $crate::spin_http::read_request(req, &vars, $body_limit).await {
+                Ok(req) => {
+                    let address = $crate::vars::Variables::get(&vars, "db_url").unwrap_or_default();
+                    let mut db = $crate::db::SpinDb::new(address);
+                    $handler(req, &vars, &mut db).await
+                }
+                Err(refused) => refused,
             };
-            let address = $crate::vars::Variables::get(&vars, "db_url").unwrap_or_default();
-            let mut db = $crate::db::SpinDb::new(address);
-            $handler(req, &vars, &mut db).await
+            $crate::spin_http::respond(response, out);
         }
     };
 }
