@@ -416,6 +416,18 @@ pub trait Api {
     ) -> TestResponse {
         let wh = standardwebhooks::Webhook::new(secret).unwrap();
         let signature = wh.sign(webhook_id, timestamp, body).unwrap();
+        self.post_signed(path, webhook_id, timestamp, &signature, body).await
+    }
+
+    /// Posts a JSON body with these Standard Webhooks headers.
+    async fn post_signed(
+        &self,
+        path: &str,
+        webhook_id: &str,
+        timestamp: i64,
+        signature: &str,
+        body: &[u8],
+    ) -> TestResponse {
         let req = Request::builder()
             .method(Method::POST)
             .uri(path)

@@ -55,17 +55,31 @@ pub fn shape(v: &Value) -> Value {
     }
 }
 
+/// Records every request made through one of its [`Named`] steps.
 struct Recorder<'a, A: Api> {
     api: &'a A,
-    steps: Vec<Step>,
+    steps: std::cell::RefCell<Vec<Step>>,
 }
 
-impl<A: Api> Recorder<'_, A> {
-    async fn call(&mut self, name: &str, req: Request<Vec<u8>>) -> TestResponse {
-        let r = self.api.call(req).await;
+/// The next request(s), recorded under `name`; every `Api` helper works.
+struct Named<'r, 'a, A: Api> {
+    recorder: &'r Recorder<'a, A>,
+    name: String,
+}
+
+impl<'a, A: Api> Recorder<'a, A> {
+    fn step(&self, name: &str) -> Named<'_, 'a, A> {
+        Named { recorder: self, name: name.to_owned() }
+    }
+}
+
+impl<A: Api> Api for Named<'_, '_, A> {
+    async fn call(&self, req: Request<Vec<u8>>) -> TestResponse {
+        let name = &self.name;
+        let r = self.recorder.api.call(req).await;
         let body: Option<Value> = serde_json::from_slice(&r.body).ok();
-        self.steps.push(Step {
-            name: name.to_owned(),
+        self.recorder.steps.borrow_mut().push(Step {
+            name: name.clone(),
             status: r.status,
             problem_type: body.as_ref().and_then(|b| b["type"].as_str()).map(str::to_owned),
             content_type: r.header("content-type").map(str::to_owned),
@@ -78,64 +92,6 @@ impl<A: Api> Recorder<'_, A> {
         let length = (r.status != 204).then(|| r.body.len().to_string());
         assert_eq!(r.header("content-length"), length.as_deref(), "{name}: content-length");
         r
-    }
-
-    async fn send(
-        &mut self,
-        name: &str,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> TestResponse {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                b = b.header(header::CONTENT_TYPE, "application/json");
-                serde_json::to_vec(&v).unwrap()
-            }
-            None => Vec::new(),
-        };
-        self.call(name, b.body(body).unwrap()).await
-    }
-
-    async fn get(&mut self, name: &str, path: &str, token: &str) -> TestResponse {
-        self.send(name, Method::GET, path, Some(token), None).await
-    }
-
-    async fn post(&mut self, name: &str, path: &str, token: Option<&str>, body: Value) -> TestResponse {
-        self.send(name, Method::POST, path, token, Some(body)).await
-    }
-
-    async fn signed(
-        &mut self,
-        name: &str,
-        path: &str,
-        id: &str,
-        signature: &str,
-        timestamp: i64,
-        body: &[u8],
-    ) -> TestResponse {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body.to_vec())
-            .unwrap();
-        self.call(name, req).await
-    }
-
-    async fn deliver(&mut self, name: &str, source: &Source, kind: &str, id: &str, body: &Value) -> TestResponse {
-        let body = serde_json::to_vec(body).unwrap();
-        let now = unix_now();
-        let signature = standardwebhooks::Webhook::new(&source.secret).unwrap().sign(id, now, &body).unwrap();
-        self.signed(name, &format!("/ingest/{}/{kind}", source.id), id, &signature, now, &body).await
     }
 }
 
@@ -203,84 +159,38 @@ async fn scalar(app: &TestApp, sql: &str, arg: &str) -> String {
     id.to_string()
 }
 
-async fn create_source<A: Api>(s: &mut Recorder<'_, A>, admin: &Session, kind: &str) -> Source {
-    let body = json!({"kind": kind, "name": format!("{kind} system")});
-    let r = s.post(&format!("create {kind} source"), "/admin/sources", Some(&admin.token), body).await;
-    let body = expect(&r, 201, "create source");
-    Source { id: body["id"].as_str().unwrap().to_owned(), secret: body["secret"].as_str().unwrap().to_owned() }
-}
-
-async fn create_user<A: Api>(
-    s: &mut Recorder<'_, A>,
-    admin: &Session,
-    tenant: &Staff,
-    username: &str,
-    roles: Value,
-) -> Staff {
-    let password = format!("Pw-{}-9x", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let body = json!({"username": username, "display_name": format!("{username} display"), "password": password, "roles": roles});
-    let r = s.post(&format!("create user {username}"), "/admin/users", Some(&admin.token), body).await;
-    let body = expect(&r, 201, "create user");
-    Staff {
-        tenant: tenant.tenant.clone(),
-        tenant_id: tenant.tenant_id.clone(),
-        username: username.into(),
-        password,
-        user_id: body["id"].as_str().unwrap().to_owned(),
-    }
-}
-
-async fn login<A: Api>(s: &mut Recorder<'_, A>, staff: &Staff) -> Session {
-    let body = json!({"tenant": staff.tenant, "username": staff.username, "password": staff.password});
-    let r = s.post(&format!("login {}", staff.username), "/auth/login", None, body).await;
-    let body = expect(&r, 200, "login");
-    let cookie = r.header("set-cookie").and_then(|c| c.split(';').next()).expect("a session cookie").to_owned();
-    Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body }
-}
-
 /// Runs the whole scenario against `api`, which serves `app`'s database.
 pub async fn run(api: &impl Api, app: &TestApp) -> World {
-    let mut s = Recorder { api, steps: Vec::new() };
+    let s = Recorder { api, steps: Default::default() };
     let oslo = app.seed_tenant("oslo").await;
     let unknown = uuid::Uuid::new_v4().to_string();
 
     // --- login, me, refresh ---------------------------------------------------
-    let r = s.send("me without credentials", Method::GET, "/auth/me", None, None).await;
+    let r = s.step("me without credentials").send(Method::GET, "/auth/me", None, None).await;
     problem(&r, 401, "unauthenticated", "me without credentials");
     let r = s
-        .post(
-            "login, unknown tenant",
-            "/auth/login",
-            None,
-            json!({"tenant": "nowhere", "username": "admin", "password": "Wrong-pass-1x"}),
-        )
+        .step("login, unknown tenant")
+        .post("/auth/login", None, json!({"tenant": "nowhere", "username": "admin", "password": "Wrong-pass-1x"}))
         .await;
     problem(&r, 401, "invalid-credentials", "unknown tenant");
     let r = s
-        .post(
-            "login, wrong password",
-            "/auth/login",
-            None,
-            json!({"tenant": "oslo", "username": "admin", "password": "Wrong-pass-1x"}),
-        )
+        .step("login, wrong password")
+        .post("/auth/login", None, json!({"tenant": "oslo", "username": "admin", "password": "Wrong-pass-1x"}))
         .await;
     problem(&r, 401, "invalid-credentials", "wrong password");
     let r = s
-        .post(
-            "login, unknown user",
-            "/auth/login",
-            None,
-            json!({"tenant": "oslo", "username": "nobody", "password": "Wrong-pass-1x"}),
-        )
+        .step("login, unknown user")
+        .post("/auth/login", None, json!({"tenant": "oslo", "username": "nobody", "password": "Wrong-pass-1x"}))
         .await;
     problem(&r, 401, "invalid-credentials", "unknown user");
     let r = s
-        .post("login", "/auth/login", None, json!({"tenant": "oslo", "username": "admin", "password": oslo.password}))
+        .step("login")
+        .post("/auth/login", None, json!({"tenant": "oslo", "username": "admin", "password": oslo.password}))
         .await;
     let body = expect(&r, 200, "login");
     let cookie = r.header("set-cookie").and_then(|c| c.split(';').next()).expect("a session cookie").to_owned();
     let admin = Session { token: body["access_token"].as_str().unwrap().to_owned(), cookie, body };
-    let me = expect(&s.get("me", "/auth/me", &admin.token).await, 200, "me");
+    let me = expect(&s.step("me").get("/auth/me", &admin.token).await, 200, "me");
     assert_eq!(me["user"]["username"], "admin");
     assert_eq!(me["tenant"]["slug"], "oslo");
     let refresh = Request::builder()
@@ -290,7 +200,7 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         .header(header::ORIGIN, ORIGIN)
         .body(Vec::new())
         .unwrap();
-    let refreshed = expect(&s.call("refresh by cookie", refresh).await, 200, "refresh");
+    let refreshed = expect(&s.step("refresh by cookie").call(refresh).await, 200, "refresh");
     assert!(refreshed["access_token"].as_str().is_some_and(|t| t != admin.token));
 
     // --- an empty tenant: every list is empty, every id unknown ----------------
@@ -300,10 +210,10 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         ("groups, none yet", "/groups"),
         ("assessments, none yet", "/assessments"),
     ] {
-        let list = expect(&s.get(name, path, &admin.token).await, 200, name);
+        let list = expect(&s.step(name).get(path, &admin.token).await, 200, name);
         assert_eq!(list["items"], json!([]), "{name}");
     }
-    let users = expect(&s.get("users", "/admin/users", &admin.token).await, 200, "users");
+    let users = expect(&s.step("users").get("/admin/users", &admin.token).await, 200, "users");
     assert_eq!(users["items"].as_array().map(Vec::len), Some(1));
     for (name, path) in [
         ("user, unknown id", format!("/admin/users/{unknown}")),
@@ -311,23 +221,23 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         ("pupil, unknown id", format!("/pupils/{unknown}")),
         ("overview, unknown group", format!("/groups/{unknown}/overview?assessment_id={unknown}")),
     ] {
-        problem(&s.get(name, &path, &admin.token).await, 404, "not-found", name);
+        problem(&s.step(name).get(&path, &admin.token).await, 404, "not-found", name);
     }
     let stranger = Source { id: unknown.clone(), secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into() };
-    let r = s.deliver("webhook, unknown source", &stranger, "roster", "msg-0", &roster()).await;
+    let r = s.step("webhook, unknown source").deliver(&stranger, "roster", "msg-0", &roster()).await;
     problem(&r, 404, "not-found", "unknown source");
 
     // --- webhook sources, roster, results ---------------------------------------
-    let sas = create_source(&mut s, &admin, "sas").await;
-    let publisher = create_source(&mut s, &admin, "publisher").await;
-    let sources = expect(&s.get("sources", "/admin/sources", &admin.token).await, 200, "sources");
+    let sas = s.step("create sas source").create_source(&admin, "sas").await;
+    let publisher = s.step("create publisher source").create_source(&admin, "publisher").await;
+    let sources = expect(&s.step("sources").get("/admin/sources", &admin.token).await, 200, "sources");
     assert_eq!(sources["items"].as_array().map(Vec::len), Some(2));
     assert!(!sources.to_string().contains(&sas.secret), "a source list shows a secret");
 
-    let r = s.deliver("roster", &sas, "roster", "roster-1", &roster()).await;
+    let r = s.step("roster").deliver(&sas, "roster", "roster-1", &roster()).await;
     let summary = expect(&r, 200, "roster");
     assert_eq!(r.header("webhook-replayed"), None);
-    let r = s.deliver("roster, replayed", &sas, "roster", "roster-1", &roster()).await;
+    let r = s.step("roster, replayed").deliver(&sas, "roster", "roster-1", &roster()).await;
     assert_eq!(expect(&r, 200, "roster replay"), summary);
     assert_eq!(r.header("webhook-replayed"), Some("true"));
 
@@ -336,33 +246,25 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
     let now = unix_now();
     let signature = python_sign(&publisher.secret, "results-1", now, &body);
     let path = format!("/ingest/{}/results", publisher.id);
-    let r =
-        s.signed("results, signed by the Python package", &path, "results-1", &signature, now, body.as_bytes()).await;
+    let r = s
+        .step("results, signed by the Python package")
+        .post_signed(&path, "results-1", now, &signature, body.as_bytes())
+        .await;
     let summary = expect(&r, 200, "results");
     assert_eq!((summary["created"].as_u64(), summary["rejected"].as_u64()), (Some(4), Some(0)), "{summary}");
-    let r = s.signed("results, replayed", &path, "results-1", &signature, now, body.as_bytes()).await;
+    let r = s.step("results, replayed").post_signed(&path, "results-1", now, &signature, body.as_bytes()).await;
     assert_eq!(expect(&r, 200, "results replay"), summary);
     assert_eq!(r.header("webhook-replayed"), Some("true"));
     let r = s
-        .deliver(
-            "a roster's webhook id reused for results",
-            &sas,
-            "results",
-            "roster-1",
-            &results_post("y", "2026-09-15T09:30:00Z"),
-        )
+        .step("a roster's webhook id reused for results")
+        .deliver(&sas, "results", "roster-1", &results_post("y", "2026-09-15T09:30:00Z"))
         .await;
     problem(&r, 409, "conflict", "a roster id reused for results");
     // A multi-byte character where the offset's colon belongs: a clear 422
     // (it used to panic inside the transaction).
     let r = s
-        .deliver(
-            "results, broken offset",
-            &publisher,
-            "results",
-            "results-2",
-            &results_post("z", "2026-09-15T09:30:00+0é00"),
-        )
+        .step("results, broken offset")
+        .deliver(&publisher, "results", "results-2", &results_post("z", "2026-09-15T09:30:00+0é00"))
         .await;
     let bad = expect(&r, 422, "broken offset");
     assert_eq!(bad["errors"][0]["pointer"], "/results/0/completed_at", "{bad}");
@@ -374,12 +276,16 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
     let fifth = scalar(app, "SELECT id FROM pupils WHERE family_name = $1", "Fjell").await;
 
     // --- user administration ------------------------------------------------------
-    let teacher = create_user(&mut s, &admin, &oslo, "kari", json!([{"role": "teacher", "group_id": group_5a}])).await;
-    let leader = create_user(&mut s, &admin, &oslo, "leif", json!([])).await;
-    let privacy_officer = create_user(&mut s, &admin, &oslo, "per", json!([{"role": "privacy_officer"}])).await;
+    let teacher = s
+        .step("create user kari")
+        .create_user(&admin, &oslo, "kari", json!([{"role": "teacher", "group_id": group_5a}]))
+        .await;
+    let leader = s.step("create user leif").create_user(&admin, &oslo, "leif", json!([])).await;
+    let privacy_officer =
+        s.step("create user per").create_user(&admin, &oslo, "per", json!([{"role": "privacy_officer"}])).await;
     let r = s
+        .step("grant a school leader")
         .send(
-            "grant a school leader",
             Method::PUT,
             &format!("/admin/users/{}/roles", leader.user_id),
             Some(&admin.token),
@@ -388,79 +294,71 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         .await;
     assert_eq!(expect(&r, 200, "roles")["roles"][0]["role"], "school_leader");
     let r = s
-        .post("deactivate", &format!("/admin/users/{}/deactivate", leader.user_id), Some(&admin.token), json!({}))
+        .step("deactivate")
+        .post(&format!("/admin/users/{}/deactivate", leader.user_id), Some(&admin.token), json!({}))
         .await;
     assert_eq!(expect(&r, 200, "deactivate")["active"], false);
     let r = s
-        .post(
-            "login while deactivated",
-            "/auth/login",
-            None,
-            json!({"tenant": "oslo", "username": "leif", "password": leader.password}),
-        )
+        .step("login while deactivated")
+        .post("/auth/login", None, json!({"tenant": "oslo", "username": "leif", "password": leader.password}))
         .await;
     problem(&r, 401, "invalid-credentials", "deactivated");
-    let r =
-        s.post("activate", &format!("/admin/users/{}/activate", leader.user_id), Some(&admin.token), json!({})).await;
+    let r = s
+        .step("activate")
+        .post(&format!("/admin/users/{}/activate", leader.user_id), Some(&admin.token), json!({}))
+        .await;
     assert_eq!(expect(&r, 200, "activate")["active"], true);
-    let r = s.post("unlock", &format!("/admin/users/{}/unlock", leader.user_id), Some(&admin.token), json!({})).await;
+    let r =
+        s.step("unlock").post(&format!("/admin/users/{}/unlock", leader.user_id), Some(&admin.token), json!({})).await;
     expect(&r, 200, "unlock");
-    let one = expect(&s.get("user", &format!("/admin/users/{}", teacher.user_id), &admin.token).await, 200, "user");
+    let one =
+        expect(&s.step("user").get(&format!("/admin/users/{}", teacher.user_id), &admin.token).await, 200, "user");
     assert_eq!(one["username"], "kari");
 
     // --- what a teacher sees ------------------------------------------------------------
-    let kari = login(&mut s, &teacher).await;
-    let list = expect(&s.get("pupils of my groups", "/pupils", &kari.token).await, 200, "pupils");
+    let kari = s.step(&format!("login {}", teacher.username)).login(&teacher).await;
+    let list = expect(&s.step("pupils of my groups").get("/pupils", &kari.token).await, 200, "pupils");
     let names: Vec<&str> =
         list["items"].as_array().unwrap().iter().map(|p| p["family_name"].as_str().unwrap()).collect();
     assert_eq!(names, ["Aasen", "Berg", "Fjell", "Ødegård"], "5A by family name");
-    let found = expect(&s.get("pupils, name search", "/pupils?q=berg", &kari.token).await, 200, "q");
+    let found = expect(&s.step("pupils, name search").get("/pupils?q=berg", &kari.token).await, 200, "q");
     assert_eq!(found["items"].as_array().map(Vec::len), Some(1));
-    let none = expect(&s.get("pupils, name search without match", "/pupils?q=zzz", &kari.token).await, 200, "q");
+    let none = expect(&s.step("pupils, name search without match").get("/pupils?q=zzz", &kari.token).await, 200, "q");
     assert_eq!(none["items"], json!([]));
-    let r = s.get("pupils, identity number in the URL", &format!("/pupils?q={}", synthetic_id(0)), &kari.token).await;
+    let r =
+        s.step("pupils, identity number in the URL").get(&format!("/pupils?q={}", synthetic_id(0)), &kari.token).await;
     assert_eq!(r.status, 400, "{}", r.text());
     let r = s
-        .post(
-            "search by identity number",
-            "/pupils/search",
-            Some(&kari.token),
-            json!({"identity_number": synthetic_id(0)}),
-        )
+        .step("search by identity number")
+        .post("/pupils/search", Some(&kari.token), json!({"identity_number": synthetic_id(0)}))
         .await;
     let hit = expect(&r, 200, "search");
     assert_eq!(hit["items"][0]["id"], pupil.as_str(), "{hit}");
     let r = s
-        .post(
-            "search, unknown number",
-            "/pupils/search",
-            Some(&kari.token),
-            json!({"identity_number": synthetic_id(40)}),
-        )
+        .step("search, unknown number")
+        .post("/pupils/search", Some(&kari.token), json!({"identity_number": synthetic_id(40)}))
         .await;
     assert_eq!(expect(&r, 200, "search none")["items"], json!([]));
     let r = s
-        .post(
-            "search, a pupil of another group",
-            "/pupils/search",
-            Some(&kari.token),
-            json!({"identity_number": synthetic_id(3)}),
-        )
+        .step("search, a pupil of another group")
+        .post("/pupils/search", Some(&kari.token), json!({"identity_number": synthetic_id(3)}))
         .await;
     assert_eq!(expect(&r, 200, "search out of scope")["items"], json!([]));
-    let profile = expect(&s.get("profile", &format!("/pupils/{pupil}"), &kari.token).await, 200, "profile");
+    let profile = expect(&s.step("profile").get(&format!("/pupils/{pupil}"), &kari.token).await, 200, "profile");
     assert_eq!(profile["family_name"], "Ødegård");
     assert_eq!(profile["results"].as_array().map(Vec::len), Some(1), "{profile}");
     assert!(!profile.to_string().contains(&synthetic_id(0)), "a profile shows the identity number");
     let other = scalar(app, "SELECT id FROM pupils WHERE family_name = $1", "Dahl").await;
     problem(
-        &s.get("profile, out of scope", &format!("/pupils/{other}"), &kari.token).await,
+        &s.step("profile, out of scope").get(&format!("/pupils/{other}"), &kari.token).await,
         404,
         "not-found",
         "out of scope",
     );
     let overview = expect(
-        &s.get("class overview", &format!("/groups/{group_5a}/overview?assessment_id={assessment}"), &kari.token).await,
+        &s.step("class overview")
+            .get(&format!("/groups/{group_5a}/overview?assessment_id={assessment}"), &kari.token)
+            .await,
         200,
         "overview",
     );
@@ -469,8 +367,7 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
     assert_eq!(overview["median"], 25.5);
 
     // --- manual results -------------------------------------------------------------------
-    let r = s
-        .post("register a manual result", &format!("/pupils/{fifth}/results"), Some(&kari.token),
+    let r = s.step("register a manual result").post(&format!("/pupils/{fifth}/results"), Some(&kari.token),
               json!({"assessment_id": assessment, "score": 28, "status": "completed", "completed_at": "2026-09-16T10:00:00+02:00"}))
         .await;
     let manual = expect(&r, 201, "manual");
@@ -480,8 +377,8 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
     );
     let result_id = manual["id"].as_str().unwrap().to_owned();
     let r = s
+        .step("register it twice")
         .post(
-            "register it twice",
             &format!("/pupils/{fifth}/results"),
             Some(&kari.token),
             json!({"assessment_id": assessment, "score": 1, "status": "completed"}),
@@ -489,8 +386,8 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         .await;
     problem(&r, 409, "conflict", "twice");
     let r = s
+        .step("correct the manual result")
         .send(
-            "correct the manual result",
             Method::PUT,
             &format!("/pupils/{fifth}/results/{result_id}"),
             Some(&kari.token),
@@ -499,21 +396,18 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         .await;
     assert_eq!(expect(&r, 200, "correct")["score"], 29.5);
     let overview = expect(
-        &s.get(
-            "class overview after the manual result",
-            &format!("/groups/{group_5a}/overview?assessment_id={assessment}"),
-            &kari.token,
-        )
-        .await,
+        &s.step("class overview after the manual result")
+            .get(&format!("/groups/{group_5a}/overview?assessment_id={assessment}"), &kari.token)
+            .await,
         200,
         "overview",
     );
     assert_eq!(overview["completed"], 4);
 
     // --- the privacy officer ----------------------------------------------------------------
-    let per = login(&mut s, &privacy_officer).await;
+    let per = s.step(&format!("login {}", privacy_officer.username)).login(&privacy_officer).await;
     let log = expect(
-        &s.get("access log of a pupil", &format!("/pupils/{pupil}/access-log"), &per.token).await,
+        &s.step("access log of a pupil").get(&format!("/pupils/{pupil}/access-log"), &per.token).await,
         200,
         "access log",
     );
@@ -528,13 +422,13 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         "{log}"
     );
     problem(
-        &s.get("access log, unknown pupil", &format!("/pupils/{unknown}/access-log"), &per.token).await,
+        &s.step("access log, unknown pupil").get(&format!("/pupils/{unknown}/access-log"), &per.token).await,
         404,
         "not-found",
         "unknown",
     );
     problem(
-        &s.get("access log, not for teachers", &format!("/pupils/{pupil}/access-log"), &kari.token).await,
+        &s.step("access log, not for teachers").get(&format!("/pupils/{pupil}/access-log"), &kari.token).await,
         403,
         "forbidden",
         "teacher",
@@ -548,16 +442,16 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         .header(header::CONTENT_TYPE, "application/json")
         .body(big.into_bytes())
         .unwrap();
-    problem(&s.call("login, body over the limit", req).await, 413, "payload-too-large", "too large");
-    let r = s.post("logout", "/auth/logout", Some(&kari.token), json!({})).await;
+    problem(&s.step("login, body over the limit").call(req).await, 413, "payload-too-large", "too large");
+    let r = s.step("logout").post("/auth/logout", Some(&kari.token), json!({})).await;
     expect(&r, 204, "logout");
-    problem(&s.get("me after logout", "/auth/me", &kari.token).await, 401, "unauthenticated", "after logout");
+    problem(&s.step("me after logout").get("/auth/me", &kari.token).await, 401, "unauthenticated", "after logout");
 
     let report = crate::ops::verify_access_log(&app.pool, "oslo").await.unwrap();
     assert!(report.broken.is_none(), "access log chain broken: {:?}", report.broken);
     assert!(report.records >= 8, "{} records", report.records);
 
-    let teacher_session = login(&mut s, &teacher).await;
+    let teacher_session = s.step(&format!("login {}", teacher.username)).login(&teacher).await;
     World {
         oslo,
         admin,
@@ -568,7 +462,7 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         group_5a,
         pupil,
         assessment,
-        steps: s.steps,
+        steps: s.steps.into_inner(),
     }
 }
 

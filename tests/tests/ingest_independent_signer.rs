@@ -5,23 +5,9 @@
 //!
 //! The package and its virtual environment: `tavle_tests::python`.
 
-use http::{header, Method, Request};
 use serde_json::json;
 use tavle_tests::python::python_sign;
-use tavle_tests::{synthetic_id, unix_now, Api, TestApp, TestResponse};
-
-async fn post(app: &TestApp, path: &str, id: &str, timestamp: i64, signature: &str, body: &[u8]) -> TestResponse {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body.to_vec())
-        .unwrap();
-    app.call(req).await
-}
+use tavle_tests::{synthetic_id, unix_now, Api, TestApp};
 
 #[tokio::test]
 async fn rosters_signed_by_the_pypi_package_verify_and_tampering_or_staleness_is_rejected() {
@@ -46,7 +32,7 @@ async fn rosters_signed_by_the_pypi_package_verify_and_tampering_or_staleness_is
     // Signed by the PyPI package: accepted and applied.
     let now = unix_now();
     let signature = python_sign(&source.secret, "msg_py_1", now, &body);
-    let r = post(&app, &path, "msg_py_1", now, &signature, body.as_bytes()).await;
+    let r = app.post_signed(&path, "msg_py_1", now, &signature, body.as_bytes()).await;
     assert_eq!(r.status, 200, "a roster signed by the PyPI package was not accepted: {}", r.text());
     assert_eq!(app.count("SELECT count(*) FROM pupils").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM webhook_deliveries").await, 1);
@@ -58,13 +44,13 @@ async fn rosters_signed_by_the_pypi_package_verify_and_tampering_or_staleness_is
     tampered[at] = b'a';
     let now = unix_now();
     let signature = python_sign(&source.secret, "msg_py_2", now, &body);
-    let r = post(&app, &path, "msg_py_2", now, &signature, &tampered).await;
+    let r = app.post_signed(&path, "msg_py_2", now, &signature, &tampered).await;
     r.assert_problem(401, "invalid-signature");
 
     // Correctly signed by the PyPI package, but 6 minutes old.
     let stale = unix_now() - 6 * 60;
     let signature = python_sign(&source.secret, "msg_py_3", stale, &body);
-    let r = post(&app, &path, "msg_py_3", stale, &signature, body.as_bytes()).await;
+    let r = app.post_signed(&path, "msg_py_3", stale, &signature, body.as_bytes()).await;
     let problem = r.assert_problem(401, "invalid-signature");
     assert!(problem["detail"].as_str().is_some_and(|d| d.contains("old")), "not rejected as stale: {problem}");
 

@@ -8,10 +8,15 @@
 //!   parameter types while sqlx declares them;
 //! - timestamps leave the database as RFC 3339 text (`rfc3339(ts)` SQL
 //!   function from the migrations) and enter it as text cast in SQL, so no
-//!   driver-specific date handling is involved. The native implementation
-//!   refuses column types outside this subset so tests catch drift.
-//! - a connection is opened lazily on first use: requests rejected before
-//!   touching the database never open one.
+//!   driver-specific date handling is involved. Both implementations decode
+//!   the same column types the same way (Spin's mapping, narrowed to what
+//!   Tavle reads) and refuse the rest, so tests catch drift;
+//! - columns are read by name ([`Row`]);
+//! - every query is rewritten to yield at least one row ([`marker`]): released
+//!   Spin 4.0.x hangs on a query that yields none;
+//! - a connection is opened lazily on first use (requests rejected before
+//!   touching the database never open one) and starts with a `ROLLBACK`
+//!   ([`ON_TAKE`]), whatever the pool handed over.
 
 use std::fmt;
 use std::sync::Arc;
@@ -346,7 +351,7 @@ pub fn check_db_url(url: &str) -> Result<(), String> {
 /// connections without a rollback, so a component that trapped inside a
 /// transaction hands its open transaction, and its row locks, to the next
 /// request), this request starts outside any transaction.
-const ON_TAKE: &str = "ROLLBACK";
+pub const ON_TAKE: &str = "ROLLBACK";
 
 #[cfg(test)]
 mod url_tests {
