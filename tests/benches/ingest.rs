@@ -3,7 +3,8 @@
 //! `COPY ... FROM STDIN` of the same rows into the same table measured in the
 //! same run, and the time per 2,000-pupil roster.
 //!
-//!     cargo bench -p tavle-tests --bench ingest
+//!     cargo bench -p tavle-tests --bench ingest                # full run
+//!     BENCH_SMOKE=1 cargo bench -p tavle-tests --bench ingest  # smoke run (CI)
 //!
 //! A plain `fn main` (harness = false). Phases:
 //! 1. load `BENCH_PUPILS` pupils (default 5,000) with rosters of 1,000 (timed
@@ -16,7 +17,8 @@
 //!    `COPY ... FROM STDIN` (sqlx `copy_in_raw`): once as one COPY, once as
 //!    COPYs of `BENCH_BATCH` rows;
 //! 4. a breakdown of one extra post: host-side CPU steps replayed in this
-//!    thread, the post's SQL statements timed one by one, `EXPLAIN ANALYZE`
+//!    thread, the post's SQL statements (the handler's own text, the
+//!    constants `tavle_ingest` exports) timed one by one, `EXPLAIN ANALYZE`
 //!    of the results upsert;
 //! 5. `BENCH_ROSTERS` posts (default 10) of a `BENCH_ROSTER`-pupil roster
 //!    (default 2,000): the first creates the pupils, each later one renames
@@ -24,6 +26,10 @@
 //!
 //! `BENCH_WORKERS` host worker threads (default 2). The host's per-request
 //! log goes to `target/bench-ingest-host.log`; handler times come from it.
+//!
+//! `BENCH_SMOKE=1` is a smoke run (CI): every phase with every answer
+//! asserted, at small default sizes (600 results in posts of 100 over 300
+//! pupils, rosters of 200 posted 3 times); its figures are not results.
 //!
 //! Diagnosis knobs (not for recorded figures): `BENCH_AUTO_EXPLAIN=<ms>`
 //! logs the plans and actual times of the host's statements slower than that
@@ -33,33 +39,48 @@
 
 mod common;
 
+use base64::Engine;
 use common::{
-    env_usize, mean, ms, pct, print_cpu_table, print_panics, server_version, start_host, Client, Probe, Response,
-    StderrRedirect,
+    env_usize, mean, ms, pct, print_cpu_table, print_panics, server_version, size, smoke, smoke_banner, start_host,
+    Client, Probe, Response, StderrRedirect,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor, Row};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Executor, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tavle_core::audit::{self, Actor, Event};
 use tavle_core::crypto::BlindIndex;
+use tavle_core::db::{uuid, Db, SqlxDb, Value as DbValue};
 use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
+use tavle_core::scores::{canonical_date, canonical_datetime};
+use tavle_core::web::RequestMeta;
+use tavle_ingest::verify::SourceKey;
+use tavle_ingest::RESULT_COLUMNS;
 use tavle_tests::{project_root, synthetic_id, unix_now, Api, Source, TestApp};
 
-const COLUMNS: &str = "tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items";
 /// How long a client waits for an answer (a post of 5,000 results takes a while).
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn main() {
     let total = Instant::now();
-    let n_results = env_usize("BENCH_RESULTS", 100_000);
-    let batch = env_usize("BENCH_BATCH", 5_000).max(1);
-    let n_pupils = env_usize("BENCH_PUPILS", 5_000);
+    let n_results = size("BENCH_RESULTS", 100_000, 600);
+    let batch = size("BENCH_BATCH", 5_000, 100).max(1);
+    let n_pupils = size("BENCH_PUPILS", 5_000, 300);
     let n_items = env_usize("BENCH_ITEMS", 5);
-    let roster_size = env_usize("BENCH_ROSTER", 2_000);
-    let n_rosters = env_usize("BENCH_ROSTERS", 10).max(1);
+    let roster_size = size("BENCH_ROSTER", 2_000, 200);
+    let n_rosters = size("BENCH_ROSTERS", 10, 3).max(1);
     let workers = env_usize("BENCH_WORKERS", 2).max(1);
+    let banner = smoke().then(|| {
+        smoke_banner(&format!(
+            "{n_results} results in posts of {batch} over {n_pupils} pupils, {n_rosters} rosters of {roster_size}"
+        ))
+    });
+    if let Some(b) = &banner {
+        println!("{b}");
+    }
     assert!(batch <= n_pupils, "a post holds each pupil at most once: BENCH_BATCH <= BENCH_PUPILS");
     assert!(n_pupils + roster_size + n_rosters * roster_size / 50 < 11_000, "synthetic_id gives 11,000 numbers");
     let n_posts = n_results.div_ceil(batch);
@@ -255,7 +276,7 @@ fn main() {
     );
     println!();
     println!(
-        "pupils loaded: {n_pupils} in {} rosters, {:.2} s ({:.0} ms per 1,000-pupil roster)",
+        "pupils loaded: {n_pupils} in {} rosters, {:.2} s ({:.0} ms per roster of up to 1,000)",
         load_times.len(),
         load_wall.as_secs_f64(),
         ms(mean(&load_times))
@@ -339,6 +360,9 @@ fn main() {
         log_path.display(),
         total.elapsed().as_secs_f64()
     );
+    if let Some(b) = &banner {
+        println!("{b}");
+    }
     drop(app);
     std::process::exit(0); // the host's worker threads never return
 }
@@ -444,17 +468,15 @@ fn truncate_results(rt: &tokio::runtime::Runtime, app: &TestApp) {
 
 /// The `results` rows in insertion order as COPY text: (all, row count, lines).
 async fn copy_text(app: &TestApp) -> (String, usize, Vec<String>) {
-    let rows = sqlx::query(
-        "SELECT tenant_id::text, pupil_id::text, assessment_id::text, source_id::text, external_id, score::text, status, \
-                completed_at::text, items::text FROM results ORDER BY ctid"
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let columns: Vec<String> = RESULT_COLUMNS.split(", ").map(|c| format!("{c}::text")).collect();
+    let rows = sqlx::query(&format!("SELECT {} FROM results ORDER BY ctid", columns.join(", ")))
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
     let lines: Vec<String> = rows
         .iter()
         .map(|r| {
-            let fields: Vec<String> = (0..9)
+            let fields: Vec<String> = (0..columns.len())
                 .map(|i| match r.get::<Option<String>, _>(i) {
                     None => "\\N".to_owned(),
                     Some(v) => v.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r"),
@@ -471,7 +493,7 @@ async fn copy_in(app: &TestApp, chunks: &[&[u8]]) -> Duration {
     let mut conn = app.pool.acquire().await.unwrap();
     let t = Instant::now();
     for chunk in chunks {
-        let mut copy = conn.copy_in_raw(&format!("COPY results ({COLUMNS}) FROM STDIN")).await.unwrap();
+        let mut copy = conn.copy_in_raw(&format!("COPY results ({RESULT_COLUMNS}) FROM STDIN")).await.unwrap();
         copy.send(*chunk).await.unwrap();
         copy.finish().await.unwrap();
     }
@@ -483,17 +505,15 @@ struct Breakdown {
     explain: Vec<String>,
 }
 
-// Mirror of functions/ingest/src/results.rs's request types (private there).
-#[allow(dead_code)]
+// What the breakdown reads from a post (the handler's `ResultsPost` keeps its
+// fields private). Parsing the handler's own type is what is timed; this
+// mirror only gives the replayed statements their parameters.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PostMirror {
     assessment: AssessmentMirror,
     results: Vec<ResultMirror>,
 }
-#[allow(dead_code)]
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct AssessmentMirror {
     external_id: String,
     title: String,
@@ -502,9 +522,7 @@ struct AssessmentMirror {
     max_score: f64,
     administered_on: String,
 }
-#[allow(dead_code)]
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ResultMirror {
     external_id: String,
     pupil: PupilMirror,
@@ -515,31 +533,32 @@ struct ResultMirror {
     items: Vec<ItemMirror>,
 }
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PupilMirror {
     identity_number: Option<String>,
 }
-#[allow(dead_code)]
 #[derive(Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
 struct ItemMirror {
     item: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     answer: Option<String>,
 }
 
 /// Where the time of one results post goes: the host's CPU steps replayed
-/// here (same functions or the same crates), then the post's SQL, statement
-/// by statement, on one connection (second of two runs, rolled back), then
-/// `EXPLAIN ANALYZE` of the upsert.
+/// here with the handler's functions (signature check, `read_json` into the
+/// handler's `ResultsPost`) or the same crates (identity numbers, items),
+/// then the handler's SQL (`tavle_ingest`'s statement constants, through the
+/// host's database layer `SqlxDb` as the application role), statement by
+/// statement on one connection (second of two runs, rolled back), then
+/// `EXPLAIN ANALYZE` of the upsert. Every statement's answer is checked.
 async fn breakdown(app: &TestApp, tenant_id: &str, source: &Source, body: &[u8]) -> Breakdown {
     let mut steps = Vec::new();
     let mut step = |name: &str, t: Instant| steps.push((name.to_owned(), t.elapsed()));
 
     // CPU: signature, JSON, identity numbers.
-    let wh = standardwebhooks::Webhook::new(&source.secret).unwrap();
     let ts = unix_now();
-    let sig = wh.sign("extra-cpu", ts, body).unwrap();
+    let sig = standardwebhooks::Webhook::new(&source.secret).unwrap().sign("extra-cpu", ts, body).unwrap();
     let req = http::Request::builder()
         .header("content-type", "application/json")
         .header("webhook-id", "extra-cpu")
@@ -547,23 +566,25 @@ async fn breakdown(app: &TestApp, tenant_id: &str, source: &Source, body: &[u8])
         .header("webhook-signature", sig)
         .body(body.to_vec())
         .unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(source.secret.strip_prefix("whsec_").expect("a whsec_ secret"))
+        .unwrap();
+    let keys: Vec<SourceKey> = SourceKey::secret(raw).into_iter().collect();
     let t = Instant::now();
-    wh.verify(body, req.headers()).unwrap();
-    step("verify signature (standardwebhooks v1, HMAC-SHA256)", t);
+    let verified = tavle_ingest::verify::verify(&keys, body, req.headers(), ts);
+    step("verify signature (tavle_ingest::verify, HMAC-SHA256)", t);
+    assert_eq!(verified.ok().as_deref(), Some("extra-cpu"), "the signature verifies");
     let t = Instant::now();
     let v: Value = serde_json::from_slice(body).unwrap();
     step("  (for scale) serde_json::from_slice -> Value only", t);
     drop(v);
     let t = Instant::now();
-    let value: Value = tavle_core::web::read_json(&req, 10 << 20).unwrap();
-    step("read_json -> Value (parse, NUL walk, Value->Value copy)", t);
-    let t = Instant::now();
-    let post: PostMirror = tavle_core::web::from_value(value).unwrap();
-    step("from_value -> typed post (serde_path_to_error)", t);
-    let t = Instant::now();
-    let direct: PostMirror = serde_json::from_slice(body).unwrap();
-    step("  (alternative) serde_json::from_slice -> typed post", t);
-    drop(direct);
+    let typed: Result<tavle_ingest::ResultsPost, _> =
+        tavle_core::web::read_json(&req, tavle_ingest::WEBHOOK_BODY_LIMIT);
+    step("read_json straight into the typed post (ResultsPost)", t);
+    assert!(typed.is_ok(), "the post parses as the handler parses it");
+    drop(typed);
+    let post: PostMirror = serde_json::from_slice(body).unwrap();
     let blind = BlindIndex::from_config(&app.variables["blind_index_key"]).unwrap();
     let t = Instant::now();
     let indexes: Vec<String> = post
@@ -577,125 +598,141 @@ async fn breakdown(app: &TestApp, tenant_id: &str, source: &Source, body: &[u8])
         .collect();
     step("identity numbers: parse + blind index (HMAC) + hex", t);
     let t = Instant::now();
-    let items: Vec<String> = post.results.iter().map(|r| serde_json::to_string(&r.items).unwrap()).collect();
+    let items: Vec<String> = post
+        .results
+        .iter()
+        .map(|r| if r.items.is_empty() { String::new() } else { serde_json::to_string(&r.items).unwrap() })
+        .collect();
     step("items re-serialised to JSON text per row", t);
 
-    // SQL, as the handler sends it (text arrays, casts), twice; the second run is reported.
-    let mut conn = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-    let uuid = |s: &str| uuid::Uuid::parse_str(s).unwrap();
-    let (tenant, src) = (uuid(tenant_id), uuid(&source.id));
+    // SQL: the handler's statements with its parameters, as the host sends
+    // them (SqlxDb: the marker row of every query, casts, row decoding), on
+    // a pool of one connection of the host's role; twice, the second reported.
+    let options = tavle_host::host::connect_options(&app.variables["db_url"]).unwrap();
+    let pool =
+        PgPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options);
     let a = &post.assessment;
+    let n = post.results.len();
     let ext: Vec<String> = post.results.iter().map(|r| r.external_id.clone()).collect();
     let score: Vec<String> = post.results.iter().map(|r| r.score.map(|s| s.to_string()).unwrap_or_default()).collect();
     let status: Vec<String> = post.results.iter().map(|r| r.status.clone()).collect();
-    let completed: Vec<String> = post.results.iter().map(|r| r.completed_at.clone().unwrap_or_default()).collect();
+    let completed: Vec<String> = post
+        .results
+        .iter()
+        .map(|r| r.completed_at.as_deref().map(|c| canonical_datetime(c).expect("a valid time")).unwrap_or_default())
+        .collect();
+    let administered_on = canonical_date(&a.administered_on).expect("a valid date");
+    let meta = RequestMeta {
+        request_id: "extra-sql".into(),
+        client_ip: Some("127.0.0.1".into()),
+        method: http::Method::POST,
+        path: format!("/ingest/{}/results", source.id),
+    };
     let (mut sql_steps, mut pupil_ids) = (Vec::new(), Vec::new());
     for run in 0..2 {
         let mut s: Vec<(String, Duration)> = Vec::new();
+        // A fresh SqlxDb per run, as per request: its first statement takes the connection.
+        let mut db = SqlxDb::new(pool.clone());
         let t = Instant::now();
-        sqlx::query(
-            "SELECT s.tenant_id, s.kind, s.active, k.secret_enc, k.public_key FROM webhook_sources s \
-             LEFT JOIN webhook_secrets k ON k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now()) \
-             WHERE s.id = $1::uuid",
-        )
-        .bind(src)
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        s.push(("SQL load source + secrets".into(), t.elapsed()));
+        let rows = db.query(tavle_ingest::LOAD_SOURCE_SQL, &[uuid(&source.id)]).await.unwrap();
+        s.push(("SQL load source + secrets (takes the pooled connection)".into(), t.elapsed()));
+        assert_eq!(rows.len(), 1, "one live secret");
+        assert_eq!(
+            (rows[0].text("tenant_id").unwrap(), rows[0].text("kind").unwrap()),
+            (tenant_id.into(), "publisher".into())
+        );
         let t = Instant::now();
-        sqlx::query(
-            "SELECT status, response FROM webhook_deliveries WHERE source_id = $1::uuid AND webhook_id = $2::text",
-        )
-        .bind(src)
-        .bind("extra-sql")
-        .fetch_optional(&mut conn)
-        .await
-        .unwrap();
+        let previous =
+            db.query_opt(tavle_ingest::DELIVERY_LOOKUP_SQL, &[uuid(&source.id), "extra-sql".into()]).await.unwrap();
         s.push(("SQL idempotency lookup".into(), t.elapsed()));
-        conn.execute("BEGIN").await.unwrap();
+        assert!(previous.is_none(), "a new webhook id");
+        db.execute("BEGIN", &[]).await.unwrap();
         let t = Instant::now();
-        let assessment: uuid::Uuid = sqlx::query_scalar(
-            "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, administered_on) \
-             VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::int8::int, $7::float8, $8::text::date) \
-             ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title, subject = EXCLUDED.subject, \
-                 year_level = EXCLUDED.year_level, max_score = EXCLUDED.max_score, \
-                 administered_on = EXCLUDED.administered_on, updated_at = now() \
-             RETURNING id",
-        )
-        .bind(tenant)
-        .bind(src)
-        .bind(&a.external_id)
-        .bind(&a.title)
-        .bind(&a.subject)
-        .bind(a.year_level)
-        .bind(a.max_score)
-        .bind(&a.administered_on)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+        let assessment = db
+            .query_one(
+                tavle_ingest::ASSESSMENT_UPSERT_SQL,
+                &[
+                    uuid(tenant_id),
+                    uuid(&source.id),
+                    a.external_id.clone().into(),
+                    a.title.clone().into(),
+                    a.subject.clone().into(),
+                    a.year_level.into(),
+                    DbValue::Float(a.max_score),
+                    administered_on.clone().into(),
+                ],
+            )
+            .await
+            .unwrap()
+            .text("id")
+            .unwrap();
         s.push(("SQL assessment upsert".into(), t.elapsed()));
         let t = Instant::now();
-        let known = sqlx::query(
-            "SELECT id, encode(identity_index, 'hex'), feide_username, restricted FROM pupils \
-             WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
-                   OR feide_username = ANY($3::text[]))",
-        )
-        .bind(tenant)
-        .bind(&indexes)
-        .bind(Vec::<String>::new())
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+        let known = db
+            .query(
+                tavle_ingest::PUPILS_RESOLVE_SQL,
+                &[uuid(tenant_id), DbValue::text_array(indexes.clone()), DbValue::text_array(Vec::<String>::new())],
+            )
+            .await
+            .unwrap();
         s.push((format!("SQL resolve pupils ({} found)", known.len()), t.elapsed()));
+        assert_eq!(known.len(), n, "every pupil of the post is known");
+        let t = Instant::now();
+        let held = db
+            .query(tavle_ingest::HELD_FOR_RESTRICTED_SQL, &[uuid(&source.id), DbValue::text_array(ext.clone())])
+            .await
+            .unwrap();
+        s.push(("SQL results held for restricted pupils".into(), t.elapsed()));
+        assert!(held.is_empty(), "no restricted pupils");
         let by_index: HashMap<String, String> =
-            known.iter().map(|r| (r.get::<String, _>(1), r.get::<uuid::Uuid, _>(0).to_string())).collect();
+            known.iter().map(|r| (r.text("identity_index").unwrap(), r.text("id").unwrap())).collect();
         let pupil: Vec<String> = indexes.iter().map(|i| by_index[i].clone()).collect();
         let t = Instant::now();
-        let out = sqlx::query(&format!("INSERT INTO results ({COLUMNS}) {UPSERT_TAIL}"))
-            .bind(tenant)
-            .bind(assessment)
-            .bind(src)
-            .bind(&ext)
-            .bind(&pupil)
-            .bind(&score)
-            .bind(&status)
-            .bind(&completed)
-            .bind(&items)
-            .fetch_all(&mut conn)
+        let out = db
+            .query(
+                tavle_ingest::RESULTS_UPSERT_SQL,
+                &[
+                    uuid(tenant_id),
+                    uuid(&assessment),
+                    uuid(&source.id),
+                    DbValue::text_array(ext.clone()),
+                    DbValue::text_array(pupil.clone()),
+                    DbValue::text_array(score.clone()),
+                    DbValue::text_array(status.clone()),
+                    DbValue::text_array(completed.clone()),
+                    DbValue::text_array(items.clone()),
+                ],
+            )
             .await
             .unwrap();
         s.push((format!("SQL results upsert via unnest ({} rows returned)", out.len()), t.elapsed()));
+        let inserted = out.iter().filter(|r| r.bool("inserted").unwrap()).count();
+        assert_eq!((out.len(), inserted), (n, n), "every result is new");
         let t = Instant::now();
-        sqlx::query(
-            "INSERT INTO audit_log (tenant_id, actor_user_id, actor, action, target_kind, target_id, client_ip, request_id, details) \
-             VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::jsonb)",
+        let counts = json!({"assessment_id": assessment, "received": n, "created": n, "updated": 0,
+                            "unchanged": 0, "rejected": 0});
+        audit::record(
+            &mut db,
+            Some(&meta),
+            Event::new(tenant_id, Actor::System("webhook"), "results.ingested")
+                .target("webhook_source", &source.id)
+                .details(counts.clone()),
         )
-        .bind(tenant)
-        .bind(Option::<uuid::Uuid>::None)
-        .bind("system:webhook")
-        .bind("results.ingested")
-        .bind("webhook_source")
-        .bind(&source.id)
-        .bind("127.0.0.1")
-        .bind("extra-sql")
-        .bind(sqlx::types::Json(json!({"received": ext.len()})))
-        .execute(&mut conn)
         .await
         .unwrap();
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (source_id, webhook_id, tenant_id, status, response) \
-             VALUES ($1::uuid, $2::text, $3::uuid, 200, $4::jsonb)",
-        )
-        .bind(src)
-        .bind("extra-sql")
-        .bind(tenant)
-        .bind(sqlx::types::Json(json!({"created": ext.len(), "updated_external_ids": [], "rejected_rows": []})))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        let mut summary = counts;
+        summary["updated_external_ids"] = json!([]);
+        summary["rejected_rows"] = json!([]);
+        let recorded = db
+            .execute(
+                tavle_ingest::DELIVERY_RECORD_SQL,
+                &[uuid(&source.id), "extra-sql".into(), uuid(tenant_id), DbValue::Json(summary), "results".into()],
+            )
+            .await
+            .unwrap();
         s.push(("SQL audit + delivery record".into(), t.elapsed()));
-        conn.execute("ROLLBACK").await.unwrap();
+        assert_eq!(recorded, 1, "one delivery record");
+        db.execute("ROLLBACK", &[]).await.unwrap();
         if run == 1 {
             sql_steps = s;
             pupil_ids = pupil;
@@ -705,50 +742,40 @@ async fn breakdown(app: &TestApp, tenant_id: &str, source: &Source, body: &[u8])
     steps.extend(sql_steps);
     steps.push(("SQL total (round trips included)".into(), sql_total));
 
-    // EXPLAIN ANALYZE of the upsert (inside a transaction that is rolled back).
+    // EXPLAIN ANALYZE of the upsert (inside a transaction that is rolled
+    // back), with the parameters bound as the host binds them.
+    let mut conn = pool.acquire().await.unwrap();
     conn.execute("BEGIN").await.unwrap();
-    let assessment: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, max_score, administered_on) \
-         VALUES ($1, $2, 'explain', 't', 's', 40, '2026-03-02') RETURNING id",
-    )
-    .bind(tenant)
-    .bind(src)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    let explain: Vec<String> = match sqlx::query_scalar::<_, String>(&format!(
-        "EXPLAIN (ANALYZE, BUFFERS) INSERT INTO results ({COLUMNS}) {UPSERT_TAIL}"
-    ))
-    .bind(tenant)
-    .bind(assessment)
-    .bind(src)
-    .bind(&ext)
-    .bind(&pupil_ids)
-    .bind(&score)
-    .bind(&status)
-    .bind(&completed)
-    .bind(&items)
-    .fetch_all(&mut conn)
-    .await
-    {
-        Ok(lines) => lines,
-        Err(e) => vec![format!("EXPLAIN failed: {e}")],
-    };
+    let (tenant, src) = (uuid::Uuid::parse_str(tenant_id).unwrap(), uuid::Uuid::parse_str(&source.id).unwrap());
+    let assessment: uuid::Uuid = sqlx::query_scalar(tavle_ingest::ASSESSMENT_UPSERT_SQL)
+        .bind(tenant)
+        .bind(src)
+        .bind("explain")
+        .bind(&a.title)
+        .bind(&a.subject)
+        .bind(a.year_level)
+        .bind(a.max_score)
+        .bind(&administered_on)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let explain: Vec<String> =
+        sqlx::query_scalar::<_, String>(&format!("EXPLAIN (ANALYZE, BUFFERS) {}", tavle_ingest::RESULTS_UPSERT_SQL))
+            .bind(tenant)
+            .bind(assessment)
+            .bind(src)
+            .bind(&ext)
+            .bind(&pupil_ids)
+            .bind(&score)
+            .bind(&status)
+            .bind(&completed)
+            .bind(&items)
+            .fetch_all(&mut *conn)
+            .await
+            .expect("EXPLAIN ANALYZE of the results upsert");
     conn.execute("ROLLBACK").await.unwrap();
     Breakdown { steps, explain }
 }
-
-/// The handler's upsert after its column list (functions/ingest/src/results.rs).
-const UPSERT_TAIL: &str = "SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, nullif(x.s, '')::float8, x.st, \
-        nullif(x.c, '')::timestamptz, nullif(x.i, '')::jsonb \
-     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS x(e, p, s, st, c, i) \
-     ON CONFLICT (source_id, external_id) DO UPDATE SET pupil_id = EXCLUDED.pupil_id, \
-         assessment_id = EXCLUDED.assessment_id, score = EXCLUDED.score, status = EXCLUDED.status, \
-         completed_at = EXCLUDED.completed_at, items = EXCLUDED.items, updated_at = now() \
-     WHERE (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
-           IS DISTINCT FROM (EXCLUDED.pupil_id, EXCLUDED.assessment_id, EXCLUDED.score, EXCLUDED.status, \
-                             EXCLUDED.completed_at, EXCLUDED.items) \
-     RETURNING xmax = 0, external_id";
 
 impl Client {
     fn deliver(&mut self, source: &Source, kind: &str, webhook_id: &str, body: &[u8]) -> Value {

@@ -4,12 +4,15 @@
 //! with the production parameters measured in the same run, and the size of
 //! every release `.wasm` component in spin.toml.
 //!
-//!     cargo bench -p tavle-tests --bench login
+//!     cargo bench -p tavle-tests --bench login                # full run
+//!     BENCH_SMOKE=1 cargo bench -p tavle-tests --bench login  # smoke run (CI)
 //!
 //! A plain `fn main` (harness = false). Knobs (environment): `BENCH_SEQ`
-//! (sequential logins, default 300), `BENCH_CONC` (logins per concurrent
-//! phase, default 200), `BENCH_ARGON2` (bare argon2 verifies, default 100),
-//! `BENCH_WORKERS` (host worker threads, default 2).
+//! (sequential logins, default 300; smoke 20), `BENCH_CONC` (logins per
+//! concurrent phase, default 200; smoke 20), `BENCH_ARGON2` (bare argon2
+//! verifies, default 100; smoke 10), `BENCH_WORKERS` (host worker threads,
+//! default 2). A smoke run takes the same paths with every answer asserted
+//! and does not build missing components; its figures are not results.
 //!
 //! The host logs one line per request to stderr; while measuring, stderr is
 //! redirected to `target/bench-login-host.log` so the table stays readable
@@ -18,8 +21,8 @@
 mod common;
 
 use common::{
-    env_usize, ms, pct, print_cpu_table, print_panics, server_version, start_host, thread_minflt, Client, Probe,
-    Response, StderrRedirect,
+    env_usize, ms, pct, print_cpu_table, print_panics, server_version, size, smoke, smoke_banner, start_host,
+    thread_minflt, Client, Probe, Response, StderrRedirect,
 };
 use serde_json::json;
 use std::net::SocketAddr;
@@ -34,11 +37,17 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() {
     let total = Instant::now();
-    let seq_n = env_usize("BENCH_SEQ", 300);
-    let conc_n = env_usize("BENCH_CONC", 200);
-    let argon_n = env_usize("BENCH_ARGON2", 100).max(2);
+    let seq_n = size("BENCH_SEQ", 300, 20);
+    let conc_n = size("BENCH_CONC", 200, 20);
+    let argon_n = size("BENCH_ARGON2", 100, 10).max(2);
     let workers = env_usize("BENCH_WORKERS", 2).max(1);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let banner = smoke().then(|| {
+        smoke_banner(&format!("{seq_n} sequential logins, {conc_n} per concurrent phase, {argon_n} bare verifies"))
+    });
+    if let Some(b) = &banner {
+        println!("{b}");
+    }
 
     print_panics();
     let log_path = project_root().join("target").join("bench-login-host.log");
@@ -240,6 +249,10 @@ fn main() {
     for (name, source, krate) in components() {
         let path = project_root().join(&source);
         let mut note = "";
+        if !path.exists() && smoke() {
+            println!("{name:<10} {source:<50} {:>9} {:>8}  (a smoke run does not build it)", "not built", "-");
+            continue;
+        }
         if !path.exists() {
             note = "  (built now)";
             if let Err(e) = build_component(krate.as_deref()) {
@@ -254,6 +267,9 @@ fn main() {
     }
     println!();
     println!("host log: {}; total {:.0} s", log_path.display(), total.elapsed().as_secs_f64());
+    if let Some(b) = &banner {
+        println!("{b}");
+    }
     drop(app);
     std::process::exit(0); // the host's worker threads never return
 }

@@ -7,13 +7,20 @@
 //! `OVERVIEW_SQL`, same parameters, sqlx, same pool settings) measured in the
 //! same run.
 //!
-//!     cargo bench -p tavle-tests --bench students
+//!     cargo bench -p tavle-tests --bench students                # full run
+//!     BENCH_SMOKE=1 cargo bench -p tavle-tests --bench students  # smoke run (CI)
 //!
 //! A plain `fn main` (harness = false). Knobs (environment):
 //! `TAVLE_BENCH_SCALE` (default 1: 100,000 pupils, 4,000 groups, 10,000,000
 //! results; 0.01 gives a quick run), `BENCH_ITERATIONS` (measured requests per
-//! phase and series, default 2,000), `BENCH_WORKERS` (host worker threads,
-//! default 2), `BENCH_GEN_JOBS` (connections generating results, default 2).
+//! phase and series, default 2,000; smoke 50), `BENCH_WORKERS` (host worker
+//! threads, default 2), `BENCH_GEN_JOBS` (connections generating results,
+//! default 2).
+//!
+//! `BENCH_SMOKE=1` is a smoke run (CI): without `TAVLE_BENCH_SCALE`, a
+//! dataset of 400 pupils in 16 groups of 4 schools with 10 results each,
+//! and every phase, series and diagnostic with every answer checked; its
+//! figures are not results.
 //!
 //! Phases: profile as teacher, profile as school leader, overview as teacher,
 //! overview as school leader. In each, three series are interleaved request by
@@ -26,8 +33,8 @@
 mod common;
 
 use common::{
-    env_usize, ms, pct, print_cpu_table, print_panics, server_version, start_host, Client, Probe, Response,
-    StderrRedirect, Usage,
+    env_usize, ms, pct, print_cpu_table, print_panics, server_version, size, smoke, smoke_banner, start_host, Client,
+    Probe, Response, StderrRedirect, Usage,
 };
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -63,7 +70,6 @@ struct Target {
 
 struct Caller {
     token: String,
-    user_id: String,
     taught: Vec<String>,
     led: Vec<String>,
     /// For `logged_read`, which reads the tenant and user ids only.
@@ -82,11 +88,27 @@ struct Phase {
 
 fn main() {
     let total = Instant::now();
-    let scale: f64 = std::env::var("TAVLE_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
-    let n_pupils = ((100_000.0 * scale).round() as usize).max(100);
-    let n_groups = ((4_000.0 * scale).round() as usize).clamp(LEADERS * 4, n_pupils);
-    let n_results = ((10_000_000.0 * scale).round() as u64).max(n_pupils as u64);
-    let iterations = env_usize("BENCH_ITERATIONS", 2_000).max(10);
+    let scale: Option<f64> = std::env::var("TAVLE_BENCH_SCALE").ok().and_then(|v| v.parse().ok());
+    // A smoke run's dataset: 25 pupils per group as at full size, one
+    // school per leader, 10 results per pupil (a full run has 100).
+    let small = smoke() && scale.is_none();
+    let scale = scale.unwrap_or(1.0);
+    let (n_pupils, n_groups, n_results) = if small {
+        (400, 16, 4_000)
+    } else {
+        let n_pupils = ((100_000.0 * scale).round() as usize).max(100);
+        let n_groups = ((4_000.0 * scale).round() as usize).clamp(LEADERS * 4, n_pupils);
+        (n_pupils, n_groups, ((10_000_000.0 * scale).round() as u64).max(n_pupils as u64))
+    };
+    let iterations = size("BENCH_ITERATIONS", 2_000, 50).max(10);
+    let banner = smoke().then(|| {
+        smoke_banner(&format!(
+            "{n_pupils} pupils, {n_groups} groups, {n_results} results, {iterations} requests per phase and series"
+        ))
+    });
+    if let Some(b) = &banner {
+        println!("{b}");
+    }
     let workers = env_usize("BENCH_WORKERS", 2).max(1);
     let jobs = env_usize("BENCH_GEN_JOBS", 2).max(1);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
@@ -103,8 +125,9 @@ fn main() {
             sqlx::query_scalar("SELECT current_setting('shared_buffers')").fetch_one(&app.pool).await.unwrap();
         (app, admin, format!("{v}, shared_buffers {buffers}"))
     });
+    let sizes_from = if small { "smoke run".to_owned() } else { format!("TAVLE_BENCH_SCALE={scale}") };
     println!(
-        "generating {n_pupils} pupils, {n_groups} groups, {n_results} results (TAVLE_BENCH_SCALE={scale}) \
+        "generating {n_pupils} pupils, {n_groups} groups, {n_results} results ({sizes_from}) \
          into a throwaway PostgreSQL {pg_version}:"
     );
     let keys = Keys {
@@ -113,6 +136,9 @@ fn main() {
     };
     let mut spec = Spec::new("bench", n_pupils, n_groups, n_results);
     spec.jobs = jobs;
+    if small {
+        spec.schools = Some(LEADERS);
+    }
     let gen_probe = Probe::take();
     let gen = rt.block_on(async {
         let pool = PgPoolOptions::new().max_connections(jobs as u32 + 1).connect(&app.db_url).await.unwrap();
@@ -172,7 +198,7 @@ fn main() {
                 session_expires_at: String::new(),
                 session_idle_expires_at: String::new(),
             };
-            out.push(Caller { token: s.token, user_id: staff.user_id.clone(), taught, led, principal });
+            out.push(Caller { token: s.token, taught, led, principal });
         }
         out
     });
@@ -360,6 +386,9 @@ fn main() {
         log_path.display(),
         total.elapsed().as_secs_f64()
     );
+    if let Some(b) = &banner {
+        println!("{b}");
+    }
     drop(app);
     std::process::exit(0); // the host's worker threads never return
 }
@@ -455,13 +484,13 @@ impl Bench<'_> {
     fn wrapped(&mut self, endpoint: Endpoint, t: &Target) -> Duration {
         use tavle_core::db::{uuid, SqlxDb, Value};
         let c = &self.callers[t.who];
-        // As in functions/students/src/pupils.rs and overview.rs.
+        // The handlers' own action, statement and record expression.
         let (action, sql, concerned) = match endpoint {
             Endpoint::Profile => {
-                ("pupil.viewed", tavle_students::PROFILE_SQL, "ARRAY(SELECT pupil_id FROM data LIMIT 1)")
+                (tavle_students::PROFILE_ACTION, tavle_students::PROFILE_SQL, tavle_students::PROFILE_CONCERNED)
             }
             Endpoint::Overview => {
-                ("group.overview_viewed", tavle_students::OVERVIEW_SQL, "(SELECT array_agg(pupil_id) FROM data)")
+                (tavle_students::OVERVIEW_ACTION, tavle_students::OVERVIEW_SQL, tavle_students::OVERVIEW_CONCERNED)
             }
         };
         let mut params =
@@ -556,39 +585,41 @@ async fn diagnostics(
         for (label, mode) in [("after 10 executions", "auto"), ("custom plan", "force_custom_plan")] {
             sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}")).execute(&mut *conn).await.unwrap();
             let explain = format!("EXPLAIN (ANALYZE, BUFFERS) EXECUTE {stmt}({args})");
-            let _ = sqlx::query_scalar::<_, String>(&explain).fetch_all(&mut *conn).await;
+            let run = || sqlx::query_scalar::<_, String>(&explain);
+            run().fetch_all(&mut *conn).await.unwrap_or_else(|e| panic!("EXPLAIN {name}: {e}"));
             out.push(format!("EXPLAIN (ANALYZE, BUFFERS) {name}, {label} (plan_cache_mode = {mode}):"));
-            match sqlx::query_scalar::<_, String>(&explain).fetch_all(&mut *conn).await {
-                Ok(lines) => out.extend(lines.into_iter().map(|l| format!("    {l}"))),
-                Err(e) => out.push(format!("    EXPLAIN failed: {e}")),
-            }
+            let lines = run().fetch_all(&mut *conn).await.unwrap_or_else(|e| panic!("EXPLAIN {name}: {e}"));
+            out.extend(lines.into_iter().map(|l| format!("    {l}")));
         }
         sqlx::raw_sql(&format!("RESET plan_cache_mode; DEALLOCATE {stmt}")).execute(&mut *conn).await.unwrap();
     }
 
-    // The access-log append alone (one record naming one pupil, or 25).
-    let tenant = Uuid::parse_str(tenant).unwrap();
+    // The access-log append alone (one record naming one pupil, or 25), as
+    // the handlers that record a read on its own run it
+    // (`tavle_core::access_log::append` over `SqlxDb`, one connection).
     let c = &callers[profile.who];
-    let user = Uuid::parse_str(&c.user_id).unwrap();
+    let mut db = tavle_core::db::SqlxDb::new(pool.clone());
     for n in [1usize, 25] {
-        let pupils: Vec<Uuid> = (0..n).map(|_| Uuid::parse_str(&profile.id).unwrap()).collect();
+        let pupils: Vec<String> = (0..n).map(|_| profile.id.clone()).collect();
         let mut lat = Vec::new();
+        let mut last = None;
         for i in 0..300 {
+            let meta = tavle_core::web::RequestMeta {
+                request_id: format!("append-{n}-{i}"),
+                client_ip: Some("127.0.0.1".into()),
+                method: http::Method::GET,
+                path: String::new(),
+            };
             let s = Instant::now();
-            sqlx::query(
-                "SELECT access_log_append($1::uuid, $2::uuid, 'bench.append'::text, $3::uuid[], '127.0.0.1', $4::text)",
-            )
-            .bind(tenant)
-            .bind(user)
-            .bind(&pupils)
-            .bind(format!("append-{n}-{i}"))
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+            let seq = tavle_core::access_log::append(&mut db, &c.principal, &meta, "bench.append", pupils.clone())
+                .await
+                .expect("access record appended");
             lat.push(s.elapsed());
+            assert!(last.is_none_or(|l| seq > l), "sequence numbers grow");
+            last = Some(seq);
         }
         out.push(format!(
-            "access_log_append alone ({n} pupil id{}): p50 {:.3} ms, p99 {:.3} ms (one connection, round trip included)",
+            "access_log::append alone ({n} pupil id{}): p50 {:.3} ms, p99 {:.3} ms (one connection, round trip included)",
             if n == 1 { "" } else { "s" },
             ms(pct(&lat, 0.5)),
             ms(pct(&lat, 0.99))

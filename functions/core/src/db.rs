@@ -12,7 +12,7 @@
 //!   the same column types the same way (Spin's mapping, narrowed to what
 //!   Tavle reads) and refuse the rest, so tests catch drift;
 //! - columns are read by name ([`Row`]);
-//! - every query is rewritten to yield at least one row ([`marker`]): released
+//! - every query is rewritten to yield at least one row (`db/marker.rs`): released
 //!   Spin 4.0.x hangs on a query that yields none;
 //! - a connection is opened lazily on first use (requests rejected before
 //!   touching the database never open one) and starts with a `ROLLBACK`

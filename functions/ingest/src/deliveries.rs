@@ -40,15 +40,26 @@ struct Source {
     keys: Vec<SourceKey>,
 }
 
+/// A source and its live verification keys, one row per key (or one row
+/// with NULL keys). `$1` source id.
+pub const LOAD_SOURCE_SQL: &str =
+    "SELECT s.tenant_id, s.kind, s.active, k.secret_enc, k.public_key FROM webhook_sources s \
+     LEFT JOIN webhook_secrets k ON k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now()) \
+     WHERE s.id = $1::uuid";
+
+/// The recorded outcome of an earlier delivery with this webhook id. `$1`
+/// source id, `$2` webhook id.
+pub const DELIVERY_LOOKUP_SQL: &str =
+    "SELECT status, response, kind FROM webhook_deliveries WHERE source_id = $1::uuid AND webhook_id = $2::text";
+
+/// The idempotency record of an applied delivery, in its transaction. `$1`
+/// source id, `$2` webhook id, `$3` tenant id, `$4` the answer, `$5` kind.
+pub const DELIVERY_RECORD_SQL: &str =
+    "INSERT INTO webhook_deliveries (source_id, webhook_id, tenant_id, status, response, kind) \
+     VALUES ($1::uuid, $2::text, $3::uuid, 200, $4::jsonb, $5::text)";
+
 async fn load_source(db: &mut impl Db, cfg: &IngestConfig, id: &str) -> Result<Option<Source>, Problem> {
-    let rows = db
-        .query(
-            "SELECT s.tenant_id, s.kind, s.active, k.secret_enc, k.public_key FROM webhook_sources s \
-             LEFT JOIN webhook_secrets k ON k.source_id = s.id AND (k.expires_at IS NULL OR k.expires_at > now()) \
-             WHERE s.id = $1::uuid",
-            &[uuid(id)],
-        )
-        .await?;
+    let rows = db.query(LOAD_SOURCE_SQL, &[uuid(id)]).await?;
     let Some(first) = rows.first() else { return Ok(None) };
     let mut source = Source {
         tenant_id: first.text("tenant_id")?,
@@ -90,12 +101,7 @@ async fn stored_outcome(
     webhook_id: &str,
     kind: Kind,
 ) -> Result<Option<HttpResult>, Problem> {
-    let row = db
-        .query_opt(
-            "SELECT status, response, kind FROM webhook_deliveries WHERE source_id = $1::uuid AND webhook_id = $2::text",
-            &[uuid(source_id), webhook_id.into()],
-        )
-        .await?;
+    let row = db.query_opt(DELIVERY_LOOKUP_SQL, &[uuid(source_id), webhook_id.into()]).await?;
     Ok(match row {
         Some(r) if r.text("kind")? != kind.as_str() => {
             return Err(Problem::conflict("this webhook id was already used for another kind of post"));
@@ -150,8 +156,7 @@ pub async fn receive(
         };
         let recorded = db
             .execute(
-                "INSERT INTO webhook_deliveries (source_id, webhook_id, tenant_id, status, response, kind) \
-                 VALUES ($1::uuid, $2::text, $3::uuid, 200, $4::jsonb, $5::text)",
+                DELIVERY_RECORD_SQL,
                 &[
                     uuid(&source_id),
                     webhook_id.clone().into(),

@@ -89,19 +89,19 @@ pub struct Known {
     pub restricted: bool,
 }
 
+/// The tenant's pupils with any of these identifiers. `$1` tenant, `$2` hex
+/// blind indexes, `$3` Feide usernames.
+pub const RESOLVE_SQL: &str =
+    "SELECT id, encode(identity_index, 'hex') AS identity_index, feide_username, restricted FROM pupils \
+     WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
+           OR feide_username IN (SELECT unnest($3::text[])))";
+
 /// Finds the tenant's pupils for these keys; the map is keyed both by
 /// `i:<index>` and `f:<feide>`.
 pub async fn resolve(db: &mut impl Db, tenant_id: &str, keys: &[&PupilKey]) -> Result<HashMap<String, Known>, Problem> {
     let indexes: Vec<String> = keys.iter().filter_map(|k| k.index.clone()).collect();
     let feides: Vec<String> = keys.iter().filter_map(|k| k.feide.clone()).collect();
-    let rows = db
-        .query(
-            "SELECT id, encode(identity_index, 'hex') AS identity_index, feide_username, restricted FROM pupils \
-             WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
-                   OR feide_username IN (SELECT unnest($3::text[])))",
-            &[uuid(tenant_id), Value::text_array(indexes), Value::text_array(feides)],
-        )
-        .await?;
+    let rows = db.query(RESOLVE_SQL, &[uuid(tenant_id), Value::text_array(indexes), Value::text_array(feides)]).await?;
     let mut out = HashMap::with_capacity(rows.len() * 2);
     for row in rows {
         let known =

@@ -191,6 +191,53 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
     Ok(ValidResultsPost { assessment, results })
 }
 
+/// The assessment of a results post, created or updated by (source,
+/// external id). `$1` tenant, `$2` source, `$3` external id, `$4` title,
+/// `$5` subject, `$6` year level, `$7` max score, `$8` date administered.
+pub const ASSESSMENT_UPSERT_SQL: &str =
+    "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, administered_on) \
+     VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::int8::int, $7::float8, $8::text::date) \
+     ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title, subject = EXCLUDED.subject, \
+         year_level = EXCLUDED.year_level, max_score = EXCLUDED.max_score, \
+         administered_on = EXCLUDED.administered_on, updated_at = now() \
+     RETURNING id";
+
+/// External ids of the post that are already held for a restricted pupil.
+/// `$1` source, `$2` the post's external result ids.
+pub const HELD_FOR_RESTRICTED_SQL: &str = "SELECT r.external_id FROM results r JOIN pupils p ON p.id = r.pupil_id \
+     WHERE r.source_id = $1::uuid AND r.external_id = ANY($2::text[]) AND p.restricted";
+
+macro_rules! result_columns {
+    () => {
+        "tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items"
+    };
+}
+
+/// The columns [`RESULTS_UPSERT_SQL`] fills, in its order.
+pub const RESULT_COLUMNS: &str = result_columns!();
+
+/// The rows of a results post, upserted by (source, external id); a result
+/// held for a restricted pupil and an unchanged one are left alone. `$1`
+/// tenant, `$2` assessment, `$3` source, then one `text[]` each of external
+/// ids, pupil ids, scores, statuses, completion times and items (`''` for
+/// none). One row per insert or change: `inserted`, `external_id`.
+pub const RESULTS_UPSERT_SQL: &str = concat!(
+    "INSERT INTO results (",
+    result_columns!(),
+    ") \
+     SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, nullif(x.s, '')::float8, x.st, \
+            nullif(x.c, '')::timestamptz, nullif(x.i, '')::jsonb \
+     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS x(e, p, s, st, c, i) \
+     ON CONFLICT (source_id, external_id) DO UPDATE SET pupil_id = EXCLUDED.pupil_id, \
+         assessment_id = EXCLUDED.assessment_id, score = EXCLUDED.score, status = EXCLUDED.status, \
+         completed_at = EXCLUDED.completed_at, items = EXCLUDED.items, updated_at = now() \
+     WHERE NOT EXISTS (SELECT 1 FROM pupils rp WHERE rp.id = results.pupil_id AND rp.restricted) \
+       AND (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
+           IS DISTINCT FROM (EXCLUDED.pupil_id, EXCLUDED.assessment_id, EXCLUDED.score, EXCLUDED.status, \
+                             EXCLUDED.completed_at, EXCLUDED.items) \
+     RETURNING xmax = 0 AS inserted, external_id"
+);
+
 #[derive(Serialize)]
 struct Rejected {
     index: usize,
@@ -210,12 +257,7 @@ pub async fn apply(
     let a = &post.assessment;
     let assessment_id = db
         .query_one(
-            "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, administered_on) \
-             VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::int8::int, $7::float8, $8::text::date) \
-             ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title, subject = EXCLUDED.subject, \
-                 year_level = EXCLUDED.year_level, max_score = EXCLUDED.max_score, \
-                 administered_on = EXCLUDED.administered_on, updated_at = now() \
-             RETURNING id",
+            ASSESSMENT_UPSERT_SQL,
             &[
                 uuid(tenant_id),
                 uuid(source_id),
@@ -237,11 +279,7 @@ pub async fn apply(
     // the publisher now names another pupil for it.
     let all_ext: Vec<String> = rows.iter().map(|r| r.external_id.clone()).collect();
     let held_for_restricted: HashSet<String> = db
-        .query(
-            "SELECT r.external_id FROM results r JOIN pupils p ON p.id = r.pupil_id \
-             WHERE r.source_id = $1::uuid AND r.external_id = ANY($2::text[]) AND p.restricted",
-            &[uuid(source_id), Value::text_array(all_ext)],
-        )
+        .query(HELD_FOR_RESTRICTED_SQL, &[uuid(source_id), Value::text_array(all_ext)])
         .await?
         .iter()
         .map(|r| r.text("external_id"))
@@ -282,18 +320,7 @@ pub async fn apply(
         Vec::new()
     } else {
         db.query(
-            "INSERT INTO results (tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items) \
-             SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, nullif(x.s, '')::float8, x.st, \
-                    nullif(x.c, '')::timestamptz, nullif(x.i, '')::jsonb \
-             FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS x(e, p, s, st, c, i) \
-             ON CONFLICT (source_id, external_id) DO UPDATE SET pupil_id = EXCLUDED.pupil_id, \
-                 assessment_id = EXCLUDED.assessment_id, score = EXCLUDED.score, status = EXCLUDED.status, \
-                 completed_at = EXCLUDED.completed_at, items = EXCLUDED.items, updated_at = now() \
-             WHERE NOT EXISTS (SELECT 1 FROM pupils rp WHERE rp.id = results.pupil_id AND rp.restricted) \
-               AND (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
-                   IS DISTINCT FROM (EXCLUDED.pupil_id, EXCLUDED.assessment_id, EXCLUDED.score, EXCLUDED.status, \
-                                     EXCLUDED.completed_at, EXCLUDED.items) \
-             RETURNING xmax = 0 AS inserted, external_id",
+            RESULTS_UPSERT_SQL,
             &[
                 uuid(tenant_id),
                 uuid(&assessment_id),

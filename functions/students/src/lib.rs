@@ -17,8 +17,8 @@ mod overview;
 pub mod pupils;
 mod structure;
 
-pub use overview::OVERVIEW_SQL;
-pub use pupils::PROFILE_SQL;
+pub use overview::{OVERVIEW_ACTION, OVERVIEW_CONCERNED, OVERVIEW_SQL};
+pub use pupils::{PROFILE_ACTION, PROFILE_CONCERNED, PROFILE_SQL};
 
 use http::{Method, Request, Response};
 use tavle_core::db::Db;

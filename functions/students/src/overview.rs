@@ -36,6 +36,11 @@ pub const OVERVIEW_SQL: &str = concat!(
      ORDER BY p.family_name, p.given_name, p.id"
 );
 
+/// The access-log action of a class overview.
+pub const OVERVIEW_ACTION: &str = "group.overview_viewed";
+/// The pupils an overview's access record names (over `logged_read`'s `data`).
+pub const OVERVIEW_CONCERNED: &str = "(SELECT array_agg(pupil_id) FROM data)";
+
 /// Median of the scores of completed results (`None` without any).
 pub fn median(mut scores: Vec<f64>) -> Option<f64> {
     scores.retain(|s| s.is_finite());
@@ -81,16 +86,8 @@ pub async fn class_overview(
     let scope = Scope::of(req, vars, db).await?;
     let mut params = scope.params();
     params.extend([uuid(&group), uuid(&assessment)]);
-    let rows = logged_read(
-        db,
-        &scope.who,
-        meta,
-        "group.overview_viewed",
-        OVERVIEW_SQL,
-        "(SELECT array_agg(pupil_id) FROM data)",
-        params.clone(),
-    )
-    .await?;
+    let rows =
+        logged_read(db, &scope.who, meta, OVERVIEW_ACTION, OVERVIEW_SQL, OVERVIEW_CONCERNED, params.clone()).await?;
 
     // The group and assessment columns, read alike from a pupil line or the fallback below.
     let views = |r: &Row| -> Result<(Json, Json), Problem> {

@@ -235,6 +235,11 @@ pub const PROFILE_SQL: &str = concat!(
      ORDER BY a.administered_on, a.title, r.id"
 );
 
+/// The access-log action of a profile read.
+pub const PROFILE_ACTION: &str = "pupil.viewed";
+/// The pupil a profile read's access record names (over `logged_read`'s `data`).
+pub const PROFILE_CONCERNED: &str = "ARRAY(SELECT pupil_id FROM data LIMIT 1)";
+
 /// One result of a `PROFILE_SQL` row that has one.
 pub fn result_view(row: &Row) -> Result<Json, Problem> {
     let manual = row.bool("manual")?;
@@ -278,16 +283,7 @@ pub async fn profile(
     let scope = Scope::of(req, vars, db).await?;
     let mut params = scope.params();
     params.extend([uuid(id), subject.into(), assessment.map(uuid).unwrap_or(Value::Null), from.into(), to.into()]);
-    let rows = logged_read(
-        db,
-        &scope.who,
-        meta,
-        "pupil.viewed",
-        PROFILE_SQL,
-        "ARRAY(SELECT pupil_id FROM data LIMIT 1)",
-        params,
-    )
-    .await?;
+    let rows = logged_read(db, &scope.who, meta, PROFILE_ACTION, PROFILE_SQL, PROFILE_CONCERNED, params).await?;
     let Some(first) = rows.first() else { return Err(Problem::not_found()) };
     let mut view = pupil_view(first)?;
     // The groups column is filled on one row only (the first, by the query's order).

@@ -21,6 +21,23 @@ pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `BENCH_SMOKE=1` (any value but empty and `0`): a smoke run, the same code
+/// paths at small sizes with every answer still asserted, for CI. Its
+/// figures are printed but are not results.
+pub fn smoke() -> bool {
+    std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A size setting: `name` from the environment, else `full`, or `small` in a smoke run.
+pub fn size(name: &str, full: usize, small: usize) -> usize {
+    env_usize(name, if smoke() { small } else { full })
+}
+
+/// The line a smoke run prints first (and last): `what` says its sizes.
+pub fn smoke_banner(what: &str) -> String {
+    format!("SMOKE RUN ({what}): figures are not results")
+}
+
 /// A panic while stderr is redirected must still be visible: print it to stdout too.
 pub fn print_panics() {
     let default_hook = std::panic::take_hook();
