@@ -145,8 +145,9 @@ fn main() {
     let whole_use = whole.since();
 
     // Where the rest of a login goes: PostgreSQL round trips (a login makes
-    // seven: sqlx's ping on acquire, the lookup, BEGIN, UPDATE, INSERT
-    // session, INSERT audit, COMMIT) and the per-request signing-key decode.
+    // eight: sqlx's ping on acquire, the ROLLBACK that starts every request's
+    // connection, the lookup, BEGIN, UPDATE, INSERT session, INSERT audit,
+    // COMMIT) and the per-request signing-key decode.
     let (rtt, acquire_rtt) = rt.block_on(async {
         let (mut rtt, mut acquire_rtt) = (Vec::new(), Vec::new());
         let mut conn = app.pool.acquire().await.unwrap();

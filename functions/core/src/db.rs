@@ -334,7 +334,23 @@ pub fn check_db_url(url: &str) -> Result<(), String> {
         return Err("db_url is not a postgres:// URL".into());
     }
     let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-    let sslmode = uri.query().unwrap_or_default().split('&').find_map(|p| p.strip_prefix("sslmode="));
+    // The drivers apply query pairs in order (the last `sslmode` wins) and
+    // take hosts from the query too, so what this check reads must be the
+    // only value there is: one `sslmode`, no other spelling of it, the host
+    // only in the authority.
+    let mut sslmode = None;
+    for pair in uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sslmode" if sslmode.is_none() => sslmode = Some(value),
+            "sslmode" => return Err("db_url names sslmode more than once".into()),
+            "host" | "hostaddr" | "ssl-mode" | "ssl_mode" => {
+                return Err(format!("db_url: give the host in the URL's authority and sslmode once, not `{key}`"))
+            }
+            k if k.contains('%') => return Err("db_url: percent-encoded parameter names are not accepted".into()),
+            _ => {}
+        }
+    }
     let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match sslmode {
         Some("verify-ca" | "verify-full") => Err("db_url: Spin's PostgreSQL client does not know sslmode=verify-ca \
@@ -367,6 +383,10 @@ mod url_tests {
         assert!(!ok("postgres://app:pw@db.example.com/tavle?sslmode=verify-full"), "Spin cannot parse it");
         assert!(!ok("postgres://u@127.0.0.1/t?sslmode=verify-ca"));
         assert!(!ok("host=db.example.com sslmode=require"), "the URL form only");
+        assert!(!ok("postgres://u@db.example.com/t?sslmode=require&sslmode=disable"), "the last one would win");
+        assert!(!ok("postgres://u@localhost/t?host=db.example.com"), "the host would come from the query");
+        assert!(!ok("postgres://u@db.example.com/t?sslmode=require&ssl-mode=disable"));
+        assert!(!ok("postgres://u@db.example.com/t?%73slmode=disable&sslmode=require"));
     }
 }
 
@@ -632,7 +652,11 @@ mod spin {
 
         fn conn(&mut self) -> Result<Rc<Connection>, DbError> {
             if self.conn.is_none() {
-                super::check_db_url(&self.address).map_err(DbError::Query)?;
+                super::check_db_url(&self.address).map_err(|e| {
+                    // A configuration error, named in the log (no secret in it).
+                    eprintln!("error: {e}");
+                    DbError::Query(e)
+                })?;
                 let conn = Connection::open(&self.address).map_err(map_err)?;
                 // See ON_TAKE: the pool may hand us a connection that a
                 // trapped component left inside its transaction.

@@ -31,7 +31,11 @@ pub async fn read_request(
             builder = builder.header(name, value);
         }
     }
-    let head = builder.body(Vec::new()).map_err(|_| Response::new(Vec::new()))?;
+    let head = builder.body(Vec::new()).map_err(|_| {
+        let mut refused = Response::new(Vec::new());
+        *refused.status_mut() = http::StatusCode::BAD_REQUEST;
+        refused
+    })?;
     let refuse = async |head: Request<Body>, problem: Problem| {
         Err(web::serve(head, vars, async |_, _: RequestMeta| Err(problem)).await)
     };
@@ -68,10 +72,14 @@ pub async fn read_request(
 /// (`tests/benches/spin.rs`, "answers over 35 ms").
 pub fn respond(response: Response<Body>, out: ResponseOutparam) {
     let (parts, body) = response.into_parts();
-    let mut headers: Vec<(String, Vec<u8>)> =
-        parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
-    // A 204 has no Content-Length (RFC 9110 8.6).
-    if parts.status != http::StatusCode::NO_CONTENT {
+    let mut headers: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != http::header::CONTENT_LENGTH)
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    // None on a 204, nor on the answer to a HEAD, whose body is gone (RFC 9110 8.6).
+    if parts.status != http::StatusCode::NO_CONTENT && parts.extensions.get::<crate::web::HeadResponse>().is_none() {
         headers.push(("content-length".to_owned(), body.len().to_string().into_bytes()));
     }
     let Ok(fields) = Fields::from_list(&headers) else {

@@ -53,6 +53,7 @@ impl TrustedProxies {
             .map(|s| {
                 s.parse::<ipnet::IpNet>()
                     .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map(canonical_net)
                     .map_err(|_| format!("`{s}` is not an IP network (CIDR) or address"))
             })
             .collect::<Result<_, _>>()
@@ -69,6 +70,18 @@ impl TrustedProxies {
     fn trusts(&self, ip: &IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it
+/// is, since addresses are compared in their canonical form.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map(ipnet::IpNet::V4).unwrap_or(net),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -91,10 +104,13 @@ fn client_ip<B>(req: &Request<B>, proxies: &TrustedProxies) -> Option<IpAddr> {
     if !proxies.trusts(&peer) {
         return Some(peer);
     }
-    let fields: Vec<&str> = req.headers().get_all(FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    // Entries are split as bytes and decoded one by one: a field whose other
+    // entries are not ASCII (sent by the client, then appended to by the
+    // proxy) still has readable entries on its right.
+    let fields: Vec<&[u8]> = req.headers().get_all(FORWARDED_FOR).iter().map(|v| v.as_bytes()).collect();
     let mut client = peer;
-    for entry in fields.iter().rev().flat_map(|f| f.rsplit(',')) {
-        let Some(ip) = forwarded_ip(entry) else { break };
+    for entry in fields.iter().rev().flat_map(|f| f.rsplit(|b| *b == b',')) {
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(forwarded_ip) else { break };
         client = ip.to_canonical();
         if !proxies.trusts(&client) {
             break;
@@ -138,6 +154,11 @@ fn request_id<B>(req: &Request<B>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// Marks the answer to a HEAD request: its body is gone, so the Spin
+/// adapter must not declare a `Content-Length` of 0 for it (RFC 9110 8.6).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadResponse;
+
 /// Wraps a handler: request id on every response, problems rendered as
 /// problem+json, defensive headers, one log line without query strings.
 pub async fn serve<F>(mut req: Request<Body>, vars: &impl Variables, handler: F) -> Response<Body>
@@ -162,6 +183,7 @@ where
     };
     if head {
         response.body_mut().clear();
+        response.extensions_mut().insert(HeadResponse);
     }
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
@@ -237,13 +259,19 @@ impl BodyReader {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(Problem::too_large(limit));
         }
-        let capacity = declared.map_or(0, |n| n as usize).min(limit);
+        // No more than a small buffer up front, whatever a client declares.
+        let capacity = declared.map_or(0, |n| n as usize).min(limit).min(64 * 1024);
         Ok(BodyReader { limit, body: Vec::with_capacity(capacity) })
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), Problem> {
         if self.body.len() + chunk.len() > self.limit {
             return Err(Problem::too_large(self.limit));
+        }
+        // Grow by doubling, but never past the limit.
+        if self.body.capacity() < self.body.len() + chunk.len() {
+            let wanted = (self.body.len() + chunk.len()).max(self.body.capacity() * 2).min(self.limit);
+            self.body.reserve_exact(wanted - self.body.len());
         }
         self.body.extend_from_slice(chunk);
         Ok(())

@@ -331,16 +331,25 @@ pub async fn apply(
                     x.given, x.family, nullif(x.year, '')::int, nullif(x.gender, ''), x.sn::bool \
              FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) \
                   WITH ORDINALITY AS x(id, enc, idx, feide, given, family, year, gender, sn, n) \
-             ORDER BY x.n RETURNING id",
+             RETURNING id, coalesce(encode(identity_index, 'hex'), '') AS idx, coalesce(feide_username, '') AS feide",
             &params,
         )
         .await
         .map_err(pupil_conflict)?
     };
-    for (row, i) in created.iter().zip(&new_keys) {
+    // Each new pupil's id by the identifiers it was inserted with (RETURNING
+    // promises no order), so no pupil can land in another's groups.
+    let new_at: HashMap<(&str, &str), usize> =
+        new_keys.iter().enumerate().map(|(j, i)| ((ins[2][j].as_str(), ins[3][j].as_str()), *i)).collect();
+    if created.len() != new_keys.len() || new_at.len() != new_keys.len() {
+        return Err(Problem::internal());
+    }
+    for row in &created {
+        let (idx, feide) = (row.text("idx")?, row.text("feide")?);
+        let i = *new_at.get(&(idx.as_str(), feide.as_str())).ok_or_else(Problem::internal)?;
         let id = row.text("id")?;
         present.push(id.clone());
-        pupil_id_at.insert(*i, id);
+        pupil_id_at.insert(i, id);
     }
 
     let left = db

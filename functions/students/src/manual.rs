@@ -95,6 +95,29 @@ fn validate(
     Ok(ValidOutcome { score, status, completed_at })
 }
 
+/// Inside the transaction: the assessment's maximum, locked against a
+/// publisher changing it meanwhile, still admits the validated score (it was
+/// read before the transaction began).
+async fn still_within_max(
+    db: &mut impl Db,
+    scope: &Scope,
+    assessment: &str,
+    outcome: &ValidOutcome,
+) -> Result<(), Problem> {
+    let row = db
+        .query_opt(
+            "SELECT max_score FROM assessments WHERE id = $1::uuid AND tenant_id = $2::uuid FOR SHARE",
+            &[uuid(assessment), uuid(&scope.who.tenant_id)],
+        )
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    let max_score = row.float("max_score")?;
+    if outcome.score.is_some_and(|s| s > max_score) {
+        return Err(Problem::validation(vec![field("/score", "must be from 0 to the assessment's max_score")]));
+    }
+    Ok(())
+}
+
 fn outcome_json(score: Option<f64>, status: &str, completed_at: Option<&str>) -> Json {
     json!({"score": score, "status": status, "completed_at": completed_at})
 }
@@ -161,6 +184,7 @@ pub async fn register(
     transaction(db, async |db| {
         // Again, now locked: the pupil may have left the caller's scope meanwhile.
         visible_pupil(db, &scope, &pupil).await?;
+        still_within_max(db, &scope, &assessment, &outcome).await?;
         let inserted = db
             .query_opt(
                 &format!(
@@ -233,6 +257,7 @@ pub async fn correct(
             )
             .await?
             .ok_or_else(Problem::not_found)?;
+        still_within_max(db, &scope, &current.text("assessment_id")?, &outcome).await?;
         let previous = outcome_json(
             current.opt_float("score")?,
             &current.text("status")?,

@@ -148,11 +148,19 @@ impl Host {
 /// this binary uses them: `sslmode=require` verifies the certificate and
 /// the host name, as it does on Spin (sqlx's own `require` only encrypts;
 /// its `verify-full` verifies).
+/// A server other than this machine's (loopback or a Unix socket) is
+/// reached with verified TLS only.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(url).context("not a PostgreSQL URL")?;
+    let host = options.get_host().trim_start_matches('[').trim_end_matches(']');
+    let local = host.starts_with('/')
+        || host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     Ok(match options.get_ssl_mode() {
         PgSslMode::Require => options.ssl_mode(PgSslMode::VerifyFull),
-        _ => options,
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull => options,
+        _ if local => options,
+        _ => bail!("a database on {host} must be reached with sslmode=verify-full (or require, verified the same way)"),
     })
 }
 

@@ -69,7 +69,10 @@ pub fn unwrap(columns: Vec<String>, rows: Vec<Vec<Value>>) -> Result<Vec<Row>, D
 /// A small scanner, not a SQL parser: it skips whitespace, comments, string
 /// literals (standard, `E'…'`, dollar-quoted) and quoted identifiers, and
 /// follows parentheses, which is all it takes to find where the list of
-/// common table expressions ends.
+/// common table expressions ends. It runs on Tavle's own SQL only (client
+/// values are bound parameters). Not supported: the `SEARCH`/`CYCLE`
+/// clauses of recursive CTEs (a statement using them fails with a syntax
+/// error, it is never split into something else).
 pub fn split_leading_with(sql: &str) -> Result<(Option<&str>, &str), &'static str> {
     let b = sql.as_bytes();
     let mut i = skip_space(b, 0)?;
