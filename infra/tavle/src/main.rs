@@ -263,9 +263,10 @@ fn dev(mut args: Args) -> Result<()> {
     let db_url = match std::env::var("DATABASE_URL") {
         Ok(url) => url,
         Err(_) => {
-            let cluster = PgCluster::start_persistent(&state_dir.join("pg"))?;
+            let pg_dir = tavle_host::pgcluster::persistent_dir_for(&state_dir.join("pg"))?;
+            let cluster = PgCluster::start_persistent(&pg_dir)?;
             let url = cluster.url("tavle");
-            println!("private PostgreSQL on 127.0.0.1:{} (data in {})", cluster.port(), state_dir.join("pg").display());
+            println!("private PostgreSQL on 127.0.0.1:{} (data in {})", cluster.port(), pg_dir.display());
             _cluster = cluster;
             url
         }

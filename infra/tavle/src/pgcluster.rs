@@ -19,7 +19,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -395,28 +395,60 @@ impl Env {
     /// On failure as root, explain the most likely cause: the `postgres` user
     /// cannot reach the cluster directory.
     fn access_hint(&self, root: &Path) -> String {
-        let Some(r) = &self.run_as else {
-            return String::new();
-        };
-        for dir in root.ancestors().skip(1) {
-            let Ok(md) = fs::metadata(dir) else { continue };
-            let mode = md.mode();
-            let ok = if md.uid() == r.uid {
-                mode & 0o100 != 0
-            } else if md.gid() == r.gid || r.groups.contains(&md.gid()) {
-                mode & 0o010 != 0
-            } else {
-                mode & 0o001 != 0
-            };
-            if !ok {
-                return format!(
-                    "\n(note: running as root, so the server runs as OS user '{PG_OS_USER}', \
-                     which cannot traverse {}; use a directory it can reach)",
-                    dir.display()
-                );
-            }
+        match self.run_as.as_ref().and_then(|r| untraversable_ancestor(root, r)) {
+            Some(dir) => format!(
+                "\n(note: running as root, so the server runs as OS user '{PG_OS_USER}', \
+                 which cannot traverse {}; use a directory it can reach)",
+                dir.display()
+            ),
+            None => String::new(),
         }
-        String::new()
+    }
+}
+
+/// The first existing ancestor of `path` that `user` may not traverse (no
+/// search permission for it), if any.
+fn untraversable_ancestor(path: &Path, user: &RunAs) -> Option<PathBuf> {
+    for dir in path.ancestors().skip(1) {
+        let Ok(md) = fs::metadata(dir) else { continue };
+        let mode = md.mode();
+        let ok = if md.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if md.gid() == user.gid || user.groups.contains(&md.gid()) {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            return Some(dir.to_path_buf());
+        }
+    }
+    None
+}
+
+/// Where the persistent cluster meant for `preferred` can live: there,
+/// unless the server's OS user (`postgres`, when we run as root) cannot
+/// reach it, as under root's home directory (mode 0700 on Debian); then in
+/// a directory of its own under `/var/tmp`, named after `preferred`, so
+/// the same checkout always finds its data again.
+pub fn persistent_dir_for(preferred: &Path) -> Result<PathBuf> {
+    let env = Env::detect()?;
+    Ok(reachable_dir(preferred, env.run_as.as_ref(), Path::new(FALLBACK_PARENT)))
+}
+
+const FALLBACK_PARENT: &str = "/var/tmp";
+
+fn reachable_dir(preferred: &Path, run_as: Option<&RunAs>, fallback_parent: &Path) -> PathBuf {
+    let absolute = std::path::absolute(preferred).unwrap_or_else(|_| preferred.to_path_buf());
+    match run_as {
+        Some(user) if untraversable_ancestor(&absolute, user).is_some() => {
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            // A stable name: DefaultHasher::new() has fixed keys.
+            let mut h = DefaultHasher::new();
+            absolute.hash(&mut h);
+            fallback_parent.join(format!("tavle-pg-{:016x}", h.finish()))
+        }
+        _ => preferred.to_path_buf(),
     }
 }
 
@@ -793,6 +825,25 @@ fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_dir_the_server_user_cannot_reach_moves_under_var_tmp() {
+        let base = unique_temp("reach");
+        let closed = base.join("home");
+        fs::create_dir_all(closed.join("checkout")).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        // A user that is neither the owner nor in the group: "other" bits count.
+        let stranger = RunAs { uid: 54321, gid: 54321, groups: Vec::new() };
+        let preferred = closed.join("checkout/.tavle/pg");
+        let moved = reachable_dir(&preferred, Some(&stranger), Path::new("/var/tmp"));
+        assert!(moved.starts_with("/var/tmp") && moved != preferred, "{}", moved.display());
+        assert_eq!(moved, reachable_dir(&preferred, Some(&stranger), Path::new("/var/tmp")), "stable");
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(reachable_dir(&preferred, Some(&stranger), Path::new("/var/tmp")), preferred);
+        assert_eq!(reachable_dir(&preferred, None, Path::new("/var/tmp")), preferred, "not root: as it is");
+        let _ = fs::remove_dir_all(&base);
+    }
 
     const PSQL: &str = "/usr/bin/psql";
     const CHILD_ENV: &str = "TAVLE_PGCLUSTER_TEST_CHILD";
