@@ -19,7 +19,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -828,6 +828,7 @@ mod tests {
 
     #[test]
     fn a_cluster_dir_the_server_user_cannot_reach_moves_under_var_tmp() {
+        use std::os::unix::fs::PermissionsExt;
         let base = unique_temp("reach");
         let closed = base.join("home");
         fs::create_dir_all(closed.join("checkout")).unwrap();
