@@ -158,7 +158,7 @@ async fn unicode_names_round_trip_and_sql_is_just_text() {
     let names = [
         "Åse Ødegård Bærheim",
         "Sigrún Jóhannsdóttir",
-        "Zoe\u{0308} Ma\u{0301}rquez", // combining marks
+        "Zoe\u{0308} Ma\u{0301}rquez", // combining marks, stored composed
         "مريم العلي",                  // right-to-left
         "Robert'); DROP TABLE users;--",
         "Ola \u{202E}drowssap", // bidi override is text, not a control char
@@ -172,8 +172,11 @@ async fn unicode_names_round_trip_and_sql_is_just_text() {
             )
             .await;
         assert_eq!(r.status, 201, "{name}: {}", r.text());
+        // As sent, in NFC: combining marks composed ("Zoë Márquez").
+        let nfc = tavle_core::names::nfc(name);
+        assert_eq!(r.json()["display_name"], nfc);
         let got = app.get(&format!("/admin/users/{}", r.json()["id"].as_str().unwrap()), &s.token).await.json();
-        assert_eq!(got["display_name"], *name);
+        assert_eq!(got["display_name"], nfc);
     }
     assert_eq!(app.count("SELECT count(*) FROM users").await, 1 + names.len() as i64);
 }

@@ -65,7 +65,7 @@ fn result(ext: &str, n: u32, score: f64) -> Value {
 
 async fn load_roster(w: &World, n: u32) {
     let pupils = (0..n).map(|i| pupil(i, &[if i % 2 == 0 { "5A" } else { "5B" }])).collect();
-    let r = w.app.deliver(&w.sas, "roster", &format!("roster-{}", uuid::Uuid::new_v4()), &roster(pupils)).await;
+    let r = w.app.deliver(&w.sas, "roster", &uuid::Uuid::new_v4().to_string(), &roster(pupils)).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -164,6 +164,98 @@ async fn rotation_keeps_the_old_secret_valid_for_the_overlap_only() {
         .assert_problem(401, "invalid-signature");
     assert_eq!(w.app.deliver(&new, "results", "new-2", &results("a1", vec![result("r1", 0, 12.0)])).await.status, 200);
     assert!(w.app.audit_actions(&w.admin.tenant_id).await.contains(&"source.key_rotated".to_owned()));
+}
+
+/// A rotation request with a raw JSON body (numbers `json!` cannot write).
+fn rotation(w: &World, source: &Source, body: &str) -> Request<Vec<u8>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("/admin/sources/{}/rotate", source.id))
+        .header(header::AUTHORIZATION, format!("Bearer {}", w.session.token))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.as_bytes().to_vec())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rotation_takes_an_overlap_per_call_and_zero_revokes_the_old_secret_at_once() {
+    let w = world_with(HashMap::from([("webhook_secret_overlap_hours", "6")])).await;
+    load_roster(&w, 1).await;
+    let post = |source: &Source, id: &str, score: f64| {
+        let body = results("a1", vec![result("r1", 0, score)]);
+        let (app, source, id) = (&w.app, source.clone(), id.to_owned());
+        async move { app.deliver(&source, "results", &id, &body).await }
+    };
+
+    // Outside 0..=the configured maximum, or not an integer: 422, nothing rotated.
+    let before = w.app.snapshot(true).await;
+    for body in [
+        r#"{"overlap_hours": 7}"#,
+        r#"{"overlap_hours": -1}"#,
+        r#"{"overlap_hours": 1.5}"#,
+        r#"{"overlap_hours": "0"}"#,
+        r#"{"overlap_hours": null}"#,
+        r#"{"overlap_hours": 99999999999999999999}"#,
+        r#"{"overlap_hours": -9223372036854775808}"#,
+    ] {
+        let r = w.app.call(rotation(&w, &w.publisher, body)).await;
+        let p = r.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], "/overlap_hours", "{body}: {p}");
+        assert!(r.json().get("secret").is_none());
+    }
+    let p = w.app.call(rotation(&w, &w.publisher, r#"{"overlap_hours": 7}"#)).await.json();
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("0 to 6"), "{p}");
+    assert_eq!(before, w.app.snapshot(true).await, "refused rotations changed nothing");
+
+    // 0: a leaked secret stops verifying now.
+    let r = w.app.call(rotation(&w, &w.publisher, r#"{"overlap_hours": 0}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let new = Source { id: w.publisher.id.clone(), secret: body["secret"].as_str().unwrap().to_owned() };
+    assert_eq!(body["keys"].as_array().unwrap().len(), 1, "only the new key is live: {body}");
+    let ended: bool = sqlx::query_scalar("SELECT $1::timestamptz <= now()")
+        .bind(body["previous_keys_valid_until"].as_str().unwrap())
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert!(ended, "{body}");
+    let rotated = w.app.snapshot(true).await;
+    let old = post(&w.publisher, "old-after-zero", 10.0).await;
+    let p = old.assert_problem(401, "invalid-signature");
+    assert_eq!(p["detail"], "no valid signature for this source");
+    assert_eq!(rotated, w.app.snapshot(true).await, "the refused delivery changed nothing");
+    assert_eq!(post(&new, "new-after-zero", 11.0).await.status, 200);
+    let details: Value = sqlx::query_scalar(
+        "SELECT details FROM audit_log WHERE action = 'source.key_rotated' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&w.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(details["overlap_hours"], 0, "{details}");
+
+    // An explicit overlap, and the configured one by default. Either only
+    // ever shortens what a key has left, never lengthens it.
+    let hours_left = || async {
+        let h: Vec<f64> = sqlx::query_scalar(
+            "SELECT round(extract(epoch FROM expires_at - now())::numeric / 3600, 1)::float8 FROM webhook_secrets \
+             WHERE source_id = $1::uuid AND expires_at IS NOT NULL ORDER BY created_at",
+        )
+        .bind(&w.sas.id)
+        .fetch_all(&w.app.pool)
+        .await
+        .unwrap();
+        h
+    };
+    for (body, hours) in [
+        (r#"{"overlap_hours": 2}"#, vec![2.0]),
+        ("{}", vec![2.0, 6.0]),
+        (r#"{"overlap_hours": 6}"#, vec![2.0, 6.0, 6.0]),
+        (r#"{"overlap_hours": 1}"#, vec![1.0, 1.0, 1.0, 1.0]),
+    ] {
+        let r = w.app.call(rotation(&w, &w.sas, body)).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+        assert_eq!(hours_left().await, hours, "{body}");
+    }
 }
 
 #[tokio::test]
@@ -286,6 +378,97 @@ async fn bad_deliveries_are_refused_and_change_nothing() {
     let r = w.app.call(signed(&w, &path, "m9", now, &body, &w.sas.secret)).await;
     r.assert_problem(403, "source-disabled");
     assert_eq!(w.app.count("SELECT count(*) FROM pupils").await, 0);
+}
+
+#[tokio::test]
+async fn extreme_webhook_timestamps_get_the_normal_401_and_change_nothing() {
+    let w = world().await;
+    let body = serde_json::to_vec(&roster(vec![pupil(1, &["5A"])])).unwrap();
+    let before = w.app.snapshot(true).await;
+    for (kind, source) in [("roster", &w.sas), ("results", &w.publisher)] {
+        let path = format!("/ingest/{}/{kind}", source.id);
+        for (timestamp, why) in [
+            ("-9223372036854775808", "more than 5 minutes old"),
+            ("9223372036854775807", "more than 5 minutes in the future"),
+            ("99999999999999999999", "not a Unix timestamp"),
+            ("abc", "not a Unix timestamp"),
+        ] {
+            // Validly signed for now; only the timestamp header is hostile.
+            let mut req = signed(&w, &path, "m-extreme", unix_now(), &body, &source.secret);
+            req.headers_mut().insert("webhook-timestamp", timestamp.parse().unwrap());
+            let r = w.app.call(req).await;
+            let p = r.assert_problem(401, "invalid-signature");
+            assert!(p["detail"].as_str().unwrap().contains(why), "{kind} {timestamp}: {p}");
+        }
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "nothing stored, not even an audit row");
+}
+
+#[tokio::test]
+async fn webhook_ids_outside_the_narrow_format_are_refused_before_anything_is_stored() {
+    let w = world().await;
+    let path = format!("/ingest/{}/roster", w.sas.id);
+    let body = serde_json::to_vec(&roster(vec![pupil(1, &["5A"])])).unwrap();
+    let number = synthetic_id(1);
+    let before = w.app.snapshot(true).await;
+    for id in [
+        number.clone(),
+        format!("msg-{number}"),
+        "12345678901".to_owned(),
+        "x".repeat(65),
+        "msg 1".to_owned(),
+        "msg:1".to_owned(),
+        "msg/1".to_owned(),
+        format!("{{{}}}", uuid::Uuid::new_v4()),
+    ] {
+        // Correctly signed over that very id: the id itself is refused.
+        let r = w.app.call(signed(&w, &path, &id, unix_now(), &body, &w.sas.secret)).await;
+        let p = r.assert_problem(401, "invalid-signature");
+        assert!(p["detail"].as_str().unwrap().starts_with("webhook-id must be"), "{id}: {p}");
+        assert!(!r.text().contains(&number), "{id}: {}", r.text());
+    }
+    // Not ASCII at all (the header is not even text to us).
+    let mut req = signed(&w, &path, "m", unix_now(), &body, &w.sas.secret);
+    req.headers_mut().insert("webhook-id", http::HeaderValue::from_bytes("ø-1".as_bytes()).unwrap());
+    w.app.call(req).await.assert_problem(401, "invalid-signature");
+    assert_eq!(before, w.app.snapshot(true).await, "nothing stored, not even an audit row");
+
+    // What senders use is accepted: UUIDs (whatever digits they hold), svix-style
+    // ids, up to 64 characters, up to 10 digits in a row.
+    for id in [
+        uuid::Uuid::new_v4().to_string(),
+        "01234567-0123-4012-8123-012345678901".to_owned(),
+        "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W".to_owned(),
+        "a.b_c-D".repeat(9) + "1",
+        "1234567890".to_owned(),
+    ] {
+        let r = w.app.call(signed(&w, &path, &id, unix_now(), &body, &w.sas.secret)).await;
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+    }
+    assert_eq!(w.app.count("SELECT count(*) FROM webhook_deliveries").await, 5);
+}
+
+#[tokio::test]
+async fn an_identity_number_sent_as_request_id_never_reaches_a_delivery_audit_row() {
+    let w = world().await;
+    let number = synthetic_id(1);
+    let path = format!("/ingest/{}/roster", w.sas.id);
+    let body = serde_json::to_vec(&roster(vec![pupil(2, &["5A"])])).unwrap();
+    let mut req = signed(&w, &path, "roster-1", unix_now(), &body, &w.sas.secret);
+    req.headers_mut().insert("x-request-id", number.parse().unwrap());
+    let r = w.app.call(req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echoed = r.header("x-request-id").unwrap();
+    assert!(echoed != number && uuid::Uuid::parse_str(echoed).is_ok(), "{echoed}");
+    let request_id: String = sqlx::query_scalar("SELECT request_id FROM audit_log WHERE action = 'roster.applied'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(request_id, echoed, "the audit row carries the generated id");
+    assert_eq!(
+        w.app.count(&format!("SELECT count(*) FROM audit_log a WHERE strpos(a::text, '{number}') > 0")).await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -424,7 +607,7 @@ async fn an_invalid_roster_is_rejected_whole_with_pointers() {
     ];
     for (bad, pointer) in cases {
         let pupils = vec![pupil(0, &["5A"]), pupil(1, &["5B"]), bad.clone()];
-        let r = w.app.deliver(&w.sas, "roster", &format!("bad-{}", uuid::Uuid::new_v4()), &roster(pupils)).await;
+        let r = w.app.deliver(&w.sas, "roster", &uuid::Uuid::new_v4().to_string(), &roster(pupils)).await;
         let p = r.assert_problem(422, "validation-failed");
         let pointers: Vec<&str> =
             p["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
@@ -447,7 +630,7 @@ async fn production_refuses_synthetic_identity_numbers() {
 }
 
 #[tokio::test]
-async fn names_in_any_script_and_sql_are_stored_verbatim() {
+async fn names_in_any_script_and_sql_are_stored_as_sent_in_nfc() {
     let w = world().await;
     let names = [
         "Åse Ødegård",
@@ -470,8 +653,68 @@ async fn names_in_any_script_and_sql_are_stored_verbatim() {
         .fetch_all(&w.app.pool)
         .await
         .unwrap();
-    assert_eq!(stored, names);
+    // Verbatim, except that combining marks are composed (NFC): "Zoë Márquez".
+    let mut expected = names.map(str::to_owned);
+    expected[1] = "Zo\u{eb} M\u{e1}rquez".to_owned();
+    assert_eq!(stored, expected);
     assert_eq!(w.app.count("SELECT count(*) FROM schools WHERE name = 'Skole''; DELETE FROM schools;--'").await, 1);
+}
+
+#[tokio::test]
+async fn roster_names_are_stored_in_nfc_and_the_same_names_composed_change_nothing() {
+    let w = world().await;
+    let named = |n: u32, given: &str, family: &str| {
+        let mut p = pupil(n, &["5A"]);
+        p["given_name"] = json!(given);
+        p["family_name"] = json!(family);
+        p
+    };
+    // Decomposed, as some systems (and macOS input) send them.
+    let decomposed =
+        roster(vec![named(0, " A\u{30A}se ", "O\u{308}sterga\u{30A}rd"), named(1, "Ame\u{301}lie", "Mu\u{308}ller")]);
+    let r = w.app.deliver(&w.sas, "roster", "nfd", &decomposed).await;
+    assert_eq!((r.status, r.json()["pupils"]["created"].clone()), (200, json!(2)), "{}", r.text());
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT given_name, family_name FROM pupils ORDER BY given_name")
+            .fetch_all(&w.app.pool)
+            .await
+            .unwrap();
+    let stored: Vec<(&str, &str)> = stored.iter().map(|(g, f)| (g.as_str(), f.as_str())).collect();
+    assert_eq!(stored, [("Am\u{e9}lie", "M\u{fc}ller"), ("\u{c5}se", "\u{d6}sterg\u{e5}rd")]);
+    assert_eq!(
+        w.app.count("SELECT count(*) FROM pupils WHERE NOT (given_name IS NFC NORMALIZED AND family_name IS NFC NORMALIZED)").await,
+        0
+    );
+    // The same names composed are the same names: nothing to update.
+    let pupils_before: Vec<String> =
+        sqlx::query_scalar("SELECT p::text FROM pupils p ORDER BY id").fetch_all(&w.app.pool).await.unwrap();
+    let composed = roster(vec![named(0, "\u{c5}se", "\u{d6}sterg\u{e5}rd"), named(1, "Am\u{e9}lie", "M\u{fc}ller")]);
+    let r = w.app.deliver(&w.sas, "roster", "nfc", &composed).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((r.json()["pupils"]["updated"].clone(), r.json()["pupils"]["unchanged"].clone()), (json!(0), json!(2)));
+    let pupils_after: Vec<String> =
+        sqlx::query_scalar("SELECT p::text FROM pupils p ORDER BY id").fetch_all(&w.app.pool).await.unwrap();
+    assert_eq!(pupils_before, pupils_after);
+
+    // Lengths are counted in NFC: 200 letters are 200, however they were typed;
+    // 201 are too many, and the whole roster is refused.
+    let long = "e\u{301}".repeat(200);
+    let r = w.app.deliver(&w.sas, "roster", "long", &roster(vec![named(2, &long, "Berg")])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = w.app.snapshot(true).await;
+    for (given, family, pointer) in [
+        ("e\u{301}".repeat(201), "Berg".to_owned(), "/pupils/0/given_name"),
+        ("Ola".to_owned(), "\u{301}".repeat(201), "/pupils/0/family_name"),
+        ("\u{301}\u{0}".to_owned(), "Berg".to_owned(), "/pupils/0/given_name"),
+    ] {
+        let r = w
+            .app
+            .deliver(&w.sas, "roster", &uuid::Uuid::new_v4().to_string(), &roster(vec![named(3, &given, &family)]))
+            .await;
+        let p = r.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{p}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "refused rosters change nothing");
 }
 
 // ---------------------------------------------------------------- results
@@ -668,7 +911,7 @@ async fn invalid_results_reject_the_whole_post_with_a_pointer_per_bad_row() {
         (json!({"results": []}), "/assessment"),
     ];
     for (body, pointer) in cases {
-        let r = w.app.deliver(&w.publisher, "results", &format!("bad-{}", uuid::Uuid::new_v4()), &body).await;
+        let r = w.app.deliver(&w.publisher, "results", &uuid::Uuid::new_v4().to_string(), &body).await;
         let p = r.assert_problem(422, "validation-failed");
         let pointers: Vec<&str> =
             p["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();

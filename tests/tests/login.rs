@@ -216,7 +216,9 @@ async fn logout_revokes_the_session_and_clears_the_cookie() {
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
     app.get("/auth/me", &s.token).await.assert_problem(401, "unauthenticated");
-    app.post("/auth/refresh", Some(&s.token), json!({})).await.assert_problem(401, "unauthenticated");
+    app.call(cookie_request(Method::POST, "/auth/refresh", &s.cookie, Some(ORIGIN)))
+        .await
+        .assert_problem(401, "unauthenticated");
     // Only that session: another login of the same user lives on.
     assert_eq!(app.get("/auth/me", &other.token).await.status, 200);
     assert!(app.audit_actions(&admin.tenant_id).await.contains(&"logout".to_owned()));
@@ -234,7 +236,8 @@ async fn refresh_extends_the_idle_deadline_but_never_past_the_absolute_maximum()
         .execute(&app.pool)
         .await
         .unwrap();
-    let r = app.post("/auth/refresh", Some(&s.token), json!({})).await;
+    let refresh = || app.call(cookie_request(Method::POST, "/auth/refresh", &s.cookie, Some(ORIGIN)));
+    let r = refresh().await;
     assert_eq!(r.status, 200, "{}", r.text());
     let idle_minutes: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM idle_expires_at - now())::float8 / 60 FROM sessions WHERE id = $1::uuid",
@@ -254,7 +257,7 @@ async fn refresh_extends_the_idle_deadline_but_never_past_the_absolute_maximum()
         .execute(&app.pool)
         .await
         .unwrap();
-    let r = app.post("/auth/refresh", Some(&fresh), json!({})).await.json();
+    let r = refresh().await.json();
     assert!(r["expires_in"].as_u64().unwrap() <= 120, "{r}");
     assert_eq!(r["session"]["idle_expires_at"], r["session"]["expires_at"]);
 
@@ -264,7 +267,54 @@ async fn refresh_extends_the_idle_deadline_but_never_past_the_absolute_maximum()
         .execute(&app.pool)
         .await
         .unwrap();
-    app.post("/auth/refresh", Some(&fresh), json!({})).await.assert_problem(401, "unauthenticated");
+    refresh().await.assert_problem(401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn refresh_takes_the_session_cookie_only_never_a_bearer_token() {
+    let app = TestApp::spawn().await;
+    let admin = app.seed_tenant("oslo").await;
+    let s = app.login(&admin).await;
+    // Make any extension visible: a refresh would move this deadline.
+    sqlx::query("UPDATE sessions SET idle_expires_at = now() + interval '1 minute'").execute(&app.pool).await.unwrap();
+    let before = app.snapshot(true).await;
+
+    // A stolen access token cannot be turned into a school-day session:
+    // bearer only, with or without an allowed Origin, is a 401.
+    let bearer = |origin: Option<&str>| {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri("/auth/refresh")
+            .header(header::AUTHORIZATION, format!("Bearer {}", s.token));
+        if let Some(o) = origin {
+            b = b.header(header::ORIGIN, o);
+        }
+        b.header(header::CONTENT_TYPE, "application/json").body(b"{}".to_vec()).unwrap()
+    };
+    for origin in [None, Some(ORIGIN)] {
+        let r = app.call(bearer(origin)).await;
+        let body = r.assert_problem(401, "unauthenticated");
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains("session cookie")), "{body}");
+        assert!(r.header("set-cookie").is_none());
+    }
+    assert_eq!(before, app.snapshot(true).await, "a refused refresh changed nothing, not even the audit log");
+    assert_eq!(app.get("/auth/me", &s.token).await.status, 200, "the token itself still works until it expires");
+
+    // The cookie refreshes, and it alone: a bearer token sent along is ignored.
+    let mut both = cookie_request(Method::POST, "/auth/refresh", &s.cookie, Some(ORIGIN));
+    both.headers_mut().insert(header::AUTHORIZATION, "Bearer not.a.jwt".parse().unwrap());
+    let r = app.call(both).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let idle_minutes: f64 =
+        sqlx::query_scalar("SELECT extract(epoch FROM idle_expires_at - now())::float8 / 60 FROM sessions")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!((29.0..=30.0).contains(&idle_minutes), "idle deadline {idle_minutes} min");
+    // The cookie keeps its CSRF check with a bearer token beside it.
+    let mut no_origin = cookie_request(Method::POST, "/auth/refresh", &s.cookie, None);
+    no_origin.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {}", s.token).parse().unwrap());
+    app.call(no_origin).await.assert_problem(403, "forbidden");
 }
 
 #[tokio::test]
@@ -280,7 +330,9 @@ async fn sessions_last_one_school_day_and_expire_when_idle() {
     assert!((9.9..=10.0).contains(&hours), "absolute maximum {hours} h");
     sqlx::query("UPDATE sessions SET idle_expires_at = now() - interval '1 second'").execute(&app.pool).await.unwrap();
     app.get("/auth/me", &s.token).await.assert_problem(401, "unauthenticated");
-    app.post("/auth/refresh", Some(&s.token), json!({})).await.assert_problem(401, "unauthenticated");
+    app.call(cookie_request(Method::POST, "/auth/refresh", &s.cookie, Some(ORIGIN)))
+        .await
+        .assert_problem(401, "unauthenticated");
 }
 
 fn cookie_request(method: Method, path: &str, cookie: &str, origin: Option<&str>) -> Request<Vec<u8>> {
@@ -518,4 +570,50 @@ async fn request_ids_are_echoed_when_sane_and_minted_otherwise() {
     let r = app.call(req("has spaces <script>")).await;
     let minted = r.header("x-request-id").unwrap();
     assert!(uuid::Uuid::parse_str(minted).is_ok(), "{minted}");
+}
+
+#[tokio::test]
+async fn an_identity_number_sent_as_request_id_is_replaced_before_it_is_echoed_or_stored() {
+    let app = TestApp::spawn().await;
+    let admin = app.seed_tenant("oslo").await;
+    let number = tavle_tests::synthetic_id(1);
+    let login = |request_id: String| {
+        let body = json!({"tenant": "oslo", "username": "admin", "password": admin.password});
+        let wrong = json!({"tenant": "oslo", "username": "admin", "password": "Wrong-pass-1"});
+        let req = |body: serde_json::Value| {
+            Request::builder()
+                .method(Method::POST)
+                .uri("/auth/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("x-request-id", request_id.clone())
+                .body(serde_json::to_vec(&body).unwrap())
+                .unwrap()
+        };
+        (req(body), req(wrong))
+    };
+    // Bare, embedded among allowed characters, and as a 64-character id:
+    // each would have been echoed and written to the append-only audit log.
+    for sent in [number.clone(), format!("req-{number}-x"), format!("{number}{}", "a".repeat(53))] {
+        let (ok, failed) = login(sent.clone());
+        for (r, status) in [(app.call(ok).await, 200), (app.call(failed).await, 401)] {
+            assert_eq!(r.status, status, "{}", r.text());
+            let echoed = r.header("x-request-id").unwrap();
+            assert_ne!(echoed, sent);
+            assert!(uuid::Uuid::parse_str(echoed).is_ok(), "a generated id instead: {echoed}");
+            assert!(!r.text().contains(&number));
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log a WHERE strpos(a::text, $1) > 0")
+        .bind(&number)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the identity number is nowhere in the audit log");
+    let ids: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT request_id FROM audit_log WHERE action IN ('login.succeeded', 'login.failed')")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(ids.len(), 6);
+    assert!(ids.iter().all(|id| id.as_deref().is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())), "{ids:?}");
 }

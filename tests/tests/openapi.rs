@@ -683,7 +683,8 @@ async fn handlers_answer_as_documented() {
     assert_eq!(c.check("GET", "/auth/me", &app.get("/auth/me", &token).await), 200);
     assert_eq!(c.check("GET", "/auth/me", &app.send(Method::GET, "/auth/me", None, None).await), 401);
     assert_eq!(c.check("GET", "/auth/me", &app.get("/auth/me", "not.a.jwt").await), 401);
-    assert_eq!(c.check("POST", "/auth/refresh", &app.send(Method::POST, "/auth/refresh", t, None).await), 200);
+    // Bearer only: refresh takes the session cookie.
+    assert_eq!(c.check("POST", "/auth/refresh", &app.send(Method::POST, "/auth/refresh", t, None).await), 401);
     let by_cookie = app.call(request(Method::POST, "/auth/refresh", &[("cookie", &cookie)], b"")).await;
     assert_eq!(c.check("POST", "/auth/refresh", &by_cookie), 403, "cookie without Origin");
     let by_cookie =

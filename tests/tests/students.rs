@@ -951,3 +951,532 @@ async fn the_demo_tenant_lets_every_role_try_the_students_routes() {
     let log = app.get(&format!("/pupils/{pupil}/access-log"), &privacy.token).await.json();
     assert_eq!(log["items"].as_array().unwrap().len(), 4, "list, overview, profile, the leader's list: {log}");
 }
+
+// ------------------------------------------- identity-number searches leave a trace
+
+/// A request with a bearer token and an `x-request-id`, optionally with a JSON body.
+fn traced(method: Method, path: &str, token: &str, request_id: &str, body: Option<Value>) -> Request<Vec<u8>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header("x-request-id", request_id);
+    if body.is_some() {
+        b = b.header(header::CONTENT_TYPE, "application/json");
+    }
+    b.body(body.map(|v| serde_json::to_vec(&v).unwrap()).unwrap_or_default()).unwrap()
+}
+
+async fn user_id(app: &TestApp, username: &str) -> String {
+    id_of(app, "SELECT id FROM users WHERE username = $1", username).await
+}
+
+/// The tenant's search records as (actor, client ip, request id, details), oldest first.
+async fn search_records(app: &TestApp, tenant_id: &str) -> Vec<(String, Option<String>, Option<String>, Value)> {
+    sqlx::query_as(
+        "SELECT actor_user_id::text, client_ip, request_id, details FROM audit_log \
+         WHERE action = 'pupil.searched' AND tenant_id = $1::uuid ORDER BY id",
+    )
+    .bind(tenant_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_identity_number_search_is_recorded_hit_or_miss_without_the_number() {
+    let w = world().await;
+    // A teacher whose only group has no pupils: nothing in scope.
+    let empty = id_of(
+        &w.app,
+        "INSERT INTO groups (tenant_id, school_id, name) SELECT tenant_id, id, '5C' FROM schools \
+         WHERE external_id = $1 RETURNING id",
+        "nordby",
+    )
+    .await;
+    let tom = w.app.create_user(&w.admin, &w.oslo, "tom", json!([{"role": "teacher", "group_id": empty}])).await;
+    let tom = w.app.login(&tom).await;
+    let p = |n: u32| w.pupils[&n].clone();
+    // (who, username, pupil number, the pupil found)
+    let cases: [(&Session, &str, u32, Option<String>); 8] = [
+        (&w.teacher, "kari", 0, Some(p(0))),
+        (&w.teacher, "kari", 1, None),  // another group
+        (&w.teacher, "kari", 10, None), // another school
+        (&w.teacher, "kari", 20, None), // another tenant
+        (&w.teacher, "kari", 4, None),  // restricted
+        (&w.teacher, "kari", 99, None), // nobody has it
+        (&tom, "tom", 0, None),         // nothing in scope at all
+        (&w.leader, "leif", 1, Some(p(1))),
+    ];
+    for (i, (session, _, n, found)) in cases.iter().enumerate() {
+        let body = json!({"identity_number": synthetic_id(*n)});
+        let r = w.app.call(traced(Method::POST, "/pupils/search", &session.token, &format!("s-{i}"), Some(body))).await;
+        assert_eq!(r.status, 200, "case {i}: {}", r.text());
+        let want: Vec<&str> = found.iter().map(String::as_str).collect();
+        assert_eq!(ids(&r.json(), "items"), want, "case {i}");
+    }
+    let r = w
+        .app
+        .call(traced(
+            Method::POST,
+            "/pupils/search",
+            &w.bergen_teacher.token,
+            "s-bergen",
+            Some(json!({"identity_number": synthetic_id(20)})),
+        ))
+        .await;
+    assert_eq!(ids(&r.json(), "items"), [p(20).as_str()]);
+
+    // One record per search, misses included: who, from where, in which
+    // request, hit or miss and the pupil found.
+    let records = search_records(&w.app, &w.oslo.tenant_id).await;
+    assert_eq!(records.len(), cases.len(), "{records:?}");
+    for (i, ((_, username, _, found), (actor, ip, request_id, details))) in cases.iter().zip(&records).enumerate() {
+        assert_eq!(actor, &user_id(&w.app, username).await, "case {i}");
+        assert_eq!((ip.as_deref(), request_id.as_deref()), (Some("127.0.0.1"), Some(format!("s-{i}").as_str())));
+        assert_eq!(details, &json!({"hit": found.is_some(), "pupil_id": found}), "case {i}");
+    }
+    // A hit targets the pupil found (the audit log's target index finds a
+    // pupil's searches); a miss targets nobody.
+    let mistargeted = w
+        .app
+        .count(
+            "SELECT count(*) FROM audit_log WHERE action = 'pupil.searched' AND \
+             (target_kind, target_id) IS DISTINCT FROM \
+             (CASE WHEN (details->>'hit')::bool THEN 'pupil' END, details->>'pupil_id')",
+        )
+        .await;
+    assert_eq!(mistargeted, 0);
+    let bergen: String =
+        sqlx::query_scalar("SELECT id::text FROM tenants WHERE slug = 'bergen'").fetch_one(&w.app.pool).await.unwrap();
+    let bergen_records = search_records(&w.app, &bergen).await;
+    assert_eq!(bergen_records.len(), 1, "each tenant's searches are its own");
+    assert_eq!(bergen_records[0].3, json!({"hit": true, "pupil_id": p(20)}));
+    // A hit still writes its access record for the pupil found, as before.
+    let searched: Vec<Vec<uuid::Uuid>> =
+        access_records(&w.app).await.into_iter().filter(|r| r.0 == "pupils.searched").map(|r| r.1).collect();
+    assert_eq!(searched.len(), 3, "three hits, three access records");
+
+    // Neither the number nor its blind index is stored with the record.
+    let audit: String =
+        sqlx::query_scalar("SELECT string_agg(a::text, ' ') FROM audit_log a").fetch_one(&w.app.pool).await.unwrap();
+    let index = tavle_core::crypto::BlindIndex::from_config(&w.app.variables["blind_index_key"]).unwrap();
+    for n in [0, 1, 4, 10, 20, 99] {
+        let number = synthetic_id(n);
+        assert!(!audit.contains(&number), "number {n} in the audit log");
+        let id = tavle_core::identity::IdentityNumber::parse(&number, tavle_core::identity::SyntheticPolicy::Accept)
+            .unwrap();
+        for tenant in [&w.oslo.tenant_id, &bergen] {
+            let hex: String = index.index(tenant, &id).iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!audit.contains(&hex), "blind index of {n} in the audit log");
+        }
+    }
+
+    // Rejected searches are not searches: nothing recorded, nothing changed.
+    let before = w.app.snapshot(true).await;
+    let json_ct = |body: &[u8]| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/pupils/search")
+            .header(header::AUTHORIZATION, format!("Bearer {}", w.teacher.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec())
+            .unwrap()
+    };
+    let long = "1".repeat(20_000);
+    for (body, status) in [
+        (br#"{"identity_number": "12345678901"}"#.to_vec(), 422),
+        (br#"{"identity_number": 12345678901}"#.to_vec(), 422),
+        (br#"{"identity_number": "\u0000"}"#.to_vec(), 422),
+        (br#"{"identity_number": ["x"]}"#.to_vec(), 422),
+        (br#"{"identity_number": "x", "identity_index": "00"}"#.to_vec(), 422),
+        (br#"{}"#.to_vec(), 422),
+        (b"{".to_vec(), 400),
+        (b"[]".to_vec(), 422),
+        (format!(r#"{{"identity_number": "{long}"}}"#).into_bytes(), 413),
+    ] {
+        let r = w.app.call(json_ct(&body)).await;
+        assert_eq!(r.status, status, "{}: {}", String::from_utf8_lossy(&body[..body.len().min(60)]), r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(!r.text().contains("12345678901"));
+    }
+    // Callers who can see no pupil at all are refused before any lookup.
+    for s in [&w.tenant_admin, &w.privacy] {
+        let r = w.app.post("/pupils/search", Some(&s.token), json!({"identity_number": synthetic_id(0)})).await;
+        r.assert_problem(403, "forbidden");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "rejected searches change nothing, not even the logs");
+}
+
+#[tokio::test]
+async fn a_search_whose_record_cannot_be_written_returns_nothing() {
+    let w = world().await;
+    // Every new search record fails, as a full disk or a broken trigger would.
+    sqlx::query("ALTER TABLE audit_log ADD CONSTRAINT refuse_searches CHECK (action <> 'pupil.searched') NOT VALID")
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    let before = w.app.snapshot(true).await;
+    for n in [0, 1, 99] {
+        let r = w.app.post("/pupils/search", Some(&w.teacher.token), json!({"identity_number": synthetic_id(n)})).await;
+        assert_eq!(r.status, 500, "pupil {n}: {}", r.text());
+        for secret in [w.pupils[&0].as_str(), "Åse", "Ødegård", "given_name", "items"] {
+            assert!(!r.text().contains(secret), "pupil {n} leaked {secret}: {}", r.text());
+        }
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "no access record without its search record either");
+}
+
+#[tokio::test]
+async fn the_privacy_officer_sees_every_search_newest_first_page_by_page() {
+    let w = world().await;
+    let search = |session: &Session, n: u32| {
+        let (app, token) = (&w.app, session.token.clone());
+        async move {
+            let r = app.post("/pupils/search", Some(&token), json!({"identity_number": synthetic_id(n)})).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    };
+    search(&w.teacher, 0).await;
+    search(&w.teacher, 99).await;
+    search(&w.leader, 1).await;
+    search(&w.bergen_teacher, 20).await;
+    let accesses_before = access_records(&w.app).await.len();
+
+    let r = w.app.call(traced(Method::GET, "/pupils/searches", &w.privacy.token, "view-1", None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let body = r.json();
+    let items = body["items"].as_array().unwrap().clone();
+    assert_eq!(body["next_cursor"], Value::Null);
+    // Oslo's three searches, newest first; Bergen's are Bergen's.
+    let summary: Vec<(&str, bool, Value)> = items
+        .iter()
+        .map(|i| (i["actor"]["username"].as_str().unwrap(), i["hit"].as_bool().unwrap(), i["pupil_id"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [("leif", true, json!(w.pupils[&1])), ("kari", false, Value::Null), ("kari", true, json!(w.pupils[&0]))]
+    );
+    let kari = &items[1];
+    assert_eq!(
+        kari["actor"],
+        json!({"id": user_id(&w.app, "kari").await, "username": "kari", "display_name": "kari display"})
+    );
+    assert_eq!(kari["client_ip"], "127.0.0.1");
+    assert!(kari["at"].as_str().unwrap().ends_with('Z'), "{kari}");
+    assert!(kari["id"].as_str().is_some_and(|id| !id.is_empty()), "{kari}");
+    let mut keys: Vec<&str> = kari.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["actor", "at", "client_ip", "hit", "id", "pupil_id"]);
+    assert!(!body.to_string().contains(&synthetic_id(0)[..6]), "no identity numbers: {body}");
+    // The page names two pupils: viewing it is an access to their data.
+    let records = access_records(&w.app).await;
+    assert_eq!(records.len(), accesses_before + 1);
+    let (action, pupils, _, request_id) = records.iter().find(|r| r.0 == "pupil_searches.viewed").unwrap();
+    let mut want = vec![uuid::Uuid::parse_str(&w.pupils[&1]).unwrap(), uuid::Uuid::parse_str(&w.pupils[&0]).unwrap()];
+    want.sort();
+    let mut got = pupils.clone();
+    got.sort();
+    assert_eq!((action.as_str(), got, request_id.as_deref()), ("pupil_searches.viewed", want, Some("view-1")));
+
+    // Page by page: every search once, in the same order.
+    let mut seen = Vec::new();
+    let mut path = "/pupils/searches?limit=1".to_owned();
+    for _ in 0..10 {
+        let page = w.app.get(&path, &w.privacy.token).await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        let page = page.json();
+        assert_eq!(page["items"].as_array().unwrap().len(), 1);
+        seen.push(page["items"][0]["id"].clone());
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/pupils/searches?limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    let all: Vec<Value> = items.iter().map(|i| i["id"].clone()).collect();
+    assert_eq!(seen, all);
+    // A page of misses names no pupil and writes no access record.
+    let accesses = access_records(&w.app).await.len();
+    let c = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"before": items[0]["id"].as_str().unwrap().parse::<i64>().unwrap()}).to_string());
+    let page = w.app.get(&format!("/pupils/searches?limit=1&cursor={c}"), &w.privacy.token).await.json();
+    assert_eq!(page["items"][0]["hit"], false);
+    assert_eq!(access_records(&w.app).await.len(), accesses);
+
+    // The privacy officer only; everyone else is refused, and nothing changes.
+    let before = w.app.snapshot(true).await;
+    for s in [&w.teacher, &w.leader, &w.tenant_admin, &w.admin_and_leader, &w.admin] {
+        w.app.get("/pupils/searches", &s.token).await.assert_problem(403, "forbidden");
+    }
+    let r = w.app.call(Request::builder().uri("/pupils/searches").body(Vec::new()).unwrap()).await;
+    r.assert_problem(401, "unauthenticated");
+    let r = w.app.send(Method::POST, "/pupils/searches", Some(&w.privacy.token), Some(json!({}))).await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    for query in [
+        "limit=0".to_owned(),
+        "limit=201".to_owned(),
+        "limit=x".to_owned(),
+        "cursor=%%%".to_owned(),
+        "cursor=not-a-cursor".to_owned(),
+        format!("cursor={}", b64(json!({"before": 0}))),
+        format!("cursor={}", b64(json!({"before": -5}))),
+        format!("cursor={}", b64(json!({"before": "1; DROP TABLE audit_log"}))),
+        format!("cursor={}", b64(json!({"after": w.pupils[&0]}))),
+        format!("cursor={}", b64(json!({"before": 1e300}))),
+        format!("cursor={}", "A".repeat(600)),
+    ] {
+        let r = w.app.get(&format!("/pupils/searches?{query}"), &w.privacy.token).await;
+        let p = r.assert_problem(400, "malformed-request");
+        let pointer = if query.starts_with("limit") { "/query/limit" } else { "/query/cursor" };
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{query}: {p}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "refused views change nothing, not even the logs");
+}
+
+// ------------------------------------------------------- names compared in NFC
+
+/// Percent-encodes every byte outside the unreserved set, as a browser would.
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn name_search_finds_names_typed_composed_or_decomposed_in_any_case() {
+    let w = world().await;
+    let sas = w.app.create_source(&w.admin, "sas").await;
+    // As sent by a school system: some composed (NFC), some with combining marks (NFD).
+    let people = [
+        (30, "Amélie", "Dupont"),        // é composed
+        (31, "Ame\u{301}lie", "Durand"), // é as e + combining acute
+        (32, "Æsa", "Østerga\u{30A}rd"), // Danish/Norwegian, å decomposed
+        (33, "Ju\u{308}rgen", "Müller"), // ü decomposed / composed
+        (34, "Björk", "Ängström"),       // Swedish, composed
+        (35, "Mette", "Ærø"),            // Danish, no decomposition exists
+    ];
+    let pupils = people.iter().map(|(n, g, f)| pupil(*n, g, f, &["7B"])).collect();
+    let r = w.app.deliver(&sas, "roster", "r-vestby", &roster("vestby", &["7B"], pupils)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let vestby = id_of(&w.app, "SELECT id FROM schools WHERE external_id = $1", "vestby").await;
+    let leader =
+        w.app.create_user(&w.admin, &w.oslo, "vera", json!([{"role": "school_leader", "school_id": vestby}])).await;
+    let leader = w.app.login(&leader).await;
+
+    // Stored in NFC, whatever was sent.
+    assert_eq!(w.app.count("SELECT count(*) FROM pupils WHERE NOT (given_name IS NFC NORMALIZED AND family_name IS NFC NORMALIZED)").await, 0);
+    let stored: Vec<String> = sqlx::query_scalar("SELECT given_name FROM pupils WHERE family_name = 'Durand'")
+        .fetch_all(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["Am\u{e9}lie"]);
+
+    let found = |q: &'static str| {
+        let (app, token) = (&w.app, leader.token.clone());
+        async move {
+            let r = app.get(&format!("/pupils?q={}", pct(q)), &token).await;
+            assert_eq!(r.status, 200, "{q:?}: {}", r.text());
+            let body = r.json();
+            let mut names: Vec<String> = body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| format!("{} {}", p["given_name"].as_str().unwrap(), p["family_name"].as_str().unwrap()))
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let both = ["Am\u{e9}lie Dupont", "Am\u{e9}lie Durand"];
+    // Composed query, decomposed stored and the reverse; any case.
+    for q in ["Am\u{e9}lie", "Ame\u{301}lie", "AM\u{c9}LIE", "AME\u{301}LIE", "am\u{e9}", "me\u{301}li"] {
+        assert_eq!(found(q).await, both, "{q:?}");
+    }
+    assert_eq!(found("Am\u{e9}lie Durand").await, ["Am\u{e9}lie Durand"]);
+    for (queries, who) in [
+        (
+            &["\u{f8}sterg\u{e5}rd", "\u{d8}STERGA\u{30A}RD", "\u{c6}SA", "\u{e6}sa \u{f8}sterga\u{30a}rd"][..],
+            "\u{c6}sa \u{d8}sterg\u{e5}rd",
+        ),
+        (
+            &["j\u{fc}rgen", "JU\u{308}RGEN", "MU\u{308}LLER", "m\u{fc}ller", "M\u{dc}LLER"][..],
+            "J\u{fc}rgen M\u{fc}ller",
+        ),
+        (
+            &["bjo\u{308}rk", "BJ\u{d6}RK", "\u{e4}ngstr\u{f6}m", "A\u{308}NGSTRO\u{308}M", "\u{c4}NGSTR\u{d6}M"][..],
+            "Bj\u{f6}rk \u{c4}ngstr\u{f6}m",
+        ),
+        (&["\u{e6}r\u{f8}", "\u{c6}R\u{d8}", "mette \u{c6}r\u{f8}"][..], "Mette \u{c6}r\u{f8}"),
+    ] {
+        for q in queries {
+            assert_eq!(found(q).await, [who], "{q:?}");
+        }
+    }
+    // NFC is not accent folding: a different letter is a different letter.
+    assert!(found("Amelie").await.is_empty());
+    assert!(found("Ostergard").await.is_empty());
+
+    // Hostile Unicode is just text: lone combining marks, long decomposed
+    // runs, bidi controls. None of it finds anyone or changes anything.
+    let before = w.app.snapshot(true).await;
+    for q in ["\u{301}", "\u{301}\u{301}\u{301}", "\u{30A}rd", "\u{202E}\u{e9}ilem\u{c1}", "\u{200D}\u{e6}"] {
+        assert!(found(q).await.is_empty(), "{q:?}");
+    }
+    // Length is counted in NFC: 60 decomposed letters (120 code points) are 60.
+    let long = "e\u{301}".repeat(60);
+    let r = w.app.get(&format!("/pupils?q={}", pct(&long)), &leader.token).await;
+    assert_eq!((r.status, r.json()["items"].clone()), (200, json!([])), "{}", r.text());
+    let too_long = "e\u{301}".repeat(101);
+    let r = w.app.get(&format!("/pupils?q={}", pct(&too_long)), &leader.token).await;
+    assert_eq!(r.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/q");
+    // Invalid UTF-8 and NUL stay 400s.
+    for raw in ["%C3", "%E2%82", "%ED%A0%80", "e%00%CC%81"] {
+        let r = w.app.get(&format!("/pupils?q={raw}"), &leader.token).await;
+        assert_eq!(r.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/q", "{raw}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "searches that show nobody change nothing");
+}
+
+#[tokio::test]
+async fn staff_names_are_stored_in_nfc_whoever_writes_them() {
+    let w = world().await;
+    let r = w
+        .app
+        .post(
+            "/admin/users",
+            Some(&w.admin.token),
+            json!({"username": "renee", "display_name": "Rene\u{301}e A\u{30A}berg", "password": "Pw-Xyzzy-9x-long",
+                   "roles": [{"role": "teacher", "group_id": w.groups["5A"]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let stored: String = sqlx::query_scalar("SELECT display_name FROM users WHERE username = 'renee'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "Ren\u{e9}e \u{c5}berg");
+    // Any other writer too, even plain SQL (the operator, a future component).
+    sqlx::query("UPDATE users SET display_name = $1 WHERE username = 'renee'")
+        .bind("Zoe\u{308} Mu\u{308}ller")
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE pupils SET given_name = $1, family_name = $2 WHERE id = $3::uuid")
+        .bind("A\u{30A}se")
+        .bind("O\u{308}degard")
+        .bind(&w.pupils[&0])
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    let names: (String, String, String) = sqlx::query_as(
+        "SELECT u.display_name, p.given_name, p.family_name FROM users u, pupils p \
+         WHERE u.username = 'renee' AND p.id = $1::uuid",
+    )
+    .bind(&w.pupils[&0])
+    .fetch_one(&w.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(names, ("Zo\u{eb} M\u{fc}ller".to_owned(), "\u{c5}se".to_owned(), "\u{d6}degard".to_owned()));
+}
+
+/// Applies migration files (by number prefix) as plain SQL to a database.
+async fn apply_migrations(pool: &sqlx::PgPool, numbers: std::ops::RangeInclusive<u32>) {
+    let dir = tavle_tests::project_root().join("infra/migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut applied = 0;
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(n) = name.split('_').next().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if numbers.contains(&n) {
+            let sql = std::fs::read_to_string(&file).unwrap();
+            sqlx::raw_sql(&sql).execute(pool).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, numbers.count(), "every migration of the range exists");
+}
+
+#[tokio::test]
+async fn migration_0005_normalises_existing_names_and_keeps_the_indexes_valid() {
+    // A database migrated up to 0004, with names stored as school systems
+    // sent them before: decomposed.
+    let url = tavle_tests::fresh_database().await;
+    let name = format!("m_{}", uuid::Uuid::new_v4().simple());
+    let owner = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")).execute(&owner).await.unwrap();
+    let base = &url[..url.rfind('/').unwrap()];
+    let pool = sqlx::PgPool::connect(&format!("{base}/{name}")).await.unwrap();
+    apply_migrations(&pool, 1..=4).await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (slug, name) VALUES ('oslo', 'Oslo'); \
+         INSERT INTO schools (tenant_id, name) SELECT id, 'Nordby' FROM tenants; \
+         INSERT INTO users (tenant_id, username, display_name, password_hash) \
+             SELECT id, 'kari', E'Kari A\\u030Aberg', 'x' FROM tenants; \
+         INSERT INTO pupils (tenant_id, school_id, given_name, family_name, restricted) \
+             SELECT s.tenant_id, s.id, x.g, x.f, x.r FROM schools s, \
+             (VALUES (E'Ame\\u0301lie', E'Lefe\\u0300vre', false), (E'Ju\\u0308rgen', 'Ærø', true), \
+                     ('Åse', 'Ødegård', false)) AS x(g, f, r);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let decomposed: i64 = sqlx::query_scalar("SELECT count(*) FROM pupils WHERE given_name IS NOT NFC NORMALIZED")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(decomposed, 2);
+
+    apply_migrations(&pool, 5..=5).await;
+    let pupils: Vec<(String, String)> =
+        sqlx::query_as("SELECT given_name, family_name FROM pupils ORDER BY given_name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let pairs: Vec<(&str, &str)> = pupils.iter().map(|(g, f)| (g.as_str(), f.as_str())).collect();
+    assert_eq!(
+        pairs,
+        [("Am\u{e9}lie", "Lef\u{e8}vre"), ("J\u{fc}rgen", "\u{c6}r\u{f8}"), ("\u{c5}se", "\u{d8}deg\u{e5}rd")],
+        "restricted pupils too: their names are re-encoded, not changed"
+    );
+    let staff: String = sqlx::query_scalar("SELECT display_name FROM users").fetch_one(&pool).await.unwrap();
+    assert_eq!(staff, "Kari \u{c5}berg");
+    // Every index on the names is valid and finds the normalised rows.
+    let invalid: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_index WHERE indrelid IN ('pupils'::regclass, 'users'::regclass) \
+         AND NOT (indisvalid AND indisready AND indislive)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(invalid, 0);
+    // The listing index (tenant, school, family name, given name) finds the
+    // rewritten names when the planner must use it.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("SET enable_seqscan = off; SET enable_bitmapscan = off").execute(&mut *conn).await.unwrap();
+    let sql = "SELECT p.given_name FROM pupils p WHERE p.tenant_id = $1 AND p.school_id = $2 AND p.family_name = $3";
+    let (tenant, school): (uuid::Uuid, uuid::Uuid) =
+        sqlx::query_as("SELECT tenant_id, id FROM schools").fetch_one(&mut *conn).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+        .bind(tenant)
+        .bind(school)
+        .bind("Lef\u{e8}vre")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert!(plan.iter().any(|l| l.contains("pupils_school_name")), "{plan:?}");
+    let given: Vec<String> =
+        sqlx::query_scalar(sql).bind(tenant).bind(school).bind("Lef\u{e8}vre").fetch_all(&mut *conn).await.unwrap();
+    assert_eq!(given, ["Am\u{e9}lie"]);
+    drop(conn);
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&owner).await.unwrap();
+}

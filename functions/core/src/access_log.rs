@@ -37,28 +37,149 @@ pub async fn logged_read(
     pupil_ids: &str,
     mut params: Vec<Value>,
 ) -> Result<Vec<Row>, Problem> {
-    let n = params.len();
     let sql = format!(
+        "{} SELECT data.*, (SELECT seq FROM logged) AS {SEQ_COLUMN} FROM data",
+        read_ctes(data_sql, pupil_ids, params.len())
+    );
+    params.extend(record_params(who, meta, action));
+    let rows = db.query(&sql, &params).await?;
+    for row in &rows {
+        require_record(row)?;
+    }
+    Ok(rows)
+}
+
+/// As [`logged_read`], for reads whose rows do not all carry pupil data:
+/// the text or uuid column `pupil_column` of a row names the one pupil it
+/// concerns, or is NULL when it concerns none (the privacy officer's list of
+/// searches, where misses name nobody). The record names the distinct pupils
+/// of all rows; only rows naming a pupil must arrive with it.
+pub async fn logged_read_naming(
+    db: &mut impl Db,
+    who: &Principal,
+    meta: &RequestMeta,
+    action: &str,
+    data_sql: &str,
+    pupil_column: &str,
+    mut params: Vec<Value>,
+) -> Result<Vec<Row>, Problem> {
+    let c = pupil_column;
+    let pupil_ids =
+        format!("(SELECT array_agg(DISTINCT {c}::uuid ORDER BY {c}::uuid) FROM data WHERE {c} IS NOT NULL)");
+    let sql = format!(
+        "{} SELECT data.*, (SELECT seq FROM logged) AS {SEQ_COLUMN} FROM data",
+        read_ctes(data_sql, &pupil_ids, params.len())
+    );
+    params.extend(record_params(who, meta, action));
+    let rows = db.query(&sql, &params).await?;
+    for row in &rows {
+        if !row.is_null(pupil_column)? {
+            require_record(row)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// An audit event that [`logged_read_audited`] appends in the same statement
+/// as its read, whatever the read found. `target_id` (text) and `details`
+/// (jsonb) are SQL expressions over the CTE `data`; the target kind is set
+/// only when `target_id` is not NULL.
+pub struct ReadEvent<'a> {
+    pub action: &'a str,
+    pub target_kind: &'a str,
+    pub target_id: &'a str,
+    pub details: &'a str,
+}
+
+/// The column carrying the audit record's id on the rows [`logged_read_audited`] runs.
+const AUDIT_COLUMN: &str = "__tavle_audit_id";
+/// The column marking a row of the read (the one row of a read that found nothing lacks it).
+const FOUND_COLUMN: &str = "__tavle_found";
+
+/// As [`logged_read`], and in the same statement an audit record of the read
+/// itself (`event`, in `audit_log`) that is written whether or not the read
+/// found anything: for reads whose misses matter too, such as a search by
+/// identity number, where probing for a child must leave a trace. Nothing is
+/// returned unless both records were written: the statement yields the audit
+/// record's id on every row, and one row even when the read found nothing.
+///
+/// Returns the rows of the read (in no particular order) and the audit
+/// record's id.
+#[allow(clippy::too_many_arguments)]
+pub async fn logged_read_audited(
+    db: &mut impl Db,
+    who: &Principal,
+    meta: &RequestMeta,
+    action: &str,
+    data_sql: &str,
+    pupil_ids: &str,
+    event: ReadEvent<'_>,
+    mut params: Vec<Value>,
+) -> Result<(Vec<Row>, i64), Problem> {
+    let n = params.len();
+    let found = format!("SELECT true AS {FOUND_COLUMN}, found.* FROM ({data_sql}) AS found");
+    let (t, a, ip, rid) = (n + 1, n + 2, n + 4, n + 5);
+    let sql = format!(
+        "{}, \
+         audited AS ( \
+             INSERT INTO audit_log (tenant_id, actor_user_id, actor, action, target_kind, target_id, \
+                                    client_ip, request_id, details) \
+             SELECT ${t}::uuid, ${a}::uuid, 'user', ${ev}::text, \
+                    CASE WHEN ({target}) IS NOT NULL THEN ${kind}::text END, ({target}), \
+                    ${ip}::text, ${rid}::text, ({details}) \
+             RETURNING id) \
+         SELECT data.*, (SELECT seq FROM logged) AS {SEQ_COLUMN}, audited.id AS {AUDIT_COLUMN} \
+         FROM audited LEFT JOIN data ON true",
+        read_ctes(&found, pupil_ids, n),
+        ev = n + 6,
+        kind = n + 7,
+        target = event.target_id,
+        details = event.details,
+    );
+    params.extend(record_params(who, meta, action));
+    params.extend([event.action.into(), event.target_kind.into()]);
+    let rows = db.query(&sql, &params).await?;
+    let mut audit_id = None;
+    let mut read = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.get(AUDIT_COLUMN)? {
+            Value::Int(id) => audit_id = Some(*id),
+            _ => return Err(Problem::internal()),
+        }
+        if !row.is_null(FOUND_COLUMN)? {
+            require_record(&row)?;
+            read.push(row);
+        }
+    }
+    // No row at all would mean no proof that the audit record was written.
+    let audit_id = audit_id.ok_or_else(Problem::internal)?;
+    Ok((read, audit_id))
+}
+
+/// The CTEs `data` (the read over `$1..$n`), `concerned` and `logged` (the
+/// access record, appended when `pupil_ids` is not empty), taking the
+/// record's parameters as `$n+1..$n+5` ([`record_params`]).
+fn read_ctes(data_sql: &str, pupil_ids: &str, n: usize) -> String {
+    format!(
         "WITH data AS MATERIALIZED ({data_sql}), \
          concerned AS MATERIALIZED (SELECT {pupil_ids} AS ids), \
          logged AS MATERIALIZED ( \
              SELECT access_log_append(${t}::uuid, ${a}::uuid, ${act}::text, ids, ${ip}::text, ${rid}::text) AS seq \
-             FROM concerned WHERE cardinality(ids) > 0) \
-         SELECT data.*, (SELECT seq FROM logged) AS {SEQ_COLUMN} FROM data",
+             FROM concerned WHERE cardinality(ids) > 0)",
         t = n + 1,
         a = n + 2,
         act = n + 3,
         ip = n + 4,
         rid = n + 5,
-    );
-    params.extend(record_params(who, meta, action));
-    let rows = db.query(&sql, &params).await?;
-    for row in &rows {
-        if !matches!(row.get(SEQ_COLUMN)?, Value::Int(_)) {
-            return Err(Problem::internal());
-        }
+    )
+}
+
+/// Data leaves only with proof that its access record was written.
+fn require_record(row: &Row) -> Result<(), Problem> {
+    match row.get(SEQ_COLUMN)? {
+        Value::Int(_) => Ok(()),
+        _ => Err(Problem::internal()),
     }
-    Ok(rows)
 }
 
 /// Records a read that did not come from `logged_read` (the rows were

@@ -286,21 +286,35 @@ pub async fn authenticate(req: &Request<Body>, db: &mut impl Db, vars: &impl Var
             .ok_or_else(Problem::unauthenticated)?;
         return principal(&row, Credential::Bearer);
     }
-    if let Some(secret) = cookie(req, SESSION_COOKIE) {
-        check_origin(req, &vars.get("allowed_origins").unwrap_or_default(), true)?;
-        let sql = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions s \
-             JOIN users u ON u.id = s.user_id AND u.tenant_id = s.tenant_id \
-             JOIN tenants t ON t.id = s.tenant_id \
-             WHERE s.secret_hash = $1::bytea AND {LIVE_SESSION}"
-        );
-        let row = db
-            .query_opt(&sql, &[Value::Bytes(sha256(secret.as_bytes()))])
-            .await?
-            .ok_or_else(Problem::unauthenticated)?;
-        return principal(&row, Credential::Cookie);
+    if cookie(req, SESSION_COOKIE).is_some() {
+        return authenticate_cookie(req, db, vars).await;
     }
     Err(Problem::unauthenticated())
+}
+
+/// Authenticates by the session cookie alone (with the Origin check),
+/// whatever else the request carries. For what only the browser session may
+/// do: extending the session. A stolen access token must not be able to
+/// turn its 15 minutes into a school day.
+pub async fn authenticate_cookie(
+    req: &Request<Body>,
+    db: &mut impl Db,
+    vars: &impl Variables,
+) -> Result<Principal, Problem> {
+    let Some(secret) = cookie(req, SESSION_COOKIE) else {
+        return Err(Problem::unauthenticated()
+            .with_detail("the session cookie is required: an access token cannot extend a session; log in again"));
+    };
+    check_origin(req, &vars.get("allowed_origins").unwrap_or_default(), true)?;
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s \
+         JOIN users u ON u.id = s.user_id AND u.tenant_id = s.tenant_id \
+         JOIN tenants t ON t.id = s.tenant_id \
+         WHERE s.secret_hash = $1::bytea AND {LIVE_SESSION}"
+    );
+    let row =
+        db.query_opt(&sql, &[Value::Bytes(sha256(secret.as_bytes()))]).await?.ok_or_else(Problem::unauthenticated)?;
+    principal(&row, Credential::Cookie)
 }
 
 /// Authenticates and requires one role: 401 without a live session, 403 without the role.

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod crypto;
 pub mod db;
 pub mod identity;
+pub mod names;
 pub mod problem;
 pub mod scores;
 #[cfg(target_arch = "wasm32")]

@@ -142,15 +142,58 @@ fn redact_digit_runs(path: &str) -> String {
     out
 }
 
-/// Echo a sane client-supplied request id, otherwise mint one.
+/// An identifier a client chose (`x-request-id`, `webhook-id`) in a form
+/// that may be echoed, logged and kept in append-only tables: a UUID
+/// (hyphenated, as sent), or 1 to 64 characters of `[A-Za-z0-9._-]` without
+/// a run of 11 or more digits. That run is the shape of an identity number,
+/// which must never land where it cannot be erased. UUIDs are exempt because
+/// their last group holds 11 digits in a row in about one of 130 random ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub const MAX_LEN: usize = 64;
+    /// The rule as the client is told it.
+    pub const RULE: &str = "a UUID, or 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-' \
+         without 11 or more digits in a row";
+
+    pub fn parse(value: &str) -> Option<ClientId> {
+        let hyphenated_uuid = value.len() == 36 && uuid::Uuid::try_parse(value).is_ok();
+        let narrow = (1..=Self::MAX_LEN).contains(&value.len())
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && longest_digit_run(value) < 11;
+        (hyphenated_uuid || narrow).then(|| ClientId(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Reads as the text it is (e.g. `Option<ClientId>::as_deref`).
+impl std::ops::Deref for ClientId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn longest_digit_run(value: &str) -> usize {
+    value.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0)
+}
+
+/// Echo a client's request id that passes [`ClientId`], otherwise mint one:
+/// it goes into every log line and the append-only audit and access logs.
 fn request_id<B>(req: &Request<B>) -> String {
     req.headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(str::to_owned)
+        .and_then(ClientId::parse)
+        .map(ClientId::into_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
@@ -620,6 +663,58 @@ mod tests {
         assert_eq!(redact_digit_runs("/pupils/x010170123456y/results"), "/pupils/x[digits]y/results");
         assert_eq!(redact_digit_runs("/groups/1234567890/overview"), "/groups/1234567890/overview");
         assert_eq!(redact_digit_runs("/"), "/");
+    }
+
+    #[test]
+    fn client_ids_are_uuids_or_narrow_tokens_without_identity_numbers() {
+        let accepted = [
+            "client-abc-123",
+            "trace-42",
+            "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+            "a.b_c-D",
+            "1234567890",
+            "x1234567890y1234567890",
+            "0",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "550E8400-E29B-41D4-A716-446655440000",
+            // A UUID may hold 12 digits in a row; it is still a UUID.
+            "01234567-0123-4012-8123-012345678901",
+        ];
+        for id in accepted.iter().map(|s| s.to_string()).chain(["a".repeat(64)]) {
+            assert_eq!(ClientId::parse(&id).map(ClientId::into_string), Some(id.clone()), "{id}");
+        }
+        let refused = [
+            "",
+            "01017012345",
+            "req-01017012345",
+            "x010170123456y",
+            "has spaces",
+            "trace:42",
+            "a/b",
+            "ø",
+            "{550e8400-e29b-41d4-a716-446655440000}",
+            "urn:uuid:550e8400-e29b-41d4-a716-446655440000",
+            // Simple (unhyphenated) UUIDs follow the narrow rule, digits included.
+            "01017012345e29b41d4a716446655440",
+        ];
+        for id in refused.iter().map(|s| s.to_string()).chain(["a".repeat(65)]) {
+            assert_eq!(ClientId::parse(&id), None, "{id}");
+        }
+        assert!(ClientId::parse("550e8400e29b41d4a716f466554f0000").is_some(), "no 11 digits in a row");
+    }
+
+    #[test]
+    fn request_ids_pass_the_client_id_rule_or_are_replaced() {
+        let meta = |id: &str| {
+            let req = Request::builder().uri("/x").header(REQUEST_ID, id).body(()).unwrap();
+            RequestMeta::of(&req, &TrustedProxies::default()).request_id
+        };
+        assert_eq!(meta("trace-42"), "trace-42");
+        for hostile in ["01017012345", "req-01017012345", &"a".repeat(65), "a:b"] {
+            let got = meta(hostile);
+            assert_ne!(got, hostile);
+            assert!(uuid::Uuid::parse_str(&got).is_ok() && got.len() == 36, "{got}");
+        }
     }
 
     #[test]

@@ -129,10 +129,14 @@ pub async fn receive(
     let source_id = uuid::Uuid::parse_str(source_id).map_err(|_| Problem::not_found())?.to_string();
     let cfg = IngestConfig::from_vars(vars)?;
     let source = load_source(db, &cfg, &source_id).await?.ok_or_else(Problem::not_found)?;
-    let webhook_id = verify::verify(&source.keys, req.body(), req.headers(), unix_now()).map_err(|r| {
-        Problem::new(StatusCode::UNAUTHORIZED, "invalid-signature", "The webhook signature could not be verified")
-            .with_detail(r.message())
-    })?;
+    // A bad `webhook-id` is an `invalid-signature` 401 like every other bad
+    // Standard Webhooks header: senders handle one problem type for all.
+    let webhook_id = verify::verify(&source.keys, req.body(), req.headers(), unix_now())
+        .map_err(|r| {
+            Problem::new(StatusCode::UNAUTHORIZED, "invalid-signature", "The webhook signature could not be verified")
+                .with_detail(r.message())
+        })?
+        .into_string();
     if !source.active {
         return Err(Problem::new(StatusCode::FORBIDDEN, "source-disabled", "This webhook source is disabled"));
     }

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::auth::hex;
 use tavle_core::db::{uuid, Db, Value};
+use tavle_core::names;
 use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
@@ -99,6 +100,7 @@ struct ValidPupil {
     key: PupilKey,
     /// Hex of the encrypted identity number, when one was given.
     identity_enc: Option<String>,
+    /// Trimmed, in NFC.
     given_name: String,
     family_name: String,
     year_level: Option<i64>,
@@ -140,8 +142,10 @@ pub fn validate(post: RosterPost, cfg: &IngestConfig, tenant_id: &str) -> Result
     let mut seen_feide = HashSet::new();
     for (i, p) in post.pupils.iter().enumerate() {
         let ptr = format!("/pupils/{i}");
-        check_text(&mut checks, &format!("{ptr}/given_name"), &p.given_name, 200);
-        check_text(&mut checks, &format!("{ptr}/family_name"), &p.family_name, 200);
+        // Names are stored, compared and counted in NFC (`tavle_core::names`).
+        let (given_name, family_name) = (names::nfc(p.given_name.trim()), names::nfc(p.family_name.trim()));
+        check_text(&mut checks, &format!("{ptr}/given_name"), &given_name, 200);
+        check_text(&mut checks, &format!("{ptr}/family_name"), &family_name, 200);
         if p.year_level.is_some_and(|y| !(1..=13).contains(&y)) {
             checks.fail(&format!("{ptr}/year_level"), "must be from 1 to 13");
         }
@@ -166,8 +170,8 @@ pub fn validate(post: RosterPost, cfg: &IngestConfig, tenant_id: &str) -> Result
             pupils.push(ValidPupil {
                 key,
                 identity_enc,
-                given_name: p.given_name.trim().to_owned(),
-                family_name: p.family_name.trim().to_owned(),
+                given_name,
+                family_name,
                 year_level: p.year_level,
                 gender: gender.flatten(),
                 special_needs: p.special_needs,
@@ -514,6 +518,22 @@ mod tests {
         );
         let teachers = valid.teachers.as_deref().unwrap();
         assert_eq!((teachers[0].feide.as_str(), teachers[0].groups.len()), ("lise@nordby.no", 2));
+    }
+
+    #[test]
+    fn names_are_validated_and_kept_in_nfc() {
+        let mut body = good();
+        body["pupils"][0]["given_name"] = json!(" A\u{30A}se ");
+        body["pupils"][0]["family_name"] = json!("e\u{301}".repeat(200));
+        let valid = validate(post(body), &config(), "tenant").unwrap();
+        assert_eq!(valid.pupils[0].given_name, "\u{c5}se");
+        assert_eq!(valid.pupils[0].family_name, "\u{e9}".repeat(200), "200 letters, however typed");
+
+        let mut body = good();
+        body["pupils"][0]["family_name"] = json!("e\u{301}".repeat(201));
+        body["pupils"][1]["given_name"] = json!("\u{301}".repeat(201));
+        let p = validate(post(body), &config(), "tenant").err().unwrap();
+        assert_eq!(pointers(&p), ["/pupils/0/family_name", "/pupils/1/given_name"]);
     }
 
     #[test]

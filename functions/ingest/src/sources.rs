@@ -180,10 +180,39 @@ pub async fn create(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
 struct Rotation {
     #[serde(default)]
     public_key: Option<String>,
+    /// Absent means the configured overlap; `null` is refused like any other
+    /// non-integer, so a client bug cannot silently keep a leaked key alive.
+    #[serde(default, deserialize_with = "present")]
+    overlap_hours: Option<i64>,
 }
 
-/// New key; the previous ones stay valid for the overlap period so senders
-/// can switch without downtime.
+/// A field that, when present, must hold a value (not `null`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// How long the previous keys of a source go on verifying after a rotation:
+/// 0 (a leaked key stops now) up to the configured maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Overlap(i64);
+
+impl Overlap {
+    fn parse(requested: Option<i64>, max_hours: i64) -> Result<Overlap, Problem> {
+        match requested {
+            None => Ok(Overlap(max_hours)),
+            Some(h) if (0..=max_hours).contains(&h) => Ok(Overlap(h)),
+            Some(_) => Err(Problem::validation(vec![field(
+                "/overlap_hours",
+                format!("must be an integer from 0 to {max_hours} (webhook_secret_overlap_hours)"),
+            )])),
+        }
+    }
+}
+
+/// New key; the previous ones stay valid for the overlap period (by default
+/// the configured one) so senders can switch without downtime, or stop at
+/// once with an overlap of 0 when a key has leaked. An overlap only ever
+/// shortens what a previous key has left.
 pub async fn rotate(
     req: &Request,
     meta: &RequestMeta,
@@ -195,6 +224,7 @@ pub async fn rotate(
     let cfg = IngestConfig::from_vars(vars)?;
     let id = path_id(id)?;
     let body: Rotation = if req.body().is_empty() { Rotation::default() } else { read_json(req, ADMIN_BODY_LIMIT)? };
+    let Overlap(overlap_hours) = Overlap::parse(body.overlap_hours, cfg.overlap_hours)?;
     let current = load(db, &who.tenant_id, &id).await?;
     let uses_public_keys = current["keys"].as_array().is_some_and(|k| k.iter().any(|k| k["scheme"] == "v1a"));
     let public_key = match (uses_public_keys, body.public_key.as_deref()) {
@@ -217,14 +247,14 @@ pub async fn rotate(
         let until = db
             .query_one(
                 "SELECT rfc3339(now() + make_interval(hours => $1::int8::int)) AS valid_until",
-                &[cfg.overlap_hours.into()],
+                &[overlap_hours.into()],
             )
             .await?
             .text("valid_until")?;
         db.execute(
             "UPDATE webhook_secrets SET expires_at = now() + make_interval(hours => $3::int8::int) \
              WHERE tenant_id = $1::uuid AND source_id = $2::uuid AND (expires_at IS NULL OR expires_at > now() + make_interval(hours => $3::int8::int))",
-            &[uuid(&who.tenant_id), uuid(&id), cfg.overlap_hours.into()],
+            &[uuid(&who.tenant_id), uuid(&id), overlap_hours.into()],
         )
         .await?;
         store_key(db, &who.tenant_id, &id, secret_enc, pk).await?;
@@ -233,7 +263,7 @@ pub async fn rotate(
             Some(meta),
             Event::by(&who, "source.key_rotated")
                 .target("webhook_source", &id)
-                .details(json!({"previous_valid_until": until})),
+                .details(json!({"previous_valid_until": until, "overlap_hours": overlap_hours})),
         )
         .await?;
         Ok::<_, Problem>(until)

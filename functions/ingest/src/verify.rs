@@ -11,6 +11,7 @@
 use base64::Engine;
 use http::HeaderMap;
 use standardwebhooks::{Webhook, WebhookError, HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP};
+use tavle_core::web::ClientId;
 
 pub const TOLERANCE_SECONDS: i64 = 5 * 60;
 
@@ -36,6 +37,9 @@ impl SourceKey {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejection {
     MissingHeader(&'static str),
+    /// A `webhook-id` outside [`ClientId`]: it would be stored as the
+    /// idempotency key and may be an identity number sent by mistake.
+    BadWebhookId,
     BadTimestamp,
     Stale,
     Future,
@@ -46,6 +50,7 @@ impl Rejection {
     pub fn message(&self) -> String {
         match self {
             Rejection::MissingHeader(h) => format!("missing or invalid header {h}"),
+            Rejection::BadWebhookId => format!("webhook-id must be {}", ClientId::RULE),
             Rejection::BadTimestamp => "webhook-timestamp is not a Unix timestamp".into(),
             Rejection::Stale => "webhook-timestamp is more than 5 minutes old".into(),
             Rejection::Future => "webhook-timestamp is more than 5 minutes in the future".into(),
@@ -58,12 +63,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Rej
     headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).ok_or(Rejection::MissingHeader(name))
 }
 
-/// The webhook id of a delivery (for idempotency), once verified.
-pub fn verify(keys: &[SourceKey], body: &[u8], headers: &HeaderMap, now: i64) -> Result<String, Rejection> {
-    let id = header(headers, HEADER_WEBHOOK_ID)?;
-    if id.len() > 200 {
-        return Err(Rejection::MissingHeader(HEADER_WEBHOOK_ID));
-    }
+/// The webhook id of a delivery (for idempotency), once verified. The id is
+/// checked first, before any key: whatever the signature, an id outside
+/// [`ClientId`] is never stored or logged.
+pub fn verify(keys: &[SourceKey], body: &[u8], headers: &HeaderMap, now: i64) -> Result<ClientId, Rejection> {
+    let id = ClientId::parse(header(headers, HEADER_WEBHOOK_ID)?).ok_or(Rejection::BadWebhookId)?;
     let signature = header(headers, HEADER_WEBHOOK_SIGNATURE)?;
     let ts: i64 = header(headers, HEADER_WEBHOOK_TIMESTAMP)?.parse().map_err(|_| Rejection::BadTimestamp)?;
     // Saturating: the sender picks `ts`, and `now - i64::MIN` overflows. The
@@ -82,10 +86,10 @@ pub fn verify(keys: &[SourceKey], body: &[u8], headers: &HeaderMap, now: i64) ->
                 Err(WebhookError::FutureTimestampError) => return Err(Rejection::Future),
                 Err(_) => false,
             },
-            SourceKey::PublicKey(pk) => verify_v1a(pk, id, ts, body, signature),
+            SourceKey::PublicKey(pk) => verify_v1a(pk, id.as_str(), ts, body, signature),
         };
         if ok {
-            return Ok(id.to_owned());
+            return Ok(id);
         }
     }
     Err(Rejection::BadSignature)
@@ -128,6 +132,10 @@ mod tests {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
     }
 
+    fn client_id(id: &str) -> ClientId {
+        ClientId::parse(id).unwrap()
+    }
+
     fn headers(id: &str, ts: i64, sig: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("webhook-id", HeaderValue::from_str(id).unwrap());
@@ -143,11 +151,31 @@ mod tests {
         let ts = now();
         let sig = wh.sign("msg_1", ts, b"{\"a\":1}").unwrap();
         let keys = [SourceKey::secret(raw).unwrap()];
-        assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_1", ts, &sig), ts), Ok("msg_1".into()));
+        assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_1", ts, &sig), ts), Ok(client_id("msg_1")));
         assert_eq!(verify(&keys, b"{\"a\":2}", &headers("msg_1", ts, &sig), ts), Err(Rejection::BadSignature));
         assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_2", ts, &sig), ts), Err(Rejection::BadSignature));
         assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_1", ts - 301, &sig), ts), Err(Rejection::Stale));
         assert_eq!(verify(&keys, b"{\"a\":1}", &headers("msg_1", ts + 301, &sig), ts), Err(Rejection::Future));
+    }
+
+    #[test]
+    fn webhook_ids_outside_the_client_id_rule_are_refused_even_when_signed() {
+        let (raw, _) = new_secret();
+        let wh = Webhook::from_bytes(raw.clone()).unwrap();
+        let keys = [SourceKey::secret(raw).unwrap()];
+        let ts = now();
+        let signed = |id: &str| verify(&keys, b"{}", &headers(id, ts, &wh.sign(id, ts, b"{}").unwrap()), ts);
+        let long = "m".repeat(65);
+        for id in ["01017012345", "msg-01017012345", "msg 1", "msg:1", long.as_str()] {
+            assert_eq!(signed(id), Err(Rejection::BadWebhookId), "{id}");
+        }
+        assert!(Rejection::BadWebhookId.message().contains("11 or more digits"));
+        let uuid = "01234567-0123-4012-8123-012345678901";
+        for id in ["msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "1234567890", uuid, &"m".repeat(64)] {
+            assert_eq!(signed(id), Ok(client_id(id)), "{id}");
+        }
+        // Checked before any key: the answer is the same whatever the signature.
+        assert_eq!(verify(&keys, b"{}", &headers("01017012345", ts, "v1,x"), ts), Err(Rejection::BadWebhookId));
     }
 
     #[test]
@@ -192,7 +220,7 @@ mod tests {
         let sig = kp.sk.sign(format!("m1.{ts}.{{}}").as_bytes(), None);
         let sig = format!("v1a,{}", base64::engine::general_purpose::STANDARD.encode(sig.as_ref()));
         let keys = [SourceKey::public_key(kp.pk.as_ref()).unwrap()];
-        assert_eq!(verify(&keys, b"{}", &headers("m1", ts, &sig), ts), Ok("m1".into()));
+        assert_eq!(verify(&keys, b"{}", &headers("m1", ts, &sig), ts), Ok(client_id("m1")));
         assert_eq!(verify(&keys, b"{ }", &headers("m1", ts, &sig), ts), Err(Rejection::BadSignature));
         let v1_label = sig.replacen("v1a,", "v1,", 1);
         assert_eq!(verify(&keys, b"{}", &headers("m1", ts, &v1_label), ts), Err(Rejection::BadSignature));

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::auth::{
-    authenticate, check_origin, random_secret, sha256, Principal, TokenClaims, AUDIENCE, ISSUER, SESSION_COOKIE,
+    authenticate, authenticate_cookie, check_origin, random_secret, sha256, Principal, TokenClaims, AUDIENCE, ISSUER,
+    SESSION_COOKIE,
 };
 use tavle_core::db::{transaction, uuid, Db, Row, Value};
 use tavle_core::problem::field;
@@ -285,7 +286,9 @@ pub async fn logout(
 }
 
 /// Extends a live session's idle deadline (never past its absolute maximum)
-/// and issues a fresh access token.
+/// and issues a fresh access token. By the session cookie only: a bearer
+/// token (even beside the cookie) is not read, so a leaked token ends with
+/// its own 15 minutes.
 pub async fn refresh(
     req: &http::Request<Body>,
     meta: &RequestMeta,
@@ -293,7 +296,7 @@ pub async fn refresh(
     db: &mut impl Db,
 ) -> HttpResult {
     let cfg = LoginConfig::from_vars(vars)?;
-    let who = authenticate(req, db, vars).await?;
+    let who = authenticate_cookie(req, db, vars).await?;
     let session = transaction(db, async |db| {
         let session = db
             .query_opt(

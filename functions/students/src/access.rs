@@ -1,11 +1,12 @@
-//! The privacy officer's view of who accessed a pupil's data, and when.
-//! It covers restricted pupils too (they are hidden from everyone else), and
-//! is itself an access to personal data, so it is logged like any other.
+//! The privacy officer's views: who accessed a pupil's data, and when, and
+//! every search by identity number, hit or miss. They cover restricted
+//! pupils too (they are hidden from everyone else), and are themselves an
+//! access to personal data, so they are logged like any other read.
 
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
-use tavle_core::access_log::logged_read;
+use tavle_core::access_log::{logged_read, logged_read_naming};
 use tavle_core::auth::{authenticate_as, Role};
 use tavle_core::db::{uuid, Db, Value};
 use tavle_core::vars::Variables;
@@ -79,4 +80,70 @@ pub async fn for_pupil(
         _ => None,
     };
     json(StatusCode::OK, &json!({"pupil_id": pupil, "items": items, "next_cursor": next_cursor}))
+}
+
+/// The tenant's identity-number searches (`pupil.searched` in the audit
+/// log), newest first: who searched, when, from where, and whether a pupil
+/// was found (which one). Privacy officers only. A page that names pupils
+/// (hits) is an access to their data and writes an access record naming
+/// them; a page of misses names nobody and writes none.
+pub async fn searches(
+    req: &http::Request<Body>,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+) -> HttpResult {
+    let limit = page_limit(req)?;
+    let before = match decode_cursor::<Cursor>(req)? {
+        Some(c) if c.before > 0 => Value::Int(c.before),
+        Some(_) => return Err(malformed_cursor()),
+        None => Value::Null,
+    };
+    let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
+    // The page and whether older searches follow, in one read (no look-ahead
+    // row: the access record names exactly the pupils shown). The action is
+    // a literal so that the partial index `audit_log_pupil_searches` applies
+    // under any plan.
+    let action = crate::pupils::SEARCH_ACTION;
+    let sql = format!(
+        "WITH page AS ( \
+             SELECT a.id, rfc3339(a.at) AS at, a.actor_user_id::text AS actor_user_id, u.username, u.display_name, \
+                    a.client_ip, coalesce((a.details->>'hit')::boolean, false) AS hit, \
+                    a.details->>'pupil_id' AS pupil_id \
+             FROM audit_log a LEFT JOIN users u ON u.id = a.actor_user_id AND u.tenant_id = a.tenant_id \
+             WHERE a.tenant_id = $1::uuid AND a.action = '{action}' AND ($2::int8 IS NULL OR a.id < $2::int8) \
+             ORDER BY a.id DESC LIMIT $3::int8) \
+         SELECT page.*, EXISTS (SELECT 1 FROM audit_log o WHERE o.tenant_id = $1::uuid AND o.action = '{action}' \
+                                  AND o.id < (SELECT min(id) FROM page)) AS more \
+         FROM page"
+    );
+    let params = vec![uuid(&who.tenant_id), before, limit.into()];
+    let mut rows = logged_read_naming(db, &who, meta, "pupil_searches.viewed", &sql, "pupil_id", params).await?;
+    rows.sort_by_key(|r| std::cmp::Reverse(r.int("id").unwrap_or(i64::MIN)));
+    let items = rows
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "id": r.int("id")?.to_string(),
+                "at": r.text("at")?,
+                "actor": {
+                    "id": r.text("actor_user_id")?,
+                    "username": r.opt_text("username")?,
+                    "display_name": r.opt_text("display_name")?,
+                },
+                "client_ip": r.opt_text("client_ip")?,
+                "hit": r.bool("hit")?,
+                "pupil_id": r.opt_text("pupil_id")?,
+            }))
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    let more = match rows.first() {
+        Some(r) => r.bool("more")?,
+        None => false,
+    };
+    let next_cursor = match (more, rows.last()) {
+        (true, Some(last)) => Some(encode_cursor(&json!({"before": last.int("id")?}))),
+        _ => None,
+    };
+    json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
 }

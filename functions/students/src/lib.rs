@@ -1,7 +1,7 @@
 //! Component `students`: what teachers and school leaders use every day.
 //! Pupils in scope, a pupil's profile with results over time, groups and
 //! schools, the class overview, manual results, and the privacy officer's
-//! view of who accessed a pupil's data.
+//! views of who accessed a pupil's data and of every identity-number search.
 //!
 //! Scope is decided in SQL from the caller's live grants (see `scope`), so an
 //! id outside it is indistinguishable from one that does not exist (404).
@@ -56,6 +56,11 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
             Method::POST => pupils::search(&req, &meta, vars, db).await,
             _ => Err(Problem::method_not_allowed("POST")),
         };
+    }
+    // Before `/pupils/{id}`, which would take `searches` for an id.
+    if match_path("/pupils/searches", &path).is_some() {
+        get_only(&method)?;
+        return access::searches(&req, &meta, vars, db).await;
     }
     if let Some(p) = match_path("/pupils/{id}", &path) {
         get_only(&method)?;

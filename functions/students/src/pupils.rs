@@ -7,10 +7,11 @@ use crate::BODY_LIMIT;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
-use tavle_core::access_log::logged_read;
+use tavle_core::access_log::{logged_read, logged_read_audited, ReadEvent};
 use tavle_core::crypto::BlindIndex;
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
+use tavle_core::names;
 use tavle_core::problem::field;
 use tavle_core::scores::canonical_date;
 use tavle_core::vars::Variables;
@@ -76,6 +77,18 @@ pub fn text_param(req: &Request, name: &str, max_chars: usize) -> Result<Option<
     }
 }
 
+/// The name query `q`, trimmed and in NFC (as names are stored), of 1 to
+/// 100 characters counted in NFC: "é" is one character however it was typed.
+fn name_query(req: &Request) -> Result<Option<String>, Problem> {
+    const MAX_CHARS: usize = 100;
+    let Some(raw) = query_param(req, "q")? else { return Ok(None) };
+    let q = names::nfc(raw.trim());
+    if q.is_empty() || q.chars().count() > MAX_CHARS {
+        return Err(Problem::bad_query(vec![field("/query/q", format!("must be 1 to {MAX_CHARS} characters"))]));
+    }
+    Ok(Some(q))
+}
+
 /// Eleven digits in a row (spaces and dots allowed between them) look like an
 /// identity number: such searches belong in the body of `POST /pupils/search`.
 pub fn looks_like_identity_number(s: &str) -> bool {
@@ -114,14 +127,15 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
             Problem::bad_query(vec![field("/query/year_level", "must be a whole number from 1 to 13")])
         })?),
     };
-    let q = text_param(req, "q", 100)?;
+    let q = name_query(req)?;
     if q.as_deref().is_some_and(looks_like_identity_number) {
         return Err(Problem::bad_query(vec![field(
             "/query/q",
             "identity numbers are never sent in a URL: search with POST /pupils/search",
         )]));
     }
-    let terms: Vec<String> = q.map(|q| q.split_whitespace().map(str::to_lowercase).collect()).unwrap_or_default();
+    // NFC like the stored names; case is folded by `lower()` on both sides in SQL.
+    let terms: Vec<String> = q.as_deref().map(names::search_terms).unwrap_or_default();
     let scope = Scope::of(req, vars, db).await?;
     scope.require_pupil_scope()?;
 
@@ -134,6 +148,10 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
         Value::text_array(terms),
         (limit + 1).into(),
     ]);
+    // Every term must occur in "given family": both sides NFC (stored names
+    // are kept in NFC, so the columns are compared as they are, unwrapped, and
+    // `pupils_school_name` keeps serving the order and the cursor), case folded
+    // by the same `lower()`. The scope, not the name, narrows the rows.
     let sql = format!(
         "SELECT {PUPIL_COLUMNS}, row_number() OVER (ORDER BY p.family_name, p.given_name, p.id) AS rn \
          FROM pupils p JOIN schools s ON s.id = p.school_id \
@@ -171,8 +189,19 @@ struct SearchRequest {
     identity_number: String,
 }
 
+/// The audit action of an identity-number search, recorded hit or miss.
+pub const SEARCH_ACTION: &str = "pupil.searched";
+
 /// Finds the pupil in scope with this identity number (through the keyed
 /// blind index; the number itself is never stored in clear or logged).
+///
+/// Every search that gets as far as the lookup is recorded in the audit log
+/// (`pupil.searched`, details `{hit, pupil_id}`: never the number nor its
+/// blind index), in the same statement as the lookup, so that probing for
+/// whether a child is in the municipality shows in the privacy officer's view
+/// (`GET /pupils/searches`). Out of scope, restricted, another tenant's and
+/// unknown numbers are all misses. A hit also writes the access record for
+/// the pupil found, as every read of pupil data does.
 pub async fn search(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
     let body: SearchRequest = read_json(req, BODY_LIMIT)?;
     let policy = SyntheticPolicy::from_vars(vars)?;
@@ -190,9 +219,25 @@ pub async fn search(req: &Request, meta: &RequestMeta, vars: &impl Variables, db
         "SELECT {PUPIL_COLUMNS} FROM pupils p JOIN schools s ON s.id = p.school_id \
          WHERE p.identity_index = $4::bytea AND {PUPIL_VISIBLE}"
     );
-    let rows =
-        logged_read(db, &scope.who, meta, "pupils.searched", &sql, "(SELECT array_agg(pupil_id) FROM data)", params)
-            .await?;
+    // At most one pupil: the blind index is unique per tenant.
+    let event = ReadEvent {
+        action: SEARCH_ACTION,
+        target_kind: "pupil",
+        target_id: "(SELECT pupil_id::text FROM data LIMIT 1)",
+        details:
+            "jsonb_build_object('hit', EXISTS (SELECT 1 FROM data), 'pupil_id', (SELECT pupil_id FROM data LIMIT 1))",
+    };
+    let (rows, _) = logged_read_audited(
+        db,
+        &scope.who,
+        meta,
+        "pupils.searched",
+        &sql,
+        "(SELECT array_agg(pupil_id) FROM data)",
+        event,
+        params,
+    )
+    .await?;
     let items = rows.iter().map(pupil_view).collect::<Result<Vec<_>, _>>()?;
     json(StatusCode::OK, &json!({"items": items, "next_cursor": null}))
 }

@@ -49,6 +49,8 @@ pub async fn create_tenant(pool: &PgPool, t: NewTenant<'_>) -> Result<(String, S
     let password = NewPassword::parse(t.admin_password, &username)
         .map_err(|broken| anyhow!("admin password: {}", broken.join("; ")))?;
     let hash = password.hash();
+    // Staff names are stored in NFC, like pupils' (`tavle_core::names`).
+    let display_name = tavle_core::names::nfc(t.admin_display_name);
     let mut db = SqlxDb::new(pool.clone());
     let ids = transaction(&mut db, async |db| {
         let tenant = db
@@ -62,7 +64,7 @@ pub async fn create_tenant(pool: &PgPool, t: NewTenant<'_>) -> Result<(String, S
             .query_one(
                 "INSERT INTO users (tenant_id, username, display_name, password_hash) \
                  VALUES ($1::uuid, $2::text, $3::text, $4::text) RETURNING id",
-                &[uuid(&tenant), username.clone().into(), t.admin_display_name.into(), hash.clone().into()],
+                &[uuid(&tenant), username.clone().into(), display_name.clone().into(), hash.clone().into()],
             )
             .await?
             .text("id")?;
