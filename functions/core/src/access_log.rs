@@ -35,6 +35,24 @@ pub async fn logged_read(
     action: &str,
     data_sql: &str,
     pupil_ids: &str,
+    params: Vec<Value>,
+) -> Result<Vec<Row>, Problem> {
+    let rows = read_with_record(db, who, meta, action, data_sql, pupil_ids, params).await?;
+    for row in &rows {
+        require_record(row)?;
+    }
+    Ok(rows)
+}
+
+/// The read and its access record in one statement; the caller checks that
+/// the rows that need it arrived with the record's sequence number.
+async fn read_with_record(
+    db: &mut impl Db,
+    who: &Principal,
+    meta: &RequestMeta,
+    action: &str,
+    data_sql: &str,
+    pupil_ids: &str,
     mut params: Vec<Value>,
 ) -> Result<Vec<Row>, Problem> {
     let sql = format!(
@@ -42,11 +60,7 @@ pub async fn logged_read(
         read_ctes(data_sql, pupil_ids, params.len())
     );
     params.extend(record_params(who, meta, action));
-    let rows = db.query(&sql, &params).await?;
-    for row in &rows {
-        require_record(row)?;
-    }
-    Ok(rows)
+    Ok(db.query(&sql, &params).await?)
 }
 
 /// As [`logged_read`], for reads whose rows do not all carry pupil data:
@@ -61,17 +75,12 @@ pub async fn logged_read_naming(
     action: &str,
     data_sql: &str,
     pupil_column: &str,
-    mut params: Vec<Value>,
+    params: Vec<Value>,
 ) -> Result<Vec<Row>, Problem> {
     let c = pupil_column;
     let pupil_ids =
         format!("(SELECT array_agg(DISTINCT {c}::uuid ORDER BY {c}::uuid) FROM data WHERE {c} IS NOT NULL)");
-    let sql = format!(
-        "{} SELECT data.*, (SELECT seq FROM logged) AS {SEQ_COLUMN} FROM data",
-        read_ctes(data_sql, &pupil_ids, params.len())
-    );
-    params.extend(record_params(who, meta, action));
-    let rows = db.query(&sql, &params).await?;
+    let rows = read_with_record(db, who, meta, action, data_sql, &pupil_ids, params).await?;
     for row in &rows {
         if !row.is_null(pupil_column)? {
             require_record(row)?;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tavle_core::access_log::{logged_read, logged_read_naming};
 use tavle_core::auth::{authenticate_as, Role};
-use tavle_core::db::{uuid, Db, Value};
+use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::vars::Variables;
 use tavle_core::web::{
     decode_cursor, encode_cursor, json, malformed_cursor, page_limit, path_id, Body, HttpResult, RequestMeta,
@@ -63,11 +63,7 @@ pub async fn for_pupil(
             Ok(json!({
                 "seq": r.int("seq")?,
                 "at": r.text("at")?,
-                "actor": {
-                    "id": r.text("actor_user_id")?,
-                    "display_name": r.opt_text("display_name")?,
-                    "username": r.opt_text("username")?,
-                },
+                "actor": actor(r)?,
                 "action": r.text("action")?,
                 "client_ip": r.opt_text("client_ip")?,
                 "request_id": r.opt_text("request_id")?,
@@ -126,11 +122,7 @@ pub async fn searches(
             Ok(json!({
                 "id": r.int("id")?.to_string(),
                 "at": r.text("at")?,
-                "actor": {
-                    "id": r.text("actor_user_id")?,
-                    "username": r.opt_text("username")?,
-                    "display_name": r.opt_text("display_name")?,
-                },
+                "actor": actor(r)?,
                 "client_ip": r.opt_text("client_ip")?,
                 "hit": r.bool("hit")?,
                 "pupil_id": r.opt_text("pupil_id")?,
@@ -146,4 +138,14 @@ pub async fn searches(
         _ => None,
     };
     json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
+}
+
+/// The staff user behind a record (name and username are NULL once the
+/// account is gone).
+fn actor(r: &Row) -> Result<serde_json::Value, Problem> {
+    Ok(json!({
+        "id": r.text("actor_user_id")?,
+        "display_name": r.opt_text("display_name")?,
+        "username": r.opt_text("username")?,
+    }))
 }
