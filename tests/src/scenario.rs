@@ -202,6 +202,9 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         .unwrap();
     let refreshed = expect(&s.step("refresh by cookie").call(refresh).await, 200, "refresh");
     assert!(refreshed["access_token"].as_str().is_some_and(|t| t != admin.token));
+    // An access token cannot extend a session.
+    let r = s.step("refresh by bearer token only").post("/auth/refresh", Some(&admin.token), json!({})).await;
+    problem(&r, 401, "unauthenticated", "bearer refresh");
 
     // --- an empty tenant: every list is empty, every id unknown ----------------
     for (name, path) in [
@@ -230,8 +233,22 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
     // --- webhook sources, roster, results ---------------------------------------
     let sas = s.step("create sas source").create_source(&admin, "sas").await;
     let publisher = s.step("create publisher source").create_source(&admin, "publisher").await;
+    // A leaked secret is revoked at once: overlap 0, the old secret no longer verifies.
+    let leaked = s.step("create a source to rotate").create_source(&admin, "publisher").await;
+    let path = format!("/admin/sources/{}/rotate", leaked.id);
+    let rotated = expect(
+        &s.step("rotate, overlap 0").post(&path, Some(&admin.token), json!({"overlap_hours": 0})).await,
+        200,
+        "rotate",
+    );
+    let renewed = Source { id: leaked.id.clone(), secret: rotated["secret"].as_str().unwrap().to_owned() };
+    let body = results_post("rotated", "2026-09-15T09:30:00Z");
+    let r = s.step("results signed with the revoked secret").deliver(&leaked, "results", "rotated-1", &body).await;
+    problem(&r, 401, "invalid-signature", "revoked secret");
+    let r = s.step("results signed with the new secret").deliver(&renewed, "results", "rotated-2", &body).await;
+    assert_eq!(expect(&r, 200, "new secret")["rejected"], 4, "no pupils yet: {}", r.text());
     let sources = expect(&s.step("sources").get("/admin/sources", &admin.token).await, 200, "sources");
-    assert_eq!(sources["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(sources["items"].as_array().map(Vec::len), Some(3));
     assert!(!sources.to_string().contains(&sas.secret), "a source list shows a secret");
 
     let r = s.step("roster").deliver(&sas, "roster", "roster-1", &roster()).await;
@@ -433,6 +450,12 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         "forbidden",
         "teacher",
     );
+    // Every identity-number search shows, hit or miss, never the number.
+    let searches =
+        expect(&s.step("searches by identity number").get("/pupils/searches", &per.token).await, 200, "searches");
+    let hits: Vec<bool> = searches["items"].as_array().unwrap().iter().map(|i| i["hit"].as_bool().unwrap()).collect();
+    assert_eq!(hits, [false, false, true], "newest first: other group, unknown number, the hit; {searches}");
+    assert!(!searches.to_string().contains(&synthetic_id(0)));
 
     // --- limits, and logout ------------------------------------------------------------------
     let big = format!(r#"{{"tenant":"oslo","username":"admin","password":"{}"}}"#, "x".repeat(70 * 1024));
