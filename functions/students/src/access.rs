@@ -29,11 +29,7 @@ pub async fn for_pupil(
 ) -> HttpResult {
     let pupil = path_id(pupil)?;
     let limit = page_limit(req)?;
-    let before = match decode_cursor::<Cursor>(req)? {
-        Some(c) if c.before > 0 => Value::Int(c.before),
-        Some(_) => return Err(malformed_cursor()),
-        None => Value::Null,
-    };
+    let before = before_cursor(req)?;
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
     db.query_opt(
         "SELECT 1::int8 FROM pupils WHERE id = $1::uuid AND tenant_id = $2::uuid",
@@ -90,11 +86,7 @@ pub async fn searches(
     db: &mut impl Db,
 ) -> HttpResult {
     let limit = page_limit(req)?;
-    let before = match decode_cursor::<Cursor>(req)? {
-        Some(c) if c.before > 0 => Value::Int(c.before),
-        Some(_) => return Err(malformed_cursor()),
-        None => Value::Null,
-    };
+    let before = before_cursor(req)?;
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
     // The page and whether older searches follow, in one read (no look-ahead
     // row: the access record names exactly the pupils shown). The action is
@@ -148,4 +140,13 @@ fn actor(r: &Row) -> Result<serde_json::Value, Problem> {
         "display_name": r.opt_text("display_name")?,
         "username": r.opt_text("username")?,
     }))
+}
+
+/// The `before` of a newest-first page's cursor (NULL on the first page).
+fn before_cursor(req: &http::Request<Body>) -> Result<Value, Problem> {
+    match decode_cursor::<Cursor>(req)? {
+        Some(c) if c.before > 0 => Ok(Value::Int(c.before)),
+        Some(_) => Err(malformed_cursor()),
+        None => Ok(Value::Null),
+    }
 }
