@@ -40,25 +40,8 @@ pub struct TestCluster {
     cluster: PgCluster,
 }
 
-/// The application roles, as infra/README.md (3.2) has them in production:
-/// `tavle_app` holds the privileges, `tavle_app_1` logs in (with the guard
-/// rails of a runtime login). The hosts under test connect as `tavle_app_1`;
-/// the harness itself (migrations, seeding, assertions) as the owner.
-const APP_ROLE_SETUP: [&str; 4] = [
-    "CREATE ROLE tavle_app NOLOGIN",
-    "CREATE ROLE tavle_app_1 LOGIN IN ROLE tavle_app",
-    "ALTER ROLE tavle_app_1 SET statement_timeout = '30s'",
-    "ALTER ROLE tavle_app_1 SET idle_in_transaction_session_timeout = '60s'",
-];
-const APP_ROLE_GRANTS: [&str; 4] = [
-    "GRANT USAGE ON SCHEMA public TO tavle_app",
-    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO tavle_app",
-    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO tavle_app",
-    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO tavle_app",
-];
-
-/// The login the hosts under test use.
-pub const APP_LOGIN: &str = "tavle_app_1";
+/// The login the hosts under test use (`ops::ensure_app_roles`).
+pub use tavle_host::ops::APP_LOGIN;
 
 /// The URL of `database` for another login role of the test cluster.
 pub fn url_as(owner_url: &str, role: &str) -> String {
@@ -83,16 +66,12 @@ impl TestCluster {
             tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
                 let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap();
                 sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&admin).await.unwrap();
-                for sql in APP_ROLE_SETUP {
-                    sqlx::query(sql).execute(&admin).await.unwrap();
-                }
+                ops::ensure_app_roles(&admin).await.expect("the application roles");
                 let pool = PgPoolOptions::new().max_connections(1).connect(&template_url).await.unwrap();
                 // As in production (infra/README.md 3.2): what the owner creates
                 // is usable, not alterable, by the application role. Default
                 // privileges are per database: every clone inherits them.
-                for sql in APP_ROLE_GRANTS {
-                    sqlx::query(sql).execute(&pool).await.unwrap();
-                }
+                ops::grant_app_role(&pool).await.expect("the application role's privileges");
                 ops::migrate(&pool).await.expect("migrations apply to a fresh database");
                 pool.close().await;
                 admin.close().await;
@@ -297,6 +276,7 @@ impl TestApp {
             "group_memberships",
             "webhook_sources",
             "webhook_secrets",
+            "webhook_source_schools",
             "webhook_deliveries",
             "assessments",
             "results",

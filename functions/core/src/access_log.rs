@@ -4,7 +4,9 @@
 //!
 //! Records are chained per tenant: `hash = SHA-256(prev_hash ‖ canonical)`,
 //! starting from 32 zero bytes. The database computes the chain
-//! (`access_log_append` in `infra/migrations/0004_students.sql`); this module
+//! (`access_log_append` in `infra/migrations/0004_students.sql`, which the
+//! application reaches only through `access_log_append_for_session`, 0008:
+//! tenant and actor from the live session); this module
 //! holds the same encoding in Rust so that the operator binary can recompute
 //! it independently and report the first broken link.
 
@@ -127,7 +129,9 @@ pub async fn logged_read_audited(
 ) -> Result<(Vec<Row>, i64), Problem> {
     let n = params.len();
     let found = format!("SELECT true AS {FOUND_COLUMN}, found.* FROM ({data_sql}) AS found");
-    let (t, a, ip, rid) = (n + 1, n + 2, n + 4, n + 5);
+    // After the record's parameters (`$n+1..$n+4`, [`record_params`]): the
+    // audit record's tenant, actor, action and target kind.
+    let (ip, rid, t, a) = (n + 3, n + 4, n + 5, n + 6);
     let sql = format!(
         "{}, \
          audited AS ( \
@@ -140,13 +144,13 @@ pub async fn logged_read_audited(
          SELECT data.*, (SELECT seq FROM logged) AS {SEQ_COLUMN}, audited.id AS {AUDIT_COLUMN} \
          FROM audited LEFT JOIN data ON true",
         read_ctes(&found, pupil_ids, n),
-        ev = n + 6,
-        kind = n + 7,
+        ev = n + 7,
+        kind = n + 8,
         target = event.target_id,
         details = event.details,
     );
     params.extend(record_params(who, meta, action));
-    params.extend([event.action.into(), event.target_kind.into()]);
+    params.extend([uuid(&who.tenant_id), uuid(&who.user_id), event.action.into(), event.target_kind.into()]);
     let rows = db.query(&sql, &params).await?;
     let mut audit_id = None;
     let mut read = Vec::with_capacity(rows.len());
@@ -167,19 +171,18 @@ pub async fn logged_read_audited(
 
 /// The CTEs `data` (the read over `$1..$n`), `concerned` and `logged` (the
 /// access record, appended when `pupil_ids` is not empty), taking the
-/// record's parameters as `$n+1..$n+5` ([`record_params`]).
+/// record's parameters as `$n+1..$n+4` ([`record_params`]).
 fn read_ctes(data_sql: &str, pupil_ids: &str, n: usize) -> String {
     format!(
         "WITH data AS MATERIALIZED ({data_sql}), \
          concerned AS MATERIALIZED (SELECT {pupil_ids} AS ids), \
          logged AS MATERIALIZED ( \
-             SELECT access_log_append(${t}::uuid, ${a}::uuid, ${act}::text, ids, ${ip}::text, ${rid}::text) AS seq \
+             SELECT access_log_append_for_session(${s}::uuid, ${act}::text, ids, ${ip}::text, ${rid}::text) AS seq \
              FROM concerned WHERE cardinality(ids) > 0)",
-        t = n + 1,
-        a = n + 2,
-        act = n + 3,
-        ip = n + 4,
-        rid = n + 5,
+        s = n + 1,
+        act = n + 2,
+        ip = n + 3,
+        rid = n + 4,
     )
 }
 
@@ -204,23 +207,19 @@ pub async fn append(
     params.push(Value::text_array(pupil_ids));
     let row = db
         .query_one(
-            "SELECT access_log_append($1::uuid, $2::uuid, $3::text, $6::text[]::uuid[], $4::text, $5::text) AS seq",
+            "SELECT access_log_append_for_session($1::uuid, $2::text, $5::text[]::uuid[], $3::text, $4::text) AS seq",
             &params,
         )
         .await?;
     Ok(row.int("seq")?)
 }
 
-/// Tenant, actor, action, client IP and request id of a record, in the
-/// order `access_log_append` takes them around the pupil ids.
-fn record_params(who: &Principal, meta: &RequestMeta, action: &str) -> [Value; 5] {
-    [
-        uuid(&who.tenant_id),
-        uuid(&who.user_id),
-        action.into(),
-        meta.client_ip.clone().into(),
-        meta.request_id.clone().into(),
-    ]
+/// Session, action, client IP and request id of a record, in the order
+/// `access_log_append_for_session` takes them around the pupil ids: the
+/// database takes tenant and actor from the live session
+/// (`infra/migrations/0008_access_log_by_session.sql`).
+fn record_params(who: &Principal, meta: &RequestMeta, action: &str) -> [Value; 4] {
+    [uuid(&who.session_id), action.into(), meta.client_ip.clone().into(), meta.request_id.clone().into()]
 }
 
 /// One stored record, with every field as the database renders it as text

@@ -260,10 +260,11 @@ fn dev(mut args: Args) -> Result<()> {
     let mut provided = dev_secrets(&state_dir)?;
     provided.extend(variables_from_env());
     let _cluster;
+    let mut pg_dir = state_dir.join("pg");
     let db_url = match std::env::var("DATABASE_URL") {
         Ok(url) => url,
         Err(_) => {
-            let pg_dir = tavle_host::pgcluster::persistent_dir_for(&state_dir.join("pg"))?;
+            pg_dir = tavle_host::pgcluster::persistent_dir_for(&pg_dir)?;
             let cluster = PgCluster::start_persistent(&pg_dir)?;
             let url = cluster.url("tavle");
             println!("private PostgreSQL on 127.0.0.1:{} (data in {})", cluster.port(), pg_dir.display());
@@ -272,14 +273,46 @@ fn dev(mut args: Args) -> Result<()> {
         }
     };
     let opts: sqlx::postgres::PgConnectOptions = db_url.parse().context("DATABASE_URL")?;
-    provided.insert("db_url".into(), db_url.clone());
     provided.insert("db_host".into(), format!("{}:{}", opts.get_host(), opts.get_port()));
+    let private = std::env::var("DATABASE_URL").is_err();
 
     block_on(async {
-        if std::env::var("DATABASE_URL").is_err() {
+        if private {
             ops::ensure_database(&db_url).await?;
         }
         let pool = connect(&db_url).await?;
+        // The components connect as the application role, which owns nothing,
+        // as in production; migrations and demo data run as the owner. On the
+        // private cluster the roles are made here, before the migrations
+        // whose REVOKEs need them. With DATABASE_URL, SPIN_VARIABLE_DB_URL
+        // names the application role's URL (else the owner's is used).
+        if private {
+            let migrated_before: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&pool)
+                .await?;
+            let created = ops::ensure_app_roles(&pool).await?;
+            if created && migrated_before {
+                bail!(
+                    "this private cluster was migrated before Tavle created its application role; \
+                     remove {} to start afresh",
+                    pg_dir.display()
+                );
+            }
+            if created || !migrated_before {
+                ops::grant_app_role(&pool).await?;
+            }
+            let app_url = format!(
+                "postgres://{}@{}:{}/{}",
+                ops::APP_LOGIN,
+                opts.get_host(),
+                opts.get_port(),
+                opts.get_database().unwrap_or("tavle")
+            );
+            provided.insert("db_url".into(), app_url);
+        } else if !provided.contains_key("db_url") {
+            eprintln!("warning: the components connect with DATABASE_URL (set SPIN_VARIABLE_DB_URL to the application role's URL)");
+            provided.insert("db_url".into(), db_url.clone());
+        }
         ops::migrate(&pool).await?;
         if demo {
             let logins = ops::load_demo(

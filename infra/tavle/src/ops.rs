@@ -33,6 +33,49 @@ pub async fn ensure_database(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The application roles, as infra/README.md (3.2) sets them up in
+/// production: `tavle_app` holds the privileges, the login `tavle_app_1`
+/// (with the guard rails of a runtime login) is what the components connect
+/// as. For the private clusters of `tavle dev` and the tests; run as a
+/// superuser, before the migrations, whose REVOKEs need the roles to exist.
+pub const APP_LOGIN: &str = "tavle_app_1";
+const APP_ROLES: [&str; 4] = [
+    "CREATE ROLE tavle_app NOLOGIN",
+    "CREATE ROLE tavle_app_1 LOGIN IN ROLE tavle_app",
+    "ALTER ROLE tavle_app_1 SET statement_timeout = '30s'",
+    "ALTER ROLE tavle_app_1 SET idle_in_transaction_session_timeout = '60s'",
+];
+/// Per database: what the owner creates is usable, not alterable, by `tavle_app`.
+const APP_GRANTS: [&str; 4] = [
+    "GRANT USAGE ON SCHEMA public TO tavle_app",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO tavle_app",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO tavle_app",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO tavle_app",
+];
+
+/// Creates the application roles in the cluster of `pool` unless they exist;
+/// true if it created them.
+pub async fn ensure_app_roles(pool: &PgPool) -> Result<bool> {
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = 'tavle_app'").fetch_optional(pool).await?;
+    if exists.is_some() {
+        return Ok(false);
+    }
+    for sql in APP_ROLES {
+        sqlx::query(sql).execute(pool).await?;
+    }
+    Ok(true)
+}
+
+/// The application role's privileges in the database of `pool` (before its
+/// migrations: default privileges cover what they create).
+pub async fn grant_app_role(pool: &PgPool) -> Result<()> {
+    for sql in APP_GRANTS {
+        sqlx::query(sql).execute(pool).await?;
+    }
+    Ok(())
+}
+
 pub struct NewTenant<'a> {
     pub slug: &'a str,
     pub name: &'a str,
