@@ -287,9 +287,8 @@ fn dev(mut args: Args) -> Result<()> {
         // whose REVOKEs need them. With DATABASE_URL, SPIN_VARIABLE_DB_URL
         // names the application role's URL (else the owner's is used).
         if private {
-            let migrated_before: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&pool)
-                .await?;
+            let migrated_before: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&pool).await?;
             let created = ops::ensure_app_roles(&pool).await?;
             if created && migrated_before {
                 bail!(
