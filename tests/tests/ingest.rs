@@ -1013,3 +1013,353 @@ async fn one_pupil_named_two_ways_cannot_get_two_results() {
         0
     );
 }
+
+// ------------------------------------------------ school bindings, transfers
+
+fn roster_for(school: &str, pupils: Vec<Value>) -> Value {
+    let mut body = roster(pupils);
+    body["school"] = json!({"external_id": school, "name": format!("{school} skole")});
+    body
+}
+
+/// Registers a `sas` source bound to `schools`.
+async fn bound_source(w: &World, name: &str, schools: Value) -> Source {
+    let r = w
+        .app
+        .post("/admin/sources", Some(&w.session.token), json!({"kind": "sas", "name": name, "schools": schools}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let body = r.json();
+    Source { id: body["id"].as_str().unwrap().to_owned(), secret: body["secret"].as_str().unwrap().to_owned() }
+}
+
+async fn set_schools(w: &World, token: &str, source_id: &str, body: Value) -> tavle_tests::TestResponse {
+    w.app.send(Method::PUT, &format!("/admin/sources/{source_id}/schools"), Some(token), Some(body)).await
+}
+
+async fn school_id(w: &World, external_id: &str) -> String {
+    sqlx::query_scalar("SELECT id::text FROM schools WHERE external_id = $1")
+        .bind(external_id)
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap()
+}
+
+async fn pupil_id(w: &World, given_name: &str) -> String {
+    sqlx::query_scalar("SELECT id::text FROM pupils WHERE given_name = $1")
+        .bind(given_name)
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap()
+}
+
+/// The `pupil.transferred` audit rows: (target kind, target id, actor, details), oldest first.
+async fn transfers(w: &World) -> Vec<(String, String, String, Value)> {
+    sqlx::query_as(
+        "SELECT target_kind, target_id, actor, details FROM audit_log WHERE action = 'pupil.transferred' ORDER BY id",
+    )
+    .fetch_all(&w.app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_bound_source_syncs_its_own_schools_and_a_roster_for_another_is_403_and_changes_nothing() {
+    let w = world().await;
+    let r = w
+        .app
+        .post(
+            "/admin/sources",
+            Some(&w.session.token),
+            json!({"kind": "sas", "name": "Visma", "schools": [" sørby ", "nordby"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["schools"], json!(["nordby", "sørby"]), "trimmed, as rosters name schools");
+    let bound = Source {
+        id: r.json()["id"].as_str().unwrap().to_owned(),
+        secret: r.json()["secret"].as_str().unwrap().to_owned(),
+    };
+    let unbound = w.app.get(&format!("/admin/sources/{}", w.sas.id), &w.session.token).await.json();
+    assert_eq!(unbound["schools"], json!([]));
+
+    // Its own schools, one of which does not exist yet: created and synced.
+    let r = w
+        .app
+        .deliver(&bound, "roster", "nordby-1", &roster_for("nordby", vec![pupil(0, &["5A"]), pupil(1, &["5B"])]))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = w.app.deliver(&bound, "roster", "sorby-1", &roster_for(" sørby", vec![pupil(2, &["5A"])])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.app.count("SELECT count(*) FROM schools").await, 2);
+
+    // Any other school: refused before anything is applied, whatever the
+    // roster holds (a pupil it would move, teachers whose grants it would replace).
+    let teacher = w.app.create_user(&w.session, &w.admin, "laerer", json!([])).await;
+    sqlx::query("UPDATE users SET feide_username = 'laerer@vestby.no' WHERE id = $1::uuid")
+        .bind(&teacher.user_id)
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    let mut vestby = roster_for("vestby", vec![pupil(1, &["5A"]), pupil(3, &["5A"])]);
+    vestby["teachers"] = json!([{"feide_username": "laerer@vestby.no", "groups": ["5A"]}]);
+    let before = w.app.snapshot(true).await;
+    let r = w.app.deliver(&bound, "roster", "vestby-1", &vestby).await;
+    let p = r.assert_problem(403, "forbidden");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("bound to a set of schools") && !detail.contains("vestby"),
+        "names the rule, not the school: {p}"
+    );
+    assert_eq!(before, w.app.snapshot(true).await, "nothing applied, no delivery record, no audit row");
+
+    // The refused delivery was not stored: once the admin binds the school,
+    // the sender's retry of the same webhook id applies.
+    let r = set_schools(&w, &w.session.token, &bound.id, json!({"schools": ["nordby", "sørby", "vestby"]})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["schools"], json!(["nordby", "sørby", "vestby"]));
+    let r = w.app.deliver(&bound, "roster", "vestby-1", &vestby).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("webhook-replayed").is_none());
+    assert_eq!(
+        (r.json()["pupils"]["created"].clone(), r.json()["teachers"]["assignments"].clone()),
+        (json!(1), json!(1))
+    );
+
+    let set: Vec<Value> = sqlx::query_scalar(
+        "SELECT details FROM audit_log WHERE action = 'source.schools_set' AND target_id = $1 ORDER BY id",
+    )
+    .bind(&bound.id)
+    .fetch_all(&w.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        set,
+        [
+            json!({"schools": ["nordby", "sørby"], "previous": []}),
+            json!({"schools": ["nordby", "sørby", "vestby"], "previous": ["nordby", "sørby"]}),
+        ]
+    );
+    let list = w.app.get("/admin/sources", &w.session.token).await.json();
+    let sets: Vec<&Value> = list["items"].as_array().unwrap().iter().map(|s| &s["schools"]).collect();
+    assert_eq!(sets.iter().filter(|s| s.as_array().unwrap().len() == 3).count(), 1, "{list}");
+}
+
+#[tokio::test]
+async fn an_unbound_source_syncs_any_school_and_an_empty_set_unbinds_again() {
+    let w = world().await;
+    for (i, school) in ["nordby", "sørby"].into_iter().enumerate() {
+        let r = w.app.deliver(&w.sas, "roster", &format!("school-{i}"), &roster_for(school, vec![])).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = set_schools(&w, &w.session.token, &w.sas.id, json!({"schools": ["nordby"]})).await;
+    assert_eq!((r.status, r.json()["schools"].clone()), (200, json!(["nordby"])), "{}", r.text());
+    assert_eq!(w.app.deliver(&w.sas, "roster", "nordby-2", &roster_for("nordby", vec![])).await.status, 200);
+    w.app.deliver(&w.sas, "roster", "sorby-2", &roster_for("sørby", vec![])).await.assert_problem(403, "forbidden");
+    let r = set_schools(&w, &w.session.token, &w.sas.id, json!({"schools": []})).await;
+    assert_eq!((r.status, r.json()["schools"].clone()), (200, json!([])), "{}", r.text());
+    assert_eq!(w.app.deliver(&w.sas, "roster", "sorby-2", &roster_for("sørby", vec![])).await.status, 200);
+    assert_eq!(w.app.count("SELECT count(*) FROM webhook_source_schools").await, 0);
+    let last: Value = sqlx::query_scalar(
+        "SELECT details FROM audit_log WHERE action = 'source.schools_set' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&w.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(last, json!({"schools": [], "previous": ["nordby"]}));
+}
+
+#[tokio::test]
+async fn a_transfer_between_schools_is_audited_once_without_personal_data_and_shown_to_the_privacy_officer() {
+    let w = world().await;
+    let privacy = w.app.create_user(&w.session, &w.admin, "personvern", json!([{"role": "privacy_officer"}])).await;
+    let po = w.app.login(&privacy).await;
+    let r = w
+        .app
+        .deliver(&w.sas, "roster", "nordby-1", &roster_for("nordby", (0..4).map(|i| pupil(i, &["5A"])).collect()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    sqlx::query("UPDATE pupils SET restricted = true WHERE given_name = 'Elev2'").execute(&w.app.pool).await.unwrap();
+    let sorby = bound_source(&w, "Sørby SAS", json!(["sorby"])).await;
+    assert!(transfers(&w).await.is_empty());
+    assert_eq!(w.app.get("/admin/transfers", &po.token).await.json()["items"], json!([]));
+
+    // Pupil 1 moves to Sørby; pupil 2 is restricted and stays where they are.
+    let moving = vec![pupil(1, &["5B"]), pupil(2, &["5A"]), pupil(9, &["5A"])];
+    let r = w.app.deliver(&sorby, "roster", "sorby-1", &roster_for("sorby", moving.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = &r.json()["pupils"];
+    assert_eq!(
+        (s["created"].clone(), s["updated"].clone(), s["restricted_unchanged"].clone()),
+        (json!(1), json!(1), json!(1)),
+        "{s}"
+    );
+    let (nordby, sorby_school, elev1) =
+        (school_id(&w, "nordby").await, school_id(&w, "sorby").await, pupil_id(&w, "Elev1").await);
+    let moved = transfers(&w).await;
+    assert_eq!(
+        moved,
+        [(
+            "pupil".to_owned(),
+            elev1.clone(),
+            "system:webhook".to_owned(),
+            json!({"from_school_id": nordby, "to_school_id": sorby_school, "source_id": sorby.id}),
+        )],
+        "exactly one transfer, with from, to and source only"
+    );
+    let row: String = sqlx::query_scalar("SELECT a::text FROM audit_log a WHERE action = 'pupil.transferred'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    for personal in [synthetic_id(1), "Elev1".to_owned(), "Nordmann".to_owned()] {
+        assert!(!row.contains(&personal), "no personal data in the audit row: {row}");
+    }
+    assert_eq!(
+        w.app
+            .count(&format!("SELECT count(*) FROM pupils WHERE school_id = '{nordby}' AND given_name = 'Elev2'"))
+            .await,
+        1
+    );
+    // The pupil is in Sørby's 5B only: no longer in the groups of the school they left.
+    let groups: Vec<(String, String)> = sqlx::query_as(
+        "SELECT s.external_id, g.external_id FROM group_memberships m JOIN groups g ON g.id = m.group_id \
+         JOIN schools s ON s.id = g.school_id WHERE m.pupil_id = $1::uuid",
+    )
+    .bind(&elev1)
+    .fetch_all(&w.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(groups, [("sorby".to_owned(), "5B".to_owned())]);
+
+    // Re-syncing either school moves nobody: still one transfer.
+    assert_eq!(w.app.deliver(&sorby, "roster", "sorby-2", &roster_for("sorby", moving)).await.status, 200);
+    let nordby_again = vec![pupil(0, &["5A"]), pupil(2, &["5A"]), pupil(3, &["5A"])];
+    let r = w.app.deliver(&w.sas, "roster", "nordby-2", &roster_for("nordby", nordby_again)).await;
+    assert_eq!((r.status, r.json()["pupils"]["left"].clone()), (200, json!(0)), "{}", r.text());
+    assert_eq!(transfers(&w).await.len(), 1);
+
+    // The privacy officer sees it (and that view is itself an access record).
+    let r = w.app.get("/admin/transfers", &po.token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    assert_eq!(page["next_cursor"], Value::Null);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    assert_eq!(items[0]["pupil_id"], elev1);
+    assert_eq!(items[0]["from_school"], json!({"id": nordby, "name": "nordby skole"}));
+    assert_eq!(items[0]["to_school"], json!({"id": sorby_school, "name": "sorby skole"}));
+    assert_eq!(items[0]["source"], json!({"id": sorby.id, "name": "Sørby SAS"}));
+    assert!(!r.text().contains("Elev1") && !r.text().contains(&synthetic_id(1)));
+    let logged: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, array_to_string(pupil_ids, ',') FROM access_log ORDER BY seq")
+            .fetch_all(&w.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(logged, [("pupil_transfers.viewed".to_owned(), elev1.clone())]);
+    w.app.get("/admin/transfers", &w.session.token).await.assert_problem(403, "forbidden");
+
+    // Back to Nordby: a second transfer, newest first, one per page.
+    let r = w.app.deliver(&w.sas, "roster", "nordby-3", &roster_for("nordby", vec![pupil(1, &["5A"])])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let moved = transfers(&w).await;
+    assert_eq!(moved.len(), 2);
+    assert_eq!(moved[1].3, json!({"from_school_id": sorby_school, "to_school_id": nordby, "source_id": w.sas.id}));
+    let first = w.app.get("/admin/transfers?limit=1", &po.token).await.json();
+    assert_eq!(first["items"][0]["to_school"]["id"], nordby, "{first}");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = w.app.get(&format!("/admin/transfers?limit=1&cursor={cursor}"), &po.token).await.json();
+    assert_eq!(second["items"][0]["to_school"]["id"], sorby_school, "{second}");
+    assert_eq!(second["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn hostile_school_sets_are_refused_and_change_nothing() {
+    let w = world().await;
+    let bergen = w.app.seed_tenant("bergen").await;
+    let sb = w.app.login(&bergen).await;
+    let bergen_sas = w.app.create_source(&sb, "sas").await;
+    let teacher = w.app.create_user(&w.session, &w.admin, "laerer", json!([])).await;
+    let t = w.app.login(&teacher).await;
+    let before = w.app.snapshot(true).await;
+    let many = |n: usize| Value::Array((0..n).map(|i| json!(format!("s{i}"))).collect());
+    for (body, pointer) in [
+        (json!({"schools": ["nordby", "nord\u{7}by"]}), "/schools/1"),
+        (json!({"schools": ["nordby", "nord\u{0}by"]}), "/schools/1"),
+        (json!({"schools": ["\u{202e}\n"]}), "/schools/0"),
+        (json!({"schools": [""]}), "/schools/0"),
+        (json!({"schools": ["   "]}), "/schools/0"),
+        (json!({"schools": ["x".repeat(201)]}), "/schools/0"),
+        (json!({"schools": many(501)}), "/schools"),
+        (json!({"schools": many(5_000)}), "/schools"),
+        (json!({"schools": ["nordby", "sørby", " nordby "]}), "/schools/2"),
+        (json!({"schools": [7]}), "/schools/0"),
+        (json!({"schools": [null]}), "/schools/0"),
+        (json!({"schools": null}), "/schools"),
+        (json!({"schools": "nordby"}), "/schools"),
+        (json!({}), "/schools"),
+        (json!({"schools": [], "kind": "publisher"}), ""),
+    ] {
+        let r = set_schools(&w, &w.session.token, &w.sas.id, body.clone()).await;
+        let p = r.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{body}: {p}");
+        assert!(!r.text().contains("nord\u{7}by"), "values are not echoed");
+    }
+    // Publishers are bound to nothing, not even an empty set.
+    for body in [json!({"schools": ["nordby"]}), json!({"schools": []})] {
+        let p = set_schools(&w, &w.session.token, &w.publisher.id, body).await.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], "/schools", "{p}");
+    }
+    for (body, pointer) in [
+        (json!({"kind": "publisher", "name": "Forlag", "schools": ["nordby"]}), "/schools"),
+        (json!({"kind": "publisher", "name": "Forlag", "schools": []}), "/schools"),
+        (json!({"kind": "sas", "name": "SAS", "schools": ["ok", "\u{1b}[2J"]}), "/schools/1"),
+        (json!({"kind": "sas", "name": "SAS", "schools": ["a", "a"]}), "/schools/1"),
+        (json!({"kind": "sas", "name": "SAS", "schools": many(501)}), "/schools"),
+        (json!({"kind": "sas", "name": "SAS", "schools": null}), "/schools"),
+    ] {
+        let r = w.app.post("/admin/sources", Some(&w.session.token), body.clone()).await;
+        let p = r.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{body}: {p}");
+    }
+    // Too large for an admin body at all.
+    let r = set_schools(&w, &w.session.token, &w.sas.id, json!({"schools": many(20_000)})).await;
+    r.assert_problem(413, "payload-too-large");
+    // Another tenant's source, unknown and malformed ids: 404 as for any unknown id.
+    let good = json!({"schools": ["nordby"]});
+    for id in [bergen_sas.id.as_str(), &uuid::Uuid::new_v4().to_string(), "1%27OR1=1"] {
+        set_schools(&w, &w.session.token, id, good.clone()).await.assert_problem(404, "not-found");
+    }
+    set_schools(&w, &sb.token, &w.sas.id, good.clone()).await.assert_problem(404, "not-found");
+    // Only tenant admins; only PUT.
+    set_schools(&w, &t.token, &w.sas.id, good.clone()).await.assert_problem(403, "forbidden");
+    w.app
+        .send(Method::PUT, &format!("/admin/sources/{}/schools", w.sas.id), None, Some(good.clone()))
+        .await
+        .assert_problem(401, "unauthenticated");
+    w.app
+        .post(&format!("/admin/sources/{}/schools", w.sas.id), Some(&w.session.token), good.clone())
+        .await
+        .assert_problem(405, "method-not-allowed");
+    let text = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/admin/sources/{}/schools", w.sas.id))
+        .header(header::AUTHORIZATION, format!("Bearer {}", w.session.token))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(serde_json::to_vec(&good).unwrap())
+        .unwrap();
+    w.app.call(text).await.assert_problem(415, "unsupported-media-type");
+    w.app.get("/admin/transfers", &t.token).await.assert_problem(403, "forbidden");
+    // Beneath the API, the database itself keeps a binding inside its
+    // source's tenant and off publishers.
+    for (tenant, source) in [(&bergen.tenant_id, &w.sas.id), (&w.admin.tenant_id, &w.publisher.id)] {
+        let refused = sqlx::query(
+            "INSERT INTO webhook_source_schools (tenant_id, source_id, school_external_id) VALUES ($1::uuid, $2::uuid, 'nordby')",
+        )
+        .bind(tenant)
+        .bind(source)
+        .execute(&w.app.pool)
+        .await;
+        assert!(refused.is_err_and(|e| e.to_string().contains("foreign key")), "{tenant} {source}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "refused requests changed nothing, not even the audit log");
+}

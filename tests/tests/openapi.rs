@@ -340,6 +340,210 @@ fn document_is_consistent() {
 }
 
 // ---------------------------------------------------------------------------
+// No personal data in URLs
+//
+// Paths and query strings end up in every proxy's and ingress's access log:
+// no operation may take a name, an identity number, an e-mail address or a
+// Feide username there (searches take them in a POST body).
+
+/// Parameter names (compared without case, `-` or `_`) that would carry
+/// personal data, whole ...
+const PERSONAL_NAMES: &[&str] = &["q", "term", "terms", "fnr", "dnr", "ssn", "nin", "cpr", "user", "login", "mail"];
+/// ... or anywhere in the name (`pupil_name`, `feide_username`, `e-mail`,
+/// `identity_number`, `search_text`).
+const PERSONAL_FRAGMENTS: &[&str] = &[
+    "name",
+    "email",
+    "feide",
+    "identity",
+    "fodselsnummer",
+    "fødselsnummer",
+    "personnummer",
+    "dnumber",
+    "search",
+    "query",
+];
+/// What a parameter's description says when it takes such data.
+const PERSONAL_PHRASES: &[&str] = &[
+    "name search",
+    "searches names",
+    "search by name",
+    "given name",
+    "family name",
+    "identity number",
+    "fødselsnummer",
+    "d-number",
+    "e-mail",
+    "email address",
+    "feide username",
+];
+/// String formats of such data.
+const PERSONAL_FORMATS: &[&str] = &["email", "idn-email"];
+
+fn personal_parameter_name(name: &str) -> bool {
+    let compact: String = name.to_lowercase().chars().filter(|c| !matches!(c, '-' | '_' | '.' | ' ')).collect();
+    PERSONAL_NAMES.contains(&compact.as_str()) || PERSONAL_FRAGMENTS.iter().any(|f| compact.contains(f))
+}
+
+/// Formats and patterns of personal data anywhere in a parameter's schema:
+/// an e-mail format, a pattern for an address (`@`) or for eleven digits.
+fn personal_schema(doc: &Value, schema: &Value, at: &str, out: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    if let Some(format) = schema.get("format").and_then(Value::as_str) {
+        if PERSONAL_FORMATS.contains(&format) {
+            out.push(format!("{at}: format `{format}`"));
+        }
+    }
+    if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+        let compact: String = pattern.chars().filter(|c| !c.is_whitespace()).collect();
+        if compact.contains('@') || compact.contains("{11") || compact.contains(",11}") {
+            out.push(format!("{at}: pattern `{pattern}`"));
+        }
+    }
+    for key in ["oneOf", "anyOf", "allOf", "prefixItems"] {
+        for sub in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+            personal_schema(doc, sub, at, out);
+        }
+    }
+    for key in ["items", "contains", "additionalProperties", "not"] {
+        if let Some(sub) = schema.get(key).filter(|s| s.is_object()) {
+            personal_schema(doc, sub, at, out);
+        }
+    }
+    for sub in schema.get("properties").and_then(Value::as_object).into_iter().flat_map(|p| p.values()) {
+        personal_schema(doc, sub, at, out);
+    }
+}
+
+/// Every path or query parameter of every operation (declared on the
+/// operation or on its path item, directly or by `$ref`), and every variable
+/// of a path template, that takes personal data.
+fn personal_data_in_urls(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (method, path, op) in operations(doc) {
+        let what = format!("{method} {path}");
+        for segment in segments(&path) {
+            if let Some(var) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if personal_parameter_name(var) {
+                    out.push(format!("{what}: path variable `{var}`"));
+                }
+            }
+        }
+        let declared = doc["paths"][&path]["parameters"].as_array().into_iter().flatten();
+        for param in declared.chain(op["parameters"].as_array().into_iter().flatten()) {
+            let param = resolve(doc, param);
+            let (Some(name), Some(place)) = (param["name"].as_str(), param["in"].as_str()) else {
+                out.push(format!("{what}: a parameter without name or `in`"));
+                continue;
+            };
+            if !matches!(place, "path" | "query") {
+                continue;
+            }
+            let at = format!("{what}: {place} parameter `{name}`");
+            if personal_parameter_name(name) {
+                out.push(format!("{at} is named for personal data"));
+            }
+            let description = param["description"].as_str().unwrap_or("").to_lowercase();
+            if let Some(phrase) = PERSONAL_PHRASES.iter().find(|p| description.contains(*p)) {
+                out.push(format!("{at} is described as taking personal data (\"{phrase}\")"));
+            }
+            personal_schema(doc, &param["schema"], &at, &mut out);
+            for media in param["content"].as_object().into_iter().flat_map(|c| c.values()) {
+                personal_schema(doc, &media["schema"], &at, &mut out);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_operation_takes_personal_data_in_its_path_or_query() {
+    let found = personal_data_in_urls(&load_doc());
+    assert!(
+        found.is_empty(),
+        "personal data in URLs (proxies and ingresses log them; send it in a POST body):\n  {}",
+        found.join("\n  ")
+    );
+}
+
+#[test]
+fn personal_data_in_a_url_fails_the_check() {
+    // Relative to the real document, so that this test proves only that the
+    // check can fail (the one above judges the real document).
+    let baseline = personal_data_in_urls(&load_doc()).len();
+    let added = |mutate: &dyn Fn(&mut Value)| {
+        let mut doc = load_doc();
+        mutate(&mut doc);
+        personal_data_in_urls(&doc).len() - baseline
+    };
+    let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string"}});
+    let on_schools = |param: Value| {
+        move |doc: &mut Value| doc["paths"]["/schools"]["get"]["parameters"].as_array_mut().unwrap().push(param.clone())
+    };
+    for name in [
+        "q",
+        "name",
+        "given_name",
+        "family_name",
+        "identity_number",
+        "identityNumber",
+        "fnr",
+        "email",
+        "e-mail",
+        "feide",
+        "feide_username",
+        "username",
+        "search",
+        "pupil_name",
+        "FamilyName",
+    ] {
+        assert_eq!(added(&on_schools(query(name))), 1, "a query parameter `{name}`");
+    }
+    // Ids, filters and paging are fine.
+    for name in ["school_id", "group_id", "year_level", "subject", "cursor", "limit", "from", "to"] {
+        assert_eq!(added(&on_schools(query(name))), 0, "a query parameter `{name}`");
+    }
+    // A header is not part of the URL.
+    assert_eq!(added(&on_schools(json!({"name": "name", "in": "header", "schema": {"type": "string"}}))), 0);
+    // Described, formatted or patterned as personal data, whatever the name.
+    let described = json!({"name": "who", "in": "query", "description": "The pupil's Identity number.",
+                           "schema": {"type": "string"}});
+    assert_eq!(added(&on_schools(described)), 1);
+    let formatted = json!({"name": "who", "in": "query", "schema": {"type": "string", "format": "email"}});
+    assert_eq!(added(&on_schools(formatted)), 1);
+    for pattern in ["^[0-9]{11}$", "^\\d{6} ?\\d{5}$|^\\d{11}$", "^[^@]+@[^@]+$"] {
+        let patterned = json!({"name": "who", "in": "query",
+                               "schema": {"oneOf": [{"type": "null"}, {"type": "string", "pattern": pattern}]}});
+        assert_eq!(added(&on_schools(patterned)), 1, "{pattern}");
+    }
+    // Through a `$ref`, and on the path item rather than the operation.
+    assert_eq!(
+        added(&|doc: &mut Value| {
+            doc["components"]["parameters"]["ByName"] = query("family_name");
+            doc["paths"]["/schools"]["parameters"] = json!([{"$ref": "#/components/parameters/ByName"}]);
+        }),
+        1
+    );
+    // A path template naming personal data.
+    assert_eq!(
+        added(&|doc: &mut Value| {
+            doc["paths"]["/pupils/by-fnr/{fnr}"] = json!({"get": {
+                "parameters": [{"name": "fnr", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "x"}}}});
+        }),
+        2,
+        "the template variable and its parameter"
+    );
+    assert_eq!(
+        added(&|doc: &mut Value| {
+            doc["paths"]["/staff/{email}"] = json!({"get": {"responses": {"200": {"description": "x"}}}});
+        }),
+        1,
+        "a template variable without a declared parameter"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // A minimal JSON Schema validator for the keywords the document uses. It
 // refuses unknown keywords so that the document cannot quietly outgrow it.
 
@@ -998,4 +1202,77 @@ async fn ingest_answers_as_documented() {
     assert_eq!(c.check("GET", "/admin/sources", &app.get("/admin/sources", &ts.token).await), 403);
     let r = app.post("/admin/sources", Some(&ts.token), json!({"kind": "sas", "name": "x"})).await;
     assert_eq!(c.check("POST", "/admin/sources", &r), 403);
+}
+
+#[tokio::test]
+async fn pupil_lists_and_searches_answer_as_documented() {
+    let c = Contract { doc: load_doc() };
+    let app = TestApp::spawn().await;
+    let admin = app.seed_tenant("oslo").await;
+    let session = app.login(&admin).await;
+    let sas = app.create_source(&session, "sas").await;
+    let pupils: Vec<Value> = [(0, "Åse", "Ødegård"), (1, "Bjørn", "Berg"), (2, "Cecilie", "Berg")]
+        .iter()
+        .map(|(n, given, family)| {
+            json!({"identity_number": synthetic_id(*n), "given_name": given, "family_name": family,
+                   "year_level": 5, "groups": ["5A"]})
+        })
+        .collect();
+    let roster = json!({"school": {"external_id": "s1", "name": "Fjell skole"},
+                        "groups": [{"external_id": "5A", "name": "5A", "year_level": 5}], "pupils": pupils});
+    assert_eq!(app.deliver(&sas, "roster", "roster-1", &roster).await.status, 200);
+    let group: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM groups WHERE external_id = '5A'").fetch_one(&app.pool).await.unwrap();
+    let group = group.to_string();
+    let teacher = app.create_user(&session, &admin, "kari", json!([{"role": "teacher", "group_id": group}])).await;
+    let kari = app.login(&teacher).await;
+    let t = Some(kari.token.as_str());
+
+    // The list: ids, year level and cursors; a name in the URL is a 400.
+    for path in ["/pupils", "/pupils?limit=1", &format!("/pupils?group_id={group}&year_level=5")] {
+        assert_eq!(c.check("GET", "/pupils", &app.get(path, &kari.token).await), 200, "{path}");
+    }
+    for path in ["/pupils?q=berg", &format!("/pupils?q={}", synthetic_id(0)), "/pupils?limit=0", "/pupils?cursor=x"] {
+        assert_eq!(c.check("GET", "/pupils", &app.get(path, &kari.token).await), 400, "{path}");
+    }
+    assert_eq!(c.check("GET", "/pupils", &app.get("/pupils", &session.token).await), 403);
+
+    // Searches: by identity number (one pupil at most), by name (a page).
+    let search = |body: Value| app.post("/pupils/search", t, body);
+    for body in [
+        json!({"identity_number": synthetic_id(0)}),
+        json!({"identity_number": synthetic_id(9)}),
+        json!({"name": "berg"}),
+        json!({"name": "zzz"}),
+        json!({"name": "e", "group_id": group, "year_level": 5, "limit": 200}),
+        json!({"name": "e", "school_id": null, "group_id": null, "year_level": null, "limit": null, "cursor": null}),
+    ] {
+        assert_eq!(c.check("POST", "/pupils/search", &search(body.clone()).await), 200, "{body}");
+    }
+    let first = search(json!({"name": "berg", "limit": 1})).await;
+    assert_eq!(c.check("POST", "/pupils/search", &first), 200);
+    let cursor = first.json()["next_cursor"].as_str().expect("two Bergs, pages of one").to_owned();
+    let next = search(json!({"name": "berg", "limit": 1, "cursor": cursor})).await;
+    assert_eq!(c.check("POST", "/pupils/search", &next), 200);
+    for body in [
+        json!({"identity_number": synthetic_id(0), "name": "berg"}),
+        json!({}),
+        json!({"name": synthetic_id(0)}),
+        json!({"name": "berg", "q": "berg"}),
+        json!({"identity_number": synthetic_id(0), "limit": 1}),
+        json!({"name": "berg", "cursor": "x"}),
+        json!({"name": " "}),
+    ] {
+        assert_eq!(c.check("POST", "/pupils/search", &search(body.clone()).await), 422, "{body}");
+    }
+    let auth = format!("Bearer {}", kari.token);
+    for (content_type, body, want) in [("application/json", &b"{\"name\":"[..], 400), ("text/plain", b"{}", 415)] {
+        let headers = [("authorization", auth.as_str()), ("content-type", content_type)];
+        let r = app.call(request(Method::POST, "/pupils/search", &headers, body)).await;
+        assert_eq!(c.check("POST", "/pupils/search", &r), want);
+    }
+    let r = app.post("/pupils/search", None, json!({"name": "berg"})).await;
+    assert_eq!(c.check("POST", "/pupils/search", &r), 401);
+    let r = app.post("/pupils/search", Some(&session.token), json!({"name": "berg"})).await;
+    assert_eq!(c.check("POST", "/pupils/search", &r), 403);
 }

@@ -363,9 +363,15 @@ async fn pupil_lists_filter_search_and_page_with_a_cursor() {
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()["items"].as_array().unwrap().iter().map(|p| p["given_name"].as_str().unwrap().to_owned()).collect()
     };
+    let search = |session: &Session, body: Value| {
+        let (app, token) = (&w.app, session.token.clone());
+        async move { app.post("/pupils/search", Some(&token), body).await }
+    };
     assert_eq!(given(&w.app.get(&format!("/pupils?group_id={}", w.groups["5B"]), token).await), ["Bjørn", "Dag"]);
-    assert_eq!(given(&w.app.get("/pupils?year_level=5&q=%C3%B8deg%C3%A5rd", token).await), ["Åse"]);
-    assert_eq!(given(&w.app.get("/pupils?q=ce+berg", token).await), ["Cecilie"]);
+    assert_eq!(given(&search(&w.leader, json!({"name": "ødegård", "year_level": 5})).await), ["Åse"]);
+    assert!(given(&search(&w.leader, json!({"name": "ødegård", "year_level": 6})).await).is_empty());
+    assert_eq!(given(&search(&w.leader, json!({"name": "ce berg"})).await), ["Cecilie"]);
+    assert_eq!(given(&search(&w.leader, json!({"name": "E", "group_id": w.groups["5B"]})).await), ["Bjørn"]);
     assert!(given(&w.app.get("/pupils?year_level=6", token).await).is_empty());
     // Another school's filter shows nothing: scope still applies.
     let sorby: String = sqlx::query_scalar("SELECT id::text FROM schools WHERE external_id = 'sorby'")
@@ -373,13 +379,33 @@ async fn pupil_lists_filter_search_and_page_with_a_cursor() {
         .await
         .unwrap();
     assert!(given(&w.app.get(&format!("/pupils?school_id={sorby}"), token).await).is_empty());
+    assert!(given(&search(&w.leader, json!({"name": "frida", "school_id": sorby})).await).is_empty());
+    // A name search sees exactly the list's scope: own groups (teacher), own
+    // school (leader), own tenant; never a restricted pupil.
+    assert_eq!(given(&search(&w.teacher, json!({"name": "e"})).await), ["Cecilie", "Åse"]);
+    assert_eq!(given(&search(&w.leader, json!({"name": "e"})).await), ["Bjørn", "Cecilie", "Åse"]);
+    assert_eq!(given(&search(&w.admin_and_leader, json!({"name": "e"})).await), ["Frida", "Geir"]);
+    assert_eq!(given(&search(&w.bergen_teacher, json!({"name": "e"})).await), ["Hanne"]);
+    for (session, name) in [
+        (&w.teacher, "bjørn"),
+        (&w.teacher, "eva"),
+        (&w.teacher, "eide"),
+        (&w.leader, "frida"),
+        (&w.teacher, "hanne"),
+        (&w.bergen_teacher, "åse"),
+    ] {
+        assert!(given(&search(session, json!({"name": name})).await).is_empty(), "{name}");
+    }
+    for s in [&w.tenant_admin, &w.privacy, &w.admin] {
+        search(s, json!({"name": "e"})).await.assert_problem(403, "forbidden");
+    }
     // SQL and odd Unicode are just text to search for.
-    for q in ["%27%20OR%201%3D1--", "%25", "_", "%E2%80%AE%F0%9F%98%80", "Robert%27)%3B%20DROP%20TABLE%20pupils%3B--"] {
-        assert!(given(&w.app.get(&format!("/pupils?q={q}"), token).await).is_empty(), "{q}");
+    for name in ["' OR 1=1--", "%", "_", "\u{202E}\u{1F600}", "Robert'); DROP TABLE pupils;--", "\\", "*"] {
+        assert!(given(&search(&w.leader, json!({"name": name})).await).is_empty(), "{name}");
     }
     assert_eq!(w.app.count("SELECT count(*) FROM pupils").await, 8);
 
-    // Two per page: every pupil exactly once.
+    // Two per page: every pupil exactly once, listed or searched.
     let mut seen = Vec::new();
     let mut path = "/pupils?limit=2".to_owned();
     loop {
@@ -391,16 +417,29 @@ async fn pupil_lists_filter_search_and_page_with_a_cursor() {
         }
     }
     assert_eq!(seen, ["Bjørn", "Cecilie", "Dag", "Åse"]);
-    // Cursors travel in URLs: they carry an id, never a name.
+    let mut seen = Vec::new();
+    let mut body = json!({"name": "E", "limit": 1});
+    loop {
+        let r = search(&w.leader, body.clone()).await;
+        seen.extend(given(&r));
+        match r.json()["next_cursor"].as_str() {
+            Some(c) => body["cursor"] = json!(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["Bjørn", "Cecilie", "Åse"]);
+    // Cursors carry an id, never a name.
     let first = w.app.get("/pupils?limit=1", token).await.json();
-    let cursor = first["next_cursor"].as_str().unwrap();
-    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).unwrap();
-    let decoded = String::from_utf8(decoded).unwrap();
-    assert!(!decoded.contains("Aasen") && !decoded.contains("Bjørn"), "{decoded}");
+    let searched = search(&w.leader, json!({"name": "e", "limit": 1})).await.json();
+    for cursor in [first["next_cursor"].as_str().unwrap(), searched["next_cursor"].as_str().unwrap()] {
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).unwrap();
+        let decoded = String::from_utf8(decoded).unwrap();
+        assert!(!decoded.contains("Aasen") && !decoded.contains("Bjørn"), "{decoded}");
+    }
 }
 
 #[tokio::test]
-async fn bad_queries_are_400s_and_identity_numbers_never_travel_in_urls() {
+async fn bad_queries_are_400s_and_names_and_identity_numbers_never_travel_in_urls() {
     let w = world().await;
     let token = &w.leader.token;
     let before = w.app.snapshot(true).await;
@@ -416,8 +455,6 @@ async fn bad_queries_are_400s_and_identity_numbers_never_travel_in_urls() {
         ("/pupils?cursor=eyJmIjoxfQ".to_owned(), "/query/cursor"),
         ("/pupils?school_id=nordby".to_owned(), "/query/school_id"),
         ("/pupils?year_level=14".to_owned(), "/query/year_level"),
-        (format!("/pupils?q={}", "x".repeat(101)), "/query/q"),
-        ("/pupils?q=%00".to_owned(), "/query/q"),
         (format!("/pupils/{}?from=2026-02-30", w.pupils[&0]), "/query/from"),
         (format!("/pupils/{}?from=2026-09-01&to=2026-01-01", w.pupils[&0]), "/query/to"),
         (format!("/groups/{}/overview", w.groups["5A"]), "/query/assessment_id"),
@@ -433,6 +470,33 @@ async fn bad_queries_are_400s_and_identity_numbers_never_travel_in_urls() {
         assert_eq!(body["errors"][0]["pointer"], pointer, "{path}: {body}");
         assert!(!r.text().contains(&fnr[..6]), "{path}: the number is not echoed");
     }
+    // A name in the URL is refused whatever it is (never looked at, never
+    // echoed), before anything else is checked, and points to the POST.
+    for query in [
+        "q=Cecilie".to_owned(),
+        "q=ce+berg&limit=2".to_owned(),
+        format!("limit=1&q={fnr}"),
+        "q=".to_owned(),
+        "q".to_owned(),
+        "q=%00".to_owned(),
+        "q=%C3".to_owned(),
+        format!("q={}", "x".repeat(101)),
+        "q=Cecilie&limit=0&cursor=x".to_owned(),
+        "q=Cecilie&q=Berg".to_owned(),
+    ] {
+        let r = w.app.get(&format!("/pupils?{query}"), token).await;
+        let body = r.assert_problem(400, "malformed-request");
+        assert_eq!(body["errors"].as_array().map(Vec::len), Some(1), "{query}: {body}");
+        assert_eq!(body["errors"][0]["pointer"], "/query/q", "{query}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("POST /pupils/search") && message.contains("`name`"), "{query}: {message}");
+        for value in ["Cecilie", "Berg", "berg", &fnr[..6], "xxxxxxxxxx"] {
+            assert!(!r.text().contains(value), "{query}: {value} is echoed: {}", r.text());
+        }
+    }
+    // Also unauthenticated: refused before the caller is even looked at.
+    let r = w.app.call(Request::builder().uri("/pupils?q=Cecilie").body(Vec::new()).unwrap()).await;
+    assert_eq!(r.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/q");
     assert_eq!(before, w.app.snapshot(true).await, "bad queries changed nothing, not even the logs");
     // Malformed ids in paths are 404s, like ids that do not exist.
     for path in ["/pupils/not-a-uuid", "/pupils/%27%20OR%201%3D1", "/groups/x/overview?assessment_id=x"] {
@@ -446,6 +510,105 @@ async fn bad_queries_are_400s_and_identity_numbers_never_travel_in_urls() {
     assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
     let r = w.app.get("/pupils/search", token).await;
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    let r = w.app.get("/pupils/search?name=Cecilie", token).await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    assert!(!r.text().contains("Cecilie"));
+}
+
+#[tokio::test]
+async fn a_search_body_is_refused_as_a_whole_with_pointers_and_changes_nothing() {
+    let w = world().await;
+    let fnr = synthetic_id(0);
+    let spaced = format!("{}.{}", &fnr[..6], &fnr[6..]);
+    let before = w.app.snapshot(true).await;
+    let cursor_of_a_name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"after":"Cecilie"}"#);
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        // An identity number is not a name, however it is written.
+        (json!({"name": fnr}), vec!["/name"]),
+        (json!({"name": spaced}), vec!["/name"]),
+        (json!({"name": format!("Cecilie {fnr}")}), vec!["/name"]),
+        // Both, neither, or something else.
+        (json!({"name": "Cecilie", "identity_number": fnr}), vec![""]),
+        (json!({}), vec![""]),
+        (json!({"limit": 5, "group_id": w.groups["5A"]}), vec![""]),
+        (json!({"name": "Cecilie", "q": "Cecilie"}), vec![""]),
+        (json!({"name": "Cecilie", "given_name": "Cecilie"}), vec![""]),
+        (json!({"identity_number": fnr, "fnr": fnr}), vec![""]),
+        (json!("Cecilie"), vec![""]),
+        // The list's filters and paging go with a name, not with a number.
+        (json!({"identity_number": fnr, "limit": 1}), vec!["/limit"]),
+        (json!({"identity_number": fnr, "school_id": null, "cursor": "x"}), vec!["/school_id", "/cursor"]),
+        // Each rule of the list's parameters, now in the body.
+        (json!({"name": ""}), vec!["/name"]),
+        (json!({"name": " \t "}), vec!["/name"]),
+        (json!({"name": "x".repeat(101)}), vec!["/name"]),
+        (json!({"name": "e\u{301}".repeat(101)}), vec!["/name"]),
+        (json!({"name": "Ce\u{0}cilie"}), vec!["/name"]),
+        (json!({"name": null}), vec!["/name"]),
+        (json!({"name": ["Cecilie"]}), vec!["/name"]),
+        (json!({"name": "Cecilie", "limit": 0}), vec!["/limit"]),
+        (json!({"name": "Cecilie", "limit": 201}), vec!["/limit"]),
+        (json!({"name": "Cecilie", "limit": "2"}), vec!["/limit"]),
+        (json!({"name": "Cecilie", "year_level": 14}), vec!["/year_level"]),
+        (json!({"name": "Cecilie", "school_id": "nordby"}), vec!["/school_id"]),
+        (json!({"name": "Cecilie", "group_id": "5A"}), vec!["/group_id"]),
+        (json!({"name": "Cecilie", "cursor": "not-a-cursor"}), vec!["/cursor"]),
+        (json!({"name": "Cecilie", "cursor": cursor_of_a_name}), vec!["/cursor"]),
+        (
+            json!({"name": fnr, "school_id": "nordby", "year_level": 0, "limit": 1000, "cursor": "x"}),
+            vec!["/name", "/school_id", "/year_level", "/limit", "/cursor"],
+        ),
+    ];
+    for (body, pointers) in cases {
+        let r = w.app.post("/pupils/search", Some(&w.teacher.token), body.clone()).await;
+        let problem = r.assert_problem(422, "validation-failed");
+        let got: Vec<&str> =
+            problem["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
+        assert_eq!(got, pointers, "{body}: {problem}");
+        for value in ["Cecilie", "nordby", &fnr[..6]] {
+            assert!(!r.text().contains(value), "{body}: {value} is echoed: {}", r.text());
+        }
+    }
+    let r = w.app.post("/pupils/search", Some(&w.teacher.token), json!({"name": fnr})).await;
+    let message = r.json()["errors"][0]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("identity_number"), "says where a number belongs: {message}");
+    // Validated before anything else: a bad body is a 422 even for callers
+    // who would get a 403, and without credentials.
+    let r = w.app.post("/pupils/search", Some(&w.tenant_admin.token), json!({"name": fnr})).await;
+    r.assert_problem(422, "validation-failed");
+    let r = w.app.post("/pupils/search", None, json!({"name": "Cecilie", "limit": 0})).await;
+    r.assert_problem(422, "validation-failed");
+    // Not JSON, or not UTF-8: 400; not declared as JSON: 415.
+    for raw in [&b"{\"name\": \"Cecilie\""[..], b"{\"name\": \"\xC3\"}", b"{\"name\": \"\\ud800\"}", b""] {
+        let r = w
+            .app
+            .call(
+                Request::builder()
+                    .method(Method::POST)
+                    .uri("/pupils/search")
+                    .header(header::AUTHORIZATION, format!("Bearer {}", w.teacher.token))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(raw.to_vec())
+                    .unwrap(),
+            )
+            .await;
+        r.assert_problem(400, "malformed-request");
+        assert!(!r.text().contains("Cecilie"), "{}", r.text());
+    }
+    let r = w
+        .app
+        .call(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/pupils/search")
+                .header(header::AUTHORIZATION, format!("Bearer {}", w.teacher.token))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(b"name=Cecilie".to_vec())
+                .unwrap(),
+        )
+        .await;
+    r.assert_problem(415, "unsupported-media-type");
+    assert_eq!(before, w.app.snapshot(true).await, "refused searches change nothing, not even the logs");
 }
 
 #[tokio::test]
@@ -773,10 +936,24 @@ async fn every_response_with_pupil_data_writes_an_access_record() {
         w.app.call(req(format!("/groups/{}/overview?assessment_id={}", w.groups["5A"], w.assessment))).await.status,
         200
     );
+    let search = |name: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/pupils/search")
+            .header(header::AUTHORIZATION, format!("Bearer {t}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", "req-12345")
+            .body(serde_json::to_vec(&json!({"name": name})).unwrap())
+            .unwrap()
+    };
+    // A name search is a page of the list: the same record, naming the pupils shown.
+    let r = w.app.call(search("berg")).await;
+    assert_eq!((r.status, ids(&r.json(), "items")), (200, vec![w.pupils[&2].clone()]), "{}", r.text());
     // No personal data, no record: 404s, structure lists, empty result pages.
     assert_eq!(w.app.call(req(format!("/pupils/{}", w.pupils[&1]))).await.status, 404);
     assert_eq!(w.app.call(req("/groups".into())).await.status, 200);
-    assert_eq!(w.app.call(req("/pupils?q=nobody".into())).await.status, 200);
+    let r = w.app.call(search("nobody")).await;
+    assert_eq!((r.status, r.json()["items"].clone()), (200, json!([])));
 
     let records = access_records(&w.app).await;
     let p = |n: u32| uuid::Uuid::parse_str(&w.pupils[&n]).unwrap();
@@ -784,6 +961,7 @@ async fn every_response_with_pupil_data_writes_an_access_record() {
         ("pupil.viewed".to_owned(), vec![p(0)]),
         ("pupils.listed".to_owned(), vec![p(2), p(0)]),
         ("group.overview_viewed".to_owned(), vec![p(2), p(0)]),
+        ("pupils.listed".to_owned(), vec![p(2)]),
     ];
     let got: Vec<(String, Vec<uuid::Uuid>)> = records.iter().map(|(a, ids, _, _)| (a.clone(), ids.clone())).collect();
     assert_eq!(got, expected);
@@ -840,8 +1018,13 @@ async fn no_access_record_no_data() {
             assert!(!r.text().contains(secret), "{path} leaked {secret}: {}", r.text());
         }
     }
-    let r = w.app.post("/pupils/search", Some(&w.teacher.token), json!({"identity_number": synthetic_id(0)})).await;
-    assert_eq!(r.status, 500);
+    for body in [json!({"identity_number": synthetic_id(0)}), json!({"name": "e"}), json!({"name": "Ødegård"})] {
+        let r = w.app.post("/pupils/search", Some(&w.teacher.token), body.clone()).await;
+        assert_eq!(r.status, 500, "{body}: {}", r.text());
+        for secret in ["Åse", "Ødegård", "Cecilie", "given_name"] {
+            assert!(!r.text().contains(secret), "{body} leaked {secret}: {}", r.text());
+        }
+    }
     let r = w
         .app
         .post(
@@ -1282,7 +1465,7 @@ async fn name_search_finds_names_typed_composed_or_decomposed_in_any_case() {
     let found = |q: &'static str| {
         let (app, token) = (&w.app, leader.token.clone());
         async move {
-            let r = app.get(&format!("/pupils?q={}", pct(q)), &token).await;
+            let r = app.post("/pupils/search", Some(&token), json!({"name": q})).await;
             assert_eq!(r.status, 200, "{q:?}: {}", r.text());
             let body = r.json();
             let mut names: Vec<String> = body["items"]
@@ -1330,15 +1513,45 @@ async fn name_search_finds_names_typed_composed_or_decomposed_in_any_case() {
     for q in ["\u{301}", "\u{301}\u{301}\u{301}", "\u{30A}rd", "\u{202E}\u{e9}ilem\u{c1}", "\u{200D}\u{e6}"] {
         assert!(found(q).await.is_empty(), "{q:?}");
     }
-    // Length is counted in NFC: 60 decomposed letters (120 code points) are 60.
-    let long = "e\u{301}".repeat(60);
-    let r = w.app.get(&format!("/pupils?q={}", pct(&long)), &leader.token).await;
-    assert_eq!((r.status, r.json()["items"].clone()), (200, json!([])), "{}", r.text());
+    // Length is counted in NFC: 60 decomposed letters (120 code points) are 60,
+    // and so are 100 (200 code points, the most a search may have).
+    for n in [60, 100] {
+        let long = "e\u{301}".repeat(n);
+        let r = w.app.post("/pupils/search", Some(&leader.token), json!({"name": long})).await;
+        assert_eq!((r.status, r.json()["items"].clone()), (200, json!([])), "{n}: {}", r.text());
+    }
     let too_long = "e\u{301}".repeat(101);
-    let r = w.app.get(&format!("/pupils?q={}", pct(&too_long)), &leader.token).await;
-    assert_eq!(r.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/q");
-    // Invalid UTF-8 and NUL stay 400s.
-    for raw in ["%C3", "%E2%82", "%ED%A0%80", "e%00%CC%81"] {
+    let r = w.app.post("/pupils/search", Some(&leader.token), json!({"name": too_long})).await;
+    assert_eq!(r.assert_problem(422, "validation-failed")["errors"][0]["pointer"], "/name");
+    // Invalid UTF-8 and lone surrogates are not JSON text (400); NUL is a 422.
+    for (raw, status) in [
+        (&b"\xC3"[..], 400),
+        (b"\xE2\x82", 400),
+        (b"\xED\xA0\x80", 400),
+        (b"\\ud800", 400),
+        (b"e\\udc81x", 400),
+        (b"e\\u0000\xCC\x81", 422),
+    ] {
+        let body = [&b"{\"name\": \""[..], raw, b"\"}"].concat();
+        let r = w
+            .app
+            .call(
+                Request::builder()
+                    .method(Method::POST)
+                    .uri("/pupils/search")
+                    .header(header::AUTHORIZATION, format!("Bearer {}", leader.token))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, status, "{raw:?}: {}", r.text());
+        if status == 422 {
+            assert_eq!(r.json()["errors"][0]["pointer"], "/name", "{raw:?}");
+        }
+    }
+    // In the URL, none of it is looked at: every `q` is the same refusal.
+    for raw in ["Am%C3%A9lie", "%C3", "e%00%CC%81", &pct(&too_long)] {
         let r = w.app.get(&format!("/pupils?q={raw}"), &leader.token).await;
         assert_eq!(r.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/q", "{raw}");
     }

@@ -574,21 +574,41 @@ pub fn malformed_cursor() -> Problem {
     Problem::bad_query(vec![field("/query/cursor", "malformed cursor")])
 }
 
-pub fn decode_cursor<T: DeserializeOwned>(req: &Request<Body>) -> Result<Option<T>, Problem> {
-    use base64::Engine;
-    let Some(raw) = query_param(req, "cursor")? else { return Ok(None) };
-    let bad = malformed_cursor;
-    if raw.len() > 512 {
-        return Err(bad());
+/// The `cursor` query parameter; one this API did not hand out is a 400.
+/// The `before` of a newest-first page's cursor (`{"before": id}`, id > 0),
+/// `None` on the first page; anything else is the malformed-cursor 400.
+pub fn before_cursor(req: &Request<Body>) -> Result<Option<i64>, Problem> {
+    #[derive(serde::Deserialize)]
+    struct Before {
+        before: i64,
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.as_bytes()).map_err(|_| bad())?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    match decode_cursor::<Before>(req)? {
+        Some(c) if c.before > 0 => Ok(Some(c.before)),
+        Some(_) => Err(malformed_cursor()),
+        None => Ok(None),
+    }
+}
+
+pub fn decode_cursor<T: DeserializeOwned>(req: &Request<Body>) -> Result<Option<T>, Problem> {
+    let Some(raw) = query_param(req, "cursor")? else { return Ok(None) };
+    parse_cursor(&raw).map(Some).ok_or_else(malformed_cursor)
+}
+
+/// A cursor as [`encode_cursor`] wrote it, wherever it arrived (a query
+/// parameter, a request body); `None` for anything else.
+pub fn parse_cursor<T: DeserializeOwned>(raw: &str) -> Option<T> {
+    use base64::Engine;
+    if raw.len() > 512 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.as_bytes()).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let mut nul = Vec::new();
     find_nul(&value, &mut String::new(), &mut nul);
     if !nul.is_empty() {
-        return Err(bad());
+        return None;
     }
-    serde_json::from_value(value).map(Some).map_err(|_| bad())
+    serde_json::from_value(value).ok()
 }
 
 pub fn cookie(req: &Request<Body>, name: &str) -> Option<String> {

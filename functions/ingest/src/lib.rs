@@ -1,6 +1,7 @@
 //! Component `ingest`: signed webhooks from school administrative systems
-//! (rosters) and test publishers (results), and the administration of the
-//! webhook sources that may send them.
+//! (rosters) and test publishers (results), the administration of the
+//! webhook sources that may send them, and the privacy officer's list of the
+//! transfers between schools that rosters made.
 //!
 //! A delivery is verified (Standard Webhooks), then applied in one
 //! transaction together with its idempotency record, so a re-delivered
@@ -11,6 +12,7 @@ mod pupils;
 mod results;
 mod roster;
 mod sources;
+mod transfers;
 pub mod verify;
 
 // The statements of a delivery, public so that the ingest benchmark replays
@@ -85,8 +87,16 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         return match (action, &method) {
             ("rotate", &Method::POST) => sources::rotate(&req, &meta, vars, db, &id).await,
             ("disable", &Method::POST) => sources::disable(&req, &meta, vars, db, &id).await,
+            ("schools", &Method::PUT) => sources::set_schools(&req, &meta, vars, db, &id).await,
             ("rotate" | "disable", _) => Err(Problem::method_not_allowed("POST")),
+            ("schools", _) => Err(Problem::method_not_allowed("PUT")),
             _ => Err(Problem::not_found()),
+        };
+    }
+    if match_path("/admin/transfers", &path).is_some() {
+        return match method {
+            Method::GET => transfers::list(&req, &meta, vars, db).await,
+            _ => Err(Problem::method_not_allowed("GET")),
         };
     }
     Err(Problem::not_found())

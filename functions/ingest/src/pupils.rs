@@ -87,25 +87,59 @@ pub fn parse(
 pub struct Known {
     pub id: String,
     pub restricted: bool,
+    /// The school the pupil belongs to now (also after leaving it).
+    pub school_id: String,
+}
+
+macro_rules! resolve_sql {
+    () => {
+        "SELECT id, encode(identity_index, 'hex') AS identity_index, feide_username, restricted, school_id FROM pupils \
+         WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
+               OR feide_username IN (SELECT unnest($3::text[])))"
+    };
 }
 
 /// The tenant's pupils with any of these identifiers. `$1` tenant, `$2` hex
 /// blind indexes, `$3` Feide usernames.
-pub const RESOLVE_SQL: &str =
-    "SELECT id, encode(identity_index, 'hex') AS identity_index, feide_username, restricted FROM pupils \
-     WHERE tenant_id = $1::uuid AND (identity_index IN (SELECT decode(h, 'hex') FROM unnest($2::text[]) AS h) \
-           OR feide_username IN (SELECT unnest($3::text[])))";
+pub const RESOLVE_SQL: &str = resolve_sql!();
+
+/// As [`RESOLVE_SQL`], locking the pupils found until the transaction ends
+/// (in id order, so concurrent rosters cannot deadlock here): a roster
+/// moves and records what it read, and no other writer can move a pupil
+/// between the two (the `from_school_id` of a transfer is the school the
+/// pupil really left).
+const RESOLVE_FOR_UPDATE_SQL: &str = concat!(resolve_sql!(), " ORDER BY id FOR NO KEY UPDATE");
 
 /// Finds the tenant's pupils for these keys; the map is keyed both by
 /// `i:<index>` and `f:<feide>`.
 pub async fn resolve(db: &mut impl Db, tenant_id: &str, keys: &[&PupilKey]) -> Result<HashMap<String, Known>, Problem> {
+    resolve_with(db, RESOLVE_SQL, tenant_id, keys).await
+}
+
+/// As [`resolve`], and the pupils found stay locked until the caller's
+/// transaction ends.
+pub async fn resolve_for_update(
+    db: &mut impl Db,
+    tenant_id: &str,
+    keys: &[&PupilKey],
+) -> Result<HashMap<String, Known>, Problem> {
+    resolve_with(db, RESOLVE_FOR_UPDATE_SQL, tenant_id, keys).await
+}
+
+async fn resolve_with(
+    db: &mut impl Db,
+    sql: &str,
+    tenant_id: &str,
+    keys: &[&PupilKey],
+) -> Result<HashMap<String, Known>, Problem> {
     let indexes: Vec<String> = keys.iter().filter_map(|k| k.index.clone()).collect();
     let feides: Vec<String> = keys.iter().filter_map(|k| k.feide.clone()).collect();
-    let rows = db.query(RESOLVE_SQL, &[uuid(tenant_id), Value::text_array(indexes), Value::text_array(feides)]).await?;
+    let rows = db.query(sql, &[uuid(tenant_id), Value::text_array(indexes), Value::text_array(feides)]).await?;
     let mut out = HashMap::with_capacity(rows.len() * 2);
     for row in rows {
-        let known =
-            || -> Result<Known, Problem> { Ok(Known { id: row.text("id")?, restricted: row.bool("restricted")? }) };
+        let known = || -> Result<Known, Problem> {
+            Ok(Known { id: row.text("id")?, restricted: row.bool("restricted")?, school_id: row.text("school_id")? })
+        };
         if let Some(i) = row.opt_text("identity_index")? {
             out.insert(format!("i:{i}"), known()?);
         }

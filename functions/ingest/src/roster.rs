@@ -2,17 +2,20 @@
 //! (optionally) teachers' group assignments. New pupils are added, changed
 //! ones updated, memberships replaced; pupils of the school absent from the
 //! roster are marked as left (never deleted here, so retention can apply
-//! its rules).
+//! its rules). A pupil of another school of the tenant whom the roster names
+//! moves to this school, and the move is recorded as a transfer in the
+//! audit log. A source bound to a set of schools may sync only those
+//! (`sources::check_roster_school`).
 //!
 //! [`validate`] checks the whole roster before any transaction begins;
 //! [`apply`] then only does database work, in the caller's transaction.
 
 use crate::pupils::{self, PupilIdentifiers, PupilKey};
 use crate::results::check_text;
-use crate::IngestConfig;
+use crate::{sources, IngestConfig};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::auth::hex;
 use tavle_core::db::{uuid, Db, Value};
@@ -21,6 +24,8 @@ use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
 pub const MAX_PUPILS: usize = 20_000;
+/// The audit action of a pupil's move from one school of the tenant to another.
+pub const TRANSFER_ACTION: &str = "pupil.transferred";
 const GENDERS: [&str; 4] = ["female", "male", "other", "unknown"];
 
 #[derive(Deserialize)]
@@ -216,8 +221,9 @@ pub fn validate(post: RosterPost, cfg: &IngestConfig, tenant_id: &str) -> Result
 }
 
 /// Applies a validated roster inside the caller's transaction. What still
-/// fails here depends on the tenant's data (an identifier that belongs to
-/// another pupil: 409), not on the roster's form.
+/// fails here depends on the tenant's data (a school outside the source's
+/// bound set: 403, before anything is written; an identifier that belongs
+/// to another pupil: 409), not on the roster's form.
 pub async fn apply(
     db: &mut impl Db,
     meta: &RequestMeta,
@@ -225,6 +231,7 @@ pub async fn apply(
     source_id: &str,
     post: ValidRoster,
 ) -> Result<serde_json::Value, Problem> {
+    sources::check_roster_school(db, tenant_id, source_id, &post.school.external_id).await?;
     let school_id = db
         .query_one(
             "INSERT INTO schools (tenant_id, external_id, name) VALUES ($1::uuid, $2::text, $3::text) \
@@ -257,7 +264,8 @@ pub async fn apply(
     let group_id = |external_id: &str| group_by_ext.get(external_id).cloned().ok_or_else(Problem::internal);
 
     let key_refs: Vec<&PupilKey> = post.pupils.iter().map(|p| &p.key).collect();
-    let known = pupils::resolve(db, tenant_id, &key_refs).await?;
+    // Locked until commit: the school a transfer records is the one the pupil leaves.
+    let known = pupils::resolve_for_update(db, tenant_id, &key_refs).await?;
 
     // Split into updates of known pupils and inserts of new ones.
     let mut upd: [Vec<String>; 9] = Default::default();
@@ -266,6 +274,8 @@ pub async fn apply(
     let mut present = Vec::new();
     let mut restricted_skipped = 0;
     let mut pupil_id_at: HashMap<usize, String> = HashMap::new();
+    // Pupils who move here from another school of the tenant: id -> that school.
+    let mut transfers: BTreeMap<String, String> = BTreeMap::new();
     for (i, p) in post.pupils.iter().enumerate() {
         let key = &p.key;
         let known_pupil = pupils::lookup(&known, key);
@@ -278,6 +288,9 @@ pub async fn apply(
                 continue;
             }
             pupil_id_at.insert(i, k.id.clone());
+            if k.school_id != school_id {
+                transfers.insert(k.id.clone(), k.school_id.clone());
+            }
         }
         let cols = [
             known_pupil.map(|k| k.id.clone()).unwrap_or_default(),
@@ -356,6 +369,8 @@ pub async fn apply(
         pupil_id_at.insert(i, id);
     }
 
+    record_transfers(db, meta, tenant_id, source_id, &school_id, &transfers).await?;
+
     let left = db
         .execute(
             "UPDATE pupils SET left_at = current_date, updated_at = now() \
@@ -381,6 +396,17 @@ pub async fn apply(
         &[uuid(tenant_id), uuid(&school_id)],
     )
     .await?;
+    // A pupil who moved here is no longer in the groups of the school they
+    // left (nor seen there through them).
+    if !transfers.is_empty() {
+        db.execute(
+            "DELETE FROM group_memberships m USING groups g \
+             WHERE m.group_id = g.id AND g.tenant_id = $1::uuid AND g.school_id <> $2::uuid \
+               AND m.tenant_id = $1::uuid AND m.pupil_id IN (SELECT x::uuid FROM unnest($3::text[]) AS x)",
+            &[uuid(tenant_id), uuid(&school_id), Value::text_array(transfers.keys().cloned())],
+        )
+        .await?;
+    }
     let memberships = db
         .execute(
             "INSERT INTO group_memberships (tenant_id, group_id, pupil_id) \
@@ -452,6 +478,42 @@ pub async fn apply(
     )
     .await?;
     Ok(summary)
+}
+
+/// One `pupil.transferred` audit record per pupil who moved here (in the
+/// roster's transaction, in pupil id order): which school they left, which
+/// they joined, and the source whose roster moved them. Never names or
+/// identity numbers.
+async fn record_transfers(
+    db: &mut impl Db,
+    meta: &RequestMeta,
+    tenant_id: &str,
+    source_id: &str,
+    school_id: &str,
+    transfers: &BTreeMap<String, String>,
+) -> Result<(), Problem> {
+    if transfers.is_empty() {
+        return Ok(());
+    }
+    // As `audit::record` writes an event of `Actor::System("webhook")`, for many at once.
+    db.execute(
+        "INSERT INTO audit_log (tenant_id, actor, action, target_kind, target_id, client_ip, request_id, details) \
+         SELECT $1::uuid, 'system:webhook', $2::text, 'pupil', x.pupil, $3::text, $4::text, \
+                jsonb_build_object('from_school_id', x.from_school, 'to_school_id', $5::text, 'source_id', $6::text) \
+         FROM unnest($7::text[], $8::text[]) WITH ORDINALITY AS x(pupil, from_school, n) ORDER BY x.n",
+        &[
+            uuid(tenant_id),
+            TRANSFER_ACTION.into(),
+            meta.client_ip.clone().into(),
+            meta.request_id.clone().into(),
+            school_id.into(),
+            source_id.into(),
+            Value::text_array(transfers.keys().cloned()),
+            Value::text_array(transfers.values().cloned()),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// A Feide username or identity number that the roster gives to one pupil

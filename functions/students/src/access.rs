@@ -4,21 +4,13 @@
 //! access to personal data, so they are logged like any other read.
 
 use http::StatusCode;
-use serde::Deserialize;
 use serde_json::json;
 use tavle_core::access_log::{logged_read, logged_read_naming};
 use tavle_core::auth::{authenticate_as, Role};
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::vars::Variables;
-use tavle_core::web::{
-    decode_cursor, encode_cursor, json, malformed_cursor, page_limit, path_id, Body, HttpResult, RequestMeta,
-};
+use tavle_core::web::{before_cursor, encode_cursor, json, page_limit, path_id, Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
-
-#[derive(Deserialize)]
-struct Cursor {
-    before: i64,
-}
 
 pub async fn for_pupil(
     req: &http::Request<Body>,
@@ -29,7 +21,7 @@ pub async fn for_pupil(
 ) -> HttpResult {
     let pupil = path_id(pupil)?;
     let limit = page_limit(req)?;
-    let before = before_cursor(req)?;
+    let before: Value = before_cursor(req)?.into();
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
     db.query_opt(
         "SELECT 1::int8 FROM pupils WHERE id = $1::uuid AND tenant_id = $2::uuid",
@@ -86,7 +78,7 @@ pub async fn searches(
     db: &mut impl Db,
 ) -> HttpResult {
     let limit = page_limit(req)?;
-    let before = before_cursor(req)?;
+    let before: Value = before_cursor(req)?.into();
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
     // The page and whether older searches follow, in one read (no look-ahead
     // row: the access record names exactly the pupils shown). The action is
@@ -140,13 +132,4 @@ fn actor(r: &Row) -> Result<serde_json::Value, Problem> {
         "display_name": r.opt_text("display_name")?,
         "username": r.opt_text("username")?,
     }))
-}
-
-/// The `before` of a newest-first page's cursor (NULL on the first page).
-fn before_cursor(req: &http::Request<Body>) -> Result<Value, Problem> {
-    match decode_cursor::<Cursor>(req)? {
-        Some(c) if c.before > 0 => Ok(Value::Int(c.before)),
-        Some(_) => Err(malformed_cursor()),
-        None => Ok(Value::Null),
-    }
 }

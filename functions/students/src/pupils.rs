@@ -1,6 +1,6 @@
-//! Pupils in scope: the list with filters and name search, the search by
-//! identity number (POST body only, never a URL), and a pupil's profile with
-//! results over time.
+//! Pupils in scope: the list with filters (ids, year level and cursors only),
+//! the search by identity number or by name (in a POST body only, never a
+//! URL), and a pupil's profile with results over time.
 
 use crate::scope::{Scope, PUPIL_VISIBLE, VISIBLE_PUPIL_IDS};
 use crate::BODY_LIMIT;
@@ -15,8 +15,8 @@ use tavle_core::names;
 use tavle_core::problem::field;
 use tavle_core::scores::canonical_date;
 use tavle_core::vars::Variables;
-use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, path_id, query_param, read_json, Body};
-use tavle_core::web::{malformed_cursor, HttpResult, RequestMeta};
+use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, parse_cursor, path_id, query_param, read_json};
+use tavle_core::web::{malformed_cursor, Body, Checks, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
@@ -77,20 +77,26 @@ pub fn text_param(req: &Request, name: &str, max_chars: usize) -> Result<Option<
     }
 }
 
-/// The name query `q`, trimmed and in NFC (as names are stored), of 1 to
+/// Longest name search, in characters counted in NFC.
+const NAME_MAX_CHARS: usize = 100;
+
+/// A name search as typed, trimmed and in NFC (as names are stored), of 1 to
 /// 100 characters counted in NFC: "é" is one character however it was typed.
-fn name_query(req: &Request) -> Result<Option<String>, Problem> {
-    const MAX_CHARS: usize = 100;
-    let Some(raw) = query_param(req, "q")? else { return Ok(None) };
-    let q = names::nfc(raw.trim());
-    if q.is_empty() || q.chars().count() > MAX_CHARS {
-        return Err(Problem::bad_query(vec![field("/query/q", format!("must be 1 to {MAX_CHARS} characters"))]));
+/// Eleven digits in a row are refused: an identity number is not a name, and
+/// is searched for through the blind index (`identity_number`).
+fn name_search(raw: &str) -> Result<Vec<String>, String> {
+    let name = names::nfc(raw.trim());
+    if name.is_empty() || name.chars().count() > NAME_MAX_CHARS {
+        return Err(format!("must be 1 to {NAME_MAX_CHARS} characters"));
     }
-    Ok(Some(q))
+    if looks_like_identity_number(&name) {
+        return Err("an identity number is not a name: search for it with `identity_number`".to_owned());
+    }
+    Ok(names::search_terms(&name))
 }
 
-/// Eleven digits in a row (spaces and dots allowed between them) look like an
-/// identity number: such searches belong in the body of `POST /pupils/search`.
+/// Eleven digits in a row (spaces, dots and hyphens allowed between them)
+/// look like an identity number.
 pub fn looks_like_identity_number(s: &str) -> bool {
     let mut run = 0;
     for c in s.chars() {
@@ -106,19 +112,54 @@ pub fn looks_like_identity_number(s: &str) -> bool {
     false
 }
 
-/// The cursor names only the last pupil shown (never names: cursors travel
-/// in URLs); the page continues after that pupil's sort key.
+/// The cursor names only the last pupil shown (never names); the page
+/// continues after that pupil's sort key.
 #[derive(Deserialize)]
 struct ListCursor {
     after: String,
 }
 
+/// The pupil a list or name-search cursor continues after, if it is one
+/// this API handed out.
+fn cursor_after(cursor: ListCursor) -> Option<String> {
+    uuid::Uuid::parse_str(&cursor.after).ok().map(|u| u.to_string())
+}
+
+/// Whether the query string has the parameter `name` at all (with any
+/// value, or none), without decoding what it carries.
+fn has_query_param(req: &Request, name: &str) -> bool {
+    req.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == name))
+}
+
+/// What a page of pupils is narrowed to: the list's query parameters, or
+/// the body of a name search (`terms`, all of which must match).
+struct PupilFilter {
+    after: Option<String>,
+    school: Option<String>,
+    group: Option<String>,
+    year: Option<i64>,
+    terms: Vec<String>,
+    limit: i64,
+}
+
+/// The access-log action of a page of pupils (the list and name searches).
+pub const LIST_ACTION: &str = "pupils.listed";
+
+/// `GET /pupils`: ids, year level and cursors only. Names are never sent in
+/// a URL, where every proxy's and ingress's access log would keep them: a
+/// `q` is refused (without looking at it) and points to `POST /pupils/search`.
 pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
-    let limit = page_limit(req)?;
-    let cursor: Option<ListCursor> = decode_cursor(req)?;
-    if cursor.as_ref().is_some_and(|c| uuid::Uuid::parse_str(&c.after).is_err()) {
-        return Err(malformed_cursor());
+    if has_query_param(req, "q") {
+        return Err(Problem::bad_query(vec![field(
+            "/query/q",
+            "names are never sent in a URL: search with POST /pupils/search and `name` in the body",
+        )]));
     }
+    let limit = page_limit(req)?;
+    let after = match decode_cursor::<ListCursor>(req)? {
+        None => None,
+        Some(c) => Some(cursor_after(c).ok_or_else(malformed_cursor)?),
+    };
     let school = uuid_param(req, "school_id")?;
     let group = uuid_param(req, "group_id")?;
     let year = match query_param(req, "year_level")? {
@@ -127,25 +168,30 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
             Problem::bad_query(vec![field("/query/year_level", "must be a whole number from 1 to 13")])
         })?),
     };
-    let q = name_query(req)?;
-    if q.as_deref().is_some_and(looks_like_identity_number) {
-        return Err(Problem::bad_query(vec![field(
-            "/query/q",
-            "identity numbers are never sent in a URL: search with POST /pupils/search",
-        )]));
-    }
-    // NFC like the stored names; case is folded by `lower()` on both sides in SQL.
-    let terms: Vec<String> = q.as_deref().map(names::search_terms).unwrap_or_default();
+    let filter = PupilFilter { after, school, group, year, terms: Vec::new(), limit };
+    pupil_page(req, meta, vars, db, filter).await
+}
+
+/// One page of the pupils in scope that pass `f`, by family name, given
+/// name and id, with the access record naming exactly the pupils shown.
+async fn pupil_page(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    f: PupilFilter,
+) -> HttpResult {
     let scope = Scope::of(req, vars, db).await?;
     scope.require_pupil_scope()?;
 
+    let limit = f.limit;
     let mut params = scope.params();
     params.extend([
-        cursor.map(|c| uuid(c.after)).unwrap_or(Value::Null),
-        school.map(uuid).unwrap_or(Value::Null),
-        group.map(uuid).unwrap_or(Value::Null),
-        year.into(),
-        Value::text_array(terms),
+        f.after.map(uuid).unwrap_or(Value::Null),
+        f.school.map(uuid).unwrap_or(Value::Null),
+        f.group.map(uuid).unwrap_or(Value::Null),
+        f.year.into(),
+        Value::text_array(f.terms),
         (limit + 1).into(),
     ]);
     // Every term must occur in "given family": both sides NFC (stored names
@@ -168,7 +214,7 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
     );
     // Only the pupils shown are logged, not the look-ahead row.
     let concerned = format!("(SELECT array_agg(pupil_id) FROM data WHERE rn <= {limit})");
-    let mut rows = logged_read(db, &scope.who, meta, "pupils.listed", &sql, &concerned, params).await?;
+    let mut rows = logged_read(db, &scope.who, meta, LIST_ACTION, &sql, &concerned, params).await?;
     // Shown are exactly the rows the access record names (rn <= limit), in
     // their order, whatever order the statement returned them in.
     let rank = |r: &Row| r.int("rn").unwrap_or(i64::MAX);
@@ -183,14 +229,124 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
     json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
 }
 
+/// A member that is there, even as `null` (which its type then refuses or
+/// takes): so that "absent" and "present" can be told apart.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// The body of `POST /pupils/search`: exactly one of `identity_number` and
+/// `name`; the filters and paging of the list go with `name` only (`null`
+/// there means absent).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SearchRequest {
-    identity_number: String,
+struct SearchBody {
+    #[serde(default, deserialize_with = "present")]
+    identity_number: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    school_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    group_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    year_level: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    cursor: Option<Option<String>>,
+}
+
+/// A search, validated as a whole before any database work.
+enum Search {
+    IdentityNumber(IdentityNumber),
+    Name(PupilFilter),
+}
+
+fn validate_search(body: SearchBody, vars: &impl Variables) -> Result<Search, Problem> {
+    let mut checks = Checks::default();
+    let SearchBody { identity_number, name, school_id, group_id, year_level, limit, cursor } = body;
+    match (identity_number, name) {
+        (Some(_), Some(_)) => {
+            Err(Problem::validation(vec![field("", "search by identity_number or by name, not both")]))
+        }
+        (None, None) => Err(Problem::validation(vec![field("", "needs identity_number or name")])),
+        (Some(number), None) => {
+            for (pointer, given) in [
+                ("/school_id", school_id.is_some()),
+                ("/group_id", group_id.is_some()),
+                ("/year_level", year_level.is_some()),
+                ("/limit", limit.is_some()),
+                ("/cursor", cursor.is_some()),
+            ] {
+                if given {
+                    checks.fail(pointer, "only with name: an identity-number search finds one pupil");
+                }
+            }
+            checks.finish()?;
+            let policy = SyntheticPolicy::from_vars(vars)?;
+            let id = IdentityNumber::parse(&number, policy)
+                .map_err(|e| Problem::validation(vec![field("/identity_number", e.to_string())]))?;
+            Ok(Search::IdentityNumber(id))
+        }
+        (None, Some(name)) => {
+            let terms = name_search(&name).unwrap_or_else(|message| {
+                checks.fail("/name", message);
+                Vec::new()
+            });
+            let mut id = |pointer: &str, v: Option<Option<String>>| match v.flatten() {
+                None => None,
+                Some(v) => match uuid::Uuid::parse_str(&v) {
+                    Ok(u) => Some(u.to_string()),
+                    Err(_) => {
+                        checks.fail(pointer, "must be an id");
+                        None
+                    }
+                },
+            };
+            let school = id("/school_id", school_id);
+            let group = id("/group_id", group_id);
+            let year = year_level.flatten();
+            if year.is_some_and(|y| !(1..=13).contains(&y)) {
+                checks.fail("/year_level", "must be a whole number from 1 to 13");
+            }
+            let limit = limit.flatten().unwrap_or(50);
+            if !(1..=200).contains(&limit) {
+                checks.fail("/limit", "must be an integer from 1 to 200");
+            }
+            let after = match cursor.flatten() {
+                None => None,
+                Some(raw) => {
+                    let after = parse_cursor::<ListCursor>(&raw).and_then(cursor_after);
+                    if after.is_none() {
+                        checks.fail("/cursor", "malformed cursor");
+                    }
+                    after
+                }
+            };
+            checks.finish()?;
+            Ok(Search::Name(PupilFilter { after, school, group, year, terms, limit }))
+        }
+    }
 }
 
 /// The audit action of an identity-number search, recorded hit or miss.
 pub const SEARCH_ACTION: &str = "pupil.searched";
+
+/// `POST /pupils/search`: by identity number or by name, in the body only
+/// (never in a URL, where proxies and logs would keep them). The body is
+/// validated as a whole before any database work.
+///
+/// A name search is a page of the list narrowed to the pupils whose "given
+/// family" name contains every term (NFC, case-insensitive), with the list's
+/// filters, paging and access record (`pupils.listed`).
+pub async fn search(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
+    let body: SearchBody = read_json(req, BODY_LIMIT)?;
+    match validate_search(body, vars)? {
+        Search::IdentityNumber(id) => search_identity_number(req, meta, vars, db, id).await,
+        Search::Name(filter) => pupil_page(req, meta, vars, db, filter).await,
+    }
+}
 
 /// Finds the pupil in scope with this identity number (through the keyed
 /// blind index; the number itself is never stored in clear or logged).
@@ -202,11 +358,13 @@ pub const SEARCH_ACTION: &str = "pupil.searched";
 /// (`GET /pupils/searches`). Out of scope, restricted, another tenant's and
 /// unknown numbers are all misses. A hit also writes the access record for
 /// the pupil found, as every read of pupil data does.
-pub async fn search(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
-    let body: SearchRequest = read_json(req, BODY_LIMIT)?;
-    let policy = SyntheticPolicy::from_vars(vars)?;
-    let id = IdentityNumber::parse(&body.identity_number, policy)
-        .map_err(|e| Problem::validation(vec![field("/identity_number", e.to_string())]))?;
+async fn search_identity_number(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    id: IdentityNumber,
+) -> HttpResult {
     let index = BlindIndex::from_config(&vars.require("blind_index_key")?).map_err(|e| {
         eprintln!("error: configuration variable `blind_index_key`: {e}");
         Problem::internal()
@@ -346,4 +504,144 @@ pub async fn profile(
     }
     view["results"] = Json::Array(results);
     json(StatusCode::OK, &view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars() -> HashMap<String, String> {
+        HashMap::from([("accept_synthetic_identity_numbers".to_owned(), "true".to_owned())])
+    }
+
+    fn validated(body: Json) -> Result<Search, Problem> {
+        let body: SearchBody = tavle_core::web::from_value(body)?;
+        validate_search(body, &vars())
+    }
+
+    /// The pointers of a refused body, and that no message repeats `secret`.
+    fn refused(body: Json, secret: &str) -> Vec<String> {
+        let p = validated(body.clone()).err().unwrap_or_else(|| panic!("{body} was accepted"));
+        assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        for e in &p.errors {
+            assert!(secret.is_empty() || !e.message.contains(secret), "{body}: {}", e.message);
+        }
+        p.errors.iter().map(|e| e.pointer.clone()).collect()
+    }
+
+    fn name_filter(body: Json) -> PupilFilter {
+        match validated(body.clone()) {
+            Ok(Search::Name(f)) => f,
+            Ok(Search::IdentityNumber(_)) => panic!("{body}: an identity-number search"),
+            Err(p) => panic!("{body}: {:?}", p.errors),
+        }
+    }
+
+    #[test]
+    fn a_search_is_by_identity_number_or_by_name_never_both_or_neither() {
+        assert!(matches!(validated(json!({"identity_number": "15891550089"})), Ok(Search::IdentityNumber(_))));
+        assert!(matches!(validated(json!({"name": "berg"})), Ok(Search::Name(_))));
+        assert_eq!(refused(json!({"identity_number": "15891550089", "name": "berg"}), "15891550089"), [""]);
+        assert_eq!(refused(json!({}), ""), [""]);
+        assert_eq!(refused(json!({"limit": 5}), ""), [""]);
+        // Unknown members, `q` among them, are refused without echoing them.
+        assert_eq!(refused(json!({"name": "berg", "q": "berg"}), "berg"), [""]);
+        assert_eq!(refused(json!({"identity_number": "15891550089", "fnr": 1}), "15891550089"), [""]);
+        // The list's filters and paging go with a name only.
+        assert_eq!(
+            refused(json!({"identity_number": "15891550089", "limit": 5, "cursor": null}), "15891550089"),
+            ["/limit", "/cursor"]
+        );
+        // `null` is not a name or a number.
+        assert_eq!(refused(json!({"name": null}), ""), ["/name"]);
+        assert_eq!(refused(json!({"identity_number": null}), ""), ["/identity_number"]);
+        assert_eq!(refused(json!({"identity_number": "12345678901"}), "12345678901"), ["/identity_number"]);
+        assert_eq!(refused(json!({"name": 7}), ""), ["/name"]);
+    }
+
+    #[test]
+    fn a_name_search_is_checked_like_the_list_was() {
+        let f = name_filter(json!({"name": "  Ame\u{301}lie \t berg "}));
+        assert_eq!(f.terms, ["Am\u{e9}lie", "berg"]);
+        assert_eq!((f.limit, f.after, f.school, f.group, f.year), (50, None, None, None, None));
+        // `null` filters are absent.
+        let f = name_filter(
+            json!({"name": "x", "school_id": null, "group_id": null, "year_level": null, "limit": null, "cursor": null}),
+        );
+        assert_eq!((f.limit, f.after, f.school, f.group, f.year), (50, None, None, None, None));
+        let school = "0B8F7A52-3C1E-4F0E-9D53-2F6D1C0A9E11";
+        let after = "0b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e12";
+        let cursor = encode_cursor(&json!({"after": after}));
+        let f = name_filter(
+            json!({"name": "x", "school_id": school, "group_id": after, "year_level": 13, "limit": 200, "cursor": cursor}),
+        );
+        assert_eq!(f.school.as_deref(), Some(school.to_lowercase().as_str()));
+        assert_eq!(
+            (f.group.as_deref(), f.after.as_deref(), f.year, f.limit),
+            (Some(after), Some(after), Some(13), 200)
+        );
+
+        // Length in NFC: 100 decomposed letters (200 code points) are 100.
+        assert_eq!(name_filter(json!({"name": "e\u{301}".repeat(100)})).terms.len(), 1);
+        for bad in [json!(""), json!("   "), json!("x".repeat(101)), json!("e\u{301}".repeat(101))] {
+            assert_eq!(refused(json!({"name": bad}), ""), ["/name"], "{bad}");
+        }
+        // Eleven digits in a row are an identity number, however spaced.
+        for number in ["15891550089", "158915 50089", "158.915.500.89", "Ola 15891-550089"] {
+            let pointers = refused(json!({"name": number}), "50089");
+            assert_eq!(pointers, ["/name"], "{number}");
+        }
+        let p = validated(json!({"name": "15891550089"})).err().unwrap();
+        assert!(p.errors[0].message.contains("identity_number"), "{}", p.errors[0].message);
+        // Ten digits are not (a phone number, say).
+        name_filter(json!({"name": "1589155008"}));
+
+        // Every rule broken at once: every pointer, in body order.
+        let pointers = refused(
+            json!({"name": "", "school_id": "nordby", "group_id": 5, "year_level": 14, "limit": 0, "cursor": "x"}),
+            "nordby",
+        );
+        assert_eq!(pointers, ["/group_id"], "a type error comes first, alone");
+        let pointers = refused(
+            json!({"name": "", "school_id": "nordby", "group_id": "5A", "year_level": 14, "limit": 0, "cursor": "x"}),
+            "nordby",
+        );
+        assert_eq!(pointers, ["/name", "/school_id", "/group_id", "/year_level", "/limit", "/cursor"]);
+        for (limit, ok) in [(1, true), (200, true), (201, false), (-1, false)] {
+            assert_eq!(validated(json!({"name": "x", "limit": limit})).is_ok(), ok, "{limit}");
+        }
+        assert_eq!(refused(json!({"name": "x", "limit": 2.5}), ""), ["/limit"]);
+        assert_eq!(refused(json!({"name": "x", "year_level": 0}), ""), ["/year_level"]);
+        // Cursors: only one this API handed out, naming a pupil id.
+        for bad in [
+            "not-a-cursor".to_owned(),
+            encode_cursor(&json!({"after": "Aasen"})),
+            encode_cursor(&json!({"before": 3})),
+            "A".repeat(600),
+        ] {
+            assert_eq!(refused(json!({"name": "x", "cursor": bad}), "Aasen"), ["/cursor"]);
+        }
+    }
+
+    #[test]
+    fn identity_numbers_are_told_from_names() {
+        for s in ["15891550089", "158915 50089", "1589.1550.089", "x15891550089y", "1-5-8-9-1-5-5-0-0-8-9"] {
+            assert!(looks_like_identity_number(s), "{s}");
+        }
+        for s in ["1589155008", "15891 a 550089", "Ødegård", "", "12345/67890/1"] {
+            assert!(!looks_like_identity_number(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_query_parameter_is_found_by_its_name_alone() {
+        let req = |uri: &str| http::Request::builder().uri(uri).body(Body::default()).unwrap();
+        for uri in ["/pupils?q=berg", "/pupils?limit=2&q", "/pupils?q=", "/pupils?q=%ZZ", "/pupils?a=1&q=x&b=2"] {
+            assert!(has_query_param(&req(uri), "q"), "{uri}");
+        }
+        for uri in ["/pupils", "/pupils?", "/pupils?qq=berg", "/pupils?x=q", "/pupils?limit=q=1"] {
+            assert!(!has_query_param(&req(uri), "q"), "{uri}");
+        }
+    }
 }
