@@ -186,11 +186,19 @@ fn main() {
         let mut out = Vec::new();
         for (staff, taught, led) in callers {
             let s = app.login(&staff).await;
+            // Access records are written in the name of a live session (0008).
+            let session_id: Uuid = sqlx::query_scalar(
+                "SELECT id FROM sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(Uuid::parse_str(&staff.user_id).unwrap())
+            .fetch_one(&app.pool)
+            .await
+            .expect("the login's session");
             let principal = tavle_core::auth::Principal {
                 user_id: staff.user_id.clone(),
                 tenant_id: staff.tenant_id.clone(),
                 tenant_slug: staff.tenant.clone(),
-                session_id: String::new(),
+                session_id: session_id.to_string(),
                 username: staff.username.clone(),
                 display_name: String::new(),
                 grants: Vec::new(),
