@@ -20,6 +20,7 @@ use tavle_host::pgcluster::PgCluster;
 
 pub use tavle_host::ops;
 
+pub mod cursors;
 pub mod http;
 pub mod python;
 pub mod scenario;
@@ -163,6 +164,19 @@ pub struct Staff {
     pub username: String,
     pub password: String,
     pub user_id: String,
+}
+
+impl Staff {
+    /// `POST /auth/login` with this user's credentials, for any client.
+    pub fn login_request(&self) -> Request<Vec<u8>> {
+        let body = json!({"tenant": self.tenant, "username": self.username, "password": self.password});
+        Request::builder()
+            .method(Method::POST)
+            .uri("/auth/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap()
+    }
 }
 
 /// A logged-in session.

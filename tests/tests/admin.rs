@@ -3,7 +3,7 @@
 use http::Method;
 use serde_json::json;
 use std::collections::HashSet;
-use tavle_tests::{Api, TestApp};
+use tavle_tests::{cursors, Api, TestApp};
 
 #[tokio::test]
 async fn admins_list_users_with_last_login_state_and_roles_page_by_page() {
@@ -90,6 +90,45 @@ async fn bad_cursors_and_page_sizes_are_400s() {
         let body = r.assert_problem(400, "malformed-request");
         assert!(body["errors"][0]["pointer"].as_str().unwrap().starts_with("/query/"), "{query}: {body}");
     }
+}
+
+#[tokio::test]
+async fn user_cursors_are_opaque_and_open_only_for_their_tenant_admin_and_list() {
+    let app = TestApp::spawn().await;
+    let oslo = app.seed_tenant("oslo").await;
+    let bergen = app.seed_tenant("bergen").await;
+    let s = app.login(&oslo).await;
+    let b = app.login(&bergen).await;
+    for name in ["anne", "bjorn"] {
+        app.create_user(&s, &oslo, name, json!([])).await;
+        app.create_user(&b, &bergen, name, json!([])).await;
+    }
+    let eva = app.create_user(&s, &oslo, "eva", json!([{"role": "tenant_admin"}])).await;
+    let eva = app.login(&eva).await;
+    for _ in 0..2 {
+        app.create_source(&s, "sas").await;
+    }
+    let path = "/admin/users?limit=1";
+    // The cursor after `admin` names neither that username nor its id.
+    let own = cursors::next_cursor(&app, path, &s.token).await;
+    cursors::assert_opaque(&own, &["admin", &oslo.user_id, &oslo.tenant_id]);
+    // Paging goes on as before.
+    let next = app.get(&cursors::with_cursor(path, &own), &s.token).await;
+    assert_eq!((next.status, next.json()["items"][0]["username"].clone()), (200, json!("anne")), "{}", next.text());
+
+    let before = app.snapshot(true).await;
+    let mut foreign: Vec<(String, String)> = vec![
+        ("another tenant's".into(), cursors::next_cursor(&app, path, &b.token).await),
+        ("another admin's".into(), cursors::next_cursor(&app, path, &eva.token).await),
+        ("another list's".into(), cursors::next_cursor(&app, "/admin/sources?limit=1", &s.token).await),
+    ];
+    let before_foreign = app.snapshot(true).await;
+    assert_ne!(before, before_foreign, "the other lists were read");
+    foreign.extend(cursors::tampered(&own, &json!({"u": "admin", "id": oslo.user_id})));
+    for (what, cursor) in &foreign {
+        cursors::assert_refused(&app, path, &s.token, cursor, what).await;
+    }
+    assert_eq!(before_foreign, app.snapshot(true).await, "refused cursors change nothing, not even the audit log");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use base64::Engine;
 use http::{header, Method, Request};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use tavle_tests::{synthetic_id, unix_now, Api, Session, Source, Staff, TestApp};
+use tavle_tests::{cursors, synthetic_id, unix_now, Api, Session, Source, Staff, TestApp};
 
 struct World {
     app: TestApp,
@@ -1270,6 +1270,60 @@ async fn a_transfer_between_schools_is_audited_once_without_personal_data_and_sh
     let second = w.app.get(&format!("/admin/transfers?limit=1&cursor={cursor}"), &po.token).await.json();
     assert_eq!(second["items"][0]["to_school"]["id"], sorby_school, "{second}");
     assert_eq!(second["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn source_and_transfer_cursors_open_only_for_their_tenant_caller_and_list() {
+    let w = world().await;
+    let both = json!([{"role": "tenant_admin"}, {"role": "privacy_officer"}]);
+    // Siri and Eva each read both lists: one caller on two lists, two callers on one.
+    let siri = w.app.create_user(&w.session, &w.admin, "siri", both.clone()).await;
+    let siri = w.app.login(&siri).await;
+    let eva = w.app.create_user(&w.session, &w.admin, "eva", both.clone()).await;
+    let eva = w.app.login(&eva).await;
+    let bergen = w.app.seed_tenant("bergen").await;
+    let sb = w.app.login(&bergen).await;
+    let bergen_sas = w.app.create_source(&sb, "sas").await;
+    w.app.create_source(&sb, "publisher").await;
+    let berit = w.app.create_user(&sb, &bergen, "berit", both).await;
+    let berit = w.app.login(&berit).await;
+    // Two transfers in each tenant: two pupils move from Nordby to Sørby.
+    for (source, tenant, pupils) in [(&w.sas, "oslo", [0, 1]), (&bergen_sas, "bergen", [2, 3])] {
+        for school in ["nordby", "sorby"] {
+            let roster = roster_for(school, pupils.iter().map(|&n| pupil(n, &["5A"])).collect());
+            let r = w.app.deliver(source, "roster", &format!("{tenant}-{school}"), &roster).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    assert_eq!(transfers(&w).await.len(), 4);
+
+    let (sources, moves) = ("/admin/sources?limit=1", "/admin/transfers?limit=1");
+    for path in [sources, moves] {
+        // Paging goes on as before; the cursor shows nothing of the item it follows.
+        let first = w.app.get(path, &siri.token).await.json();
+        let own = first["next_cursor"].as_str().unwrap().to_owned();
+        let shown = first["items"][0]["id"].as_str().unwrap().to_owned();
+        cursors::assert_opaque(&own, &[&shown, &w.admin.tenant_id]);
+        let next = w.app.get(&cursors::with_cursor(path, &own), &siri.token).await;
+        assert_eq!(next.status, 200, "{}", next.text());
+        assert_ne!(next.json()["items"][0]["id"], first["items"][0]["id"]);
+        assert!(next.json()["items"][0]["id"].is_string());
+
+        let other_list = if path == sources { moves } else { sources };
+        let mut foreign: Vec<(String, String)> = vec![
+            ("another tenant's".into(), cursors::next_cursor(&w.app, path, &berit.token).await),
+            ("another user's".into(), cursors::next_cursor(&w.app, path, &eva.token).await),
+            ("another list's".into(), cursors::next_cursor(&w.app, other_list, &siri.token).await),
+        ];
+        let clear =
+            if path == sources { json!({"id": shown}) } else { json!({"before": shown.parse::<i64>().unwrap()}) };
+        foreign.extend(cursors::tampered(&own, &clear));
+        let before = w.app.snapshot(true).await;
+        for (what, cursor) in &foreign {
+            cursors::assert_refused(&w.app, path, &siri.token, cursor, what).await;
+        }
+        assert_eq!(before, w.app.snapshot(true).await, "refused cursors change nothing, not even the logs");
+    }
 }
 
 #[tokio::test]

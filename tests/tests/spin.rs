@@ -71,16 +71,6 @@ fn post(path: &str) -> Request<Vec<u8>> {
     Request::builder().method(Method::POST).uri(path).body(Vec::new()).unwrap()
 }
 
-fn login_request(staff: &Staff) -> Request<Vec<u8>> {
-    let body = json!({"tenant": staff.tenant, "username": staff.username, "password": staff.password});
-    Request::builder()
-        .method(Method::POST)
-        .uri("/auth/login")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(serde_json::to_vec(&body).unwrap())
-        .unwrap()
-}
-
 /// After a trap: nothing of the trapped transaction remains, and another
 /// component can write the row it had locked (a login updates it).
 async fn nothing_left_behind(app: &TestApp, api: &impl Api, staff: &Staff) {
@@ -93,7 +83,7 @@ async fn nothing_left_behind(app: &TestApp, api: &impl Api, staff: &Staff) {
     assert_eq!(idle_in_transaction(app, APP_LOGIN).await, 0, "an open transaction was left in the pool");
     assert!(admin_row_is_free(app).await, "the trapped transaction's row lock is still held");
     assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'probe.uncommitted'").await, 0);
-    let r = api.call(login_request(staff)).await;
+    let r = api.call(staff.login_request()).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 

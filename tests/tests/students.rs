@@ -6,7 +6,7 @@ use base64::Engine;
 use http::{header, Method, Request};
 use serde_json::{json, Value};
 use tavle_host::ops;
-use tavle_tests::{synthetic_id, Api, Session, Source, Staff, TestApp};
+use tavle_tests::{cursors, synthetic_id, Api, Session, Source, Staff, TestApp};
 
 /// Two schools of Oslo and one of Bergen, with staff of every role.
 ///
@@ -24,6 +24,10 @@ struct World {
     admin_and_leader: Session,
     privacy: Session,
     bergen_teacher: Session,
+    bergen: Staff,
+    bergen_admin: Session,
+    bergen_sas: Source,
+    bergen_publisher: Source,
     groups: std::collections::HashMap<&'static str, String>,
     pupils: std::collections::HashMap<u32, String>,
     assessment: String,
@@ -159,6 +163,10 @@ async fn world() -> World {
         admin_and_leader,
         privacy,
         bergen_teacher,
+        bergen,
+        bergen_admin,
+        bergen_sas,
+        bergen_publisher,
         groups,
         pupils,
         assessment,
@@ -433,7 +441,7 @@ async fn pupil_lists_filter_search_and_page_with_a_cursor() {
     let searched = search(&w.leader, json!({"name": "e", "limit": 1})).await.json();
     for cursor in [first["next_cursor"].as_str().unwrap(), searched["next_cursor"].as_str().unwrap()] {
         let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).unwrap();
-        let decoded = String::from_utf8(decoded).unwrap();
+        let decoded = String::from_utf8_lossy(&decoded);
         assert!(!decoded.contains("Aasen") && !decoded.contains("Bjørn"), "{decoded}");
     }
 }
@@ -652,6 +660,229 @@ async fn identity_number_search_goes_in_a_post_body_and_respects_scope() {
     let logged: String =
         sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM access_log t").fetch_one(&w.app.pool).await.unwrap();
     assert!(!logged.contains(&synthetic_id(0)));
+}
+
+// ---------------------------------------------------------------- cursors
+
+/// More of everything to page through, in both tenants: a second privacy
+/// officer in Oslo (`pia`) and one in Bergen (`bodil`); in Bergen three
+/// pupils in 7A, a group 7B and a second school; a second assessment
+/// (norsk) in each tenant.
+struct MoreToPage {
+    pia: Session,
+    bodil: Session,
+}
+
+async fn more_to_page(w: &World) -> MoreToPage {
+    let pupils =
+        vec![pupil(20, "Hanne", "Hope", &["7A"]), pupil(21, "Ine", "Hope", &["7A"]), pupil(22, "Jon", "Hope", &["7A"])];
+    let r = w.app.deliver(&w.bergen_sas, "roster", "rb-2", &roster("berg", &["7A", "7B"], pupils)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = w.app.deliver(&w.bergen_sas, "roster", "rb-3", &roster("berg2", &["8A"], vec![])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let later = |n: u32| results("regning", "norsk", "2026-10-01", &[(n, Some(7.0), "completed")]);
+    let r = w.app.deliver(&w.publisher, "results", "res-2", &later(0)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = w.app.deliver(&w.bergen_publisher, "results", "rb-res-2", &later(20)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let privacy = json!([{"role": "privacy_officer"}]);
+    let pia = w.app.create_user(&w.admin, &w.oslo, "pia", privacy.clone()).await;
+    let bodil = w.app.create_user(&w.bergen_admin, &w.bergen, "bodil", privacy).await;
+    MoreToPage { pia: w.app.login(&pia).await, bodil: w.app.login(&bodil).await }
+}
+
+/// Asserts that each of `foreign` on `path` (GET) is answered exactly as a
+/// malformed cursor, and that none of them changed anything.
+async fn refused_everywhere(w: &World, path: &str, token: &str, foreign: &[(String, String)]) {
+    let before = w.app.snapshot(true).await;
+    for (what, cursor) in foreign {
+        cursors::assert_refused(&w.app, path, token, cursor, what).await;
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "{path}: refused cursors change nothing, not even the logs");
+}
+
+#[tokio::test]
+async fn pupil_cursors_are_opaque_and_open_only_for_their_caller_list_and_filters() {
+    let w = world().await;
+    more_to_page(&w).await;
+    let (kari, leif, berit) = (w.teacher.token.as_str(), w.leader.token.as_str(), w.bergen_teacher.token.as_str());
+
+    // Kari's list: Cecilie Berg, then Åse Ødegård. The cursor after Cecilie
+    // shows neither her id nor her name.
+    let list = "/pupils?limit=1";
+    let first = w.app.get(list, kari).await.json();
+    assert_eq!(first["items"][0]["id"], w.pupils[&2]);
+    let own = first["next_cursor"].as_str().unwrap().to_owned();
+    cursors::assert_opaque(&own, &[&w.pupils[&2], "Cecilie", "Berg", &w.oslo.tenant_id]);
+    let next = w.app.get(&cursors::with_cursor(list, &own), kari).await.json();
+    assert_eq!((&next["items"][0]["id"], &next["next_cursor"]), (&json!(w.pupils[&0]), &Value::Null), "{next}");
+
+    let search = json!({"name": "e", "limit": 1});
+    let first = w.app.post("/pupils/search", Some(kari), search.clone()).await.json();
+    assert_eq!(first["items"][0]["id"], w.pupils[&2]);
+    let own_search = first["next_cursor"].as_str().unwrap().to_owned();
+    cursors::assert_opaque(&own_search, &[&w.pupils[&2], "Cecilie", &w.oslo.tenant_id]);
+    let mut more = search.clone();
+    more["cursor"] = json!(own_search);
+    let next = w.app.post("/pupils/search", Some(kari), more).await.json();
+    assert_eq!((&next["items"][0]["id"], &next["next_cursor"]), (&json!(w.pupils[&0]), &Value::Null), "{next}");
+
+    // A cursor of Leif's names Bjørn Aasen, outside Kari's groups: it no
+    // longer tells Kari where Bjørn sorts among her pupils, nor does one she
+    // makes up.
+    let five_a = format!("{list}&group_id={}", w.groups["5A"]);
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let mut foreign: Vec<(String, String)> = vec![
+        ("another tenant's".into(), cursors::next_cursor(&w.app, list, berit).await),
+        ("another user's".into(), cursors::next_cursor(&w.app, list, leif).await),
+        ("the name search's".into(), own_search.clone()),
+        ("the list's by group".into(), cursors::next_cursor(&w.app, &five_a, kari).await),
+        ("the list's by year".into(), cursors::next_cursor(&w.app, &format!("{list}&year_level=5"), kari).await),
+        ("one naming a pupil out of scope".into(), b64(json!({"after": w.pupils[&1]}))),
+    ];
+    foreign.extend(cursors::tampered(&own, &json!({"after": w.pupils[&2]})));
+    refused_everywhere(&w, list, kari, &foreign).await;
+    // The list's own cursor, with a filter that did not issue it.
+    refused_everywhere(&w, &five_a, kari, &[("the unfiltered list's".into(), own.clone())]).await;
+
+    let post = |token: &str, body: Value| {
+        let (app, token) = (&w.app, token.to_owned());
+        async move { cursors::next_cursor_of_post(app, "/pupils/search", &token, &body).await }
+    };
+    let mut foreign: Vec<(String, String)> = vec![
+        ("another tenant's".into(), post(berit, search.clone()).await),
+        ("another user's".into(), post(leif, search.clone()).await),
+        ("the list's".into(), own.clone()),
+        ("another name's".into(), post(kari, json!({"name": "g", "limit": 1})).await),
+        ("another year's".into(), post(kari, json!({"name": "e", "limit": 1, "year_level": 5})).await),
+        ("one naming a pupil out of scope".into(), b64(json!({"after": w.pupils[&1]}))),
+    ];
+    foreign.extend(cursors::tampered(&own_search, &json!({"after": w.pupils[&2]})));
+    let by_group = json!({"name": "e", "limit": 1, "group_id": w.groups["5A"]});
+    foreign.push(("the search's own".into(), own_search.clone()));
+    let before = w.app.snapshot(true).await;
+    for (what, cursor) in &foreign {
+        // The search's own cursor is refused only where a filter was added.
+        let body = if what == "the search's own" { &by_group } else { &search };
+        cursors::assert_refused_in_body(&w.app, "/pupils/search", kari, body, cursor, what).await;
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "refused cursors change nothing, not even the logs");
+}
+
+#[tokio::test]
+async fn the_privacy_officers_cursors_open_only_for_their_caller_list_and_pupil() {
+    let w = world().await;
+    let more = more_to_page(&w).await;
+    let (per, pia, bodil) = (w.privacy.token.as_str(), more.pia.token.as_str(), more.bodil.token.as_str());
+    // Two accesses to a pupil and two identity-number searches in each tenant.
+    for (session, pupil, numbers) in [(&w.teacher, 0, [0, 99]), (&w.bergen_teacher, 20, [20, 98])] {
+        for _ in 0..2 {
+            assert_eq!(w.app.get(&format!("/pupils/{}", w.pupils[&pupil]), &session.token).await.status, 200);
+        }
+        for n in numbers {
+            let r =
+                w.app.post("/pupils/search", Some(&session.token), json!({"identity_number": synthetic_id(n)})).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let log = |n: u32| format!("/pupils/{}/access-log?limit=1", w.pupils[&n]);
+    let searches = "/pupils/searches?limit=1";
+    for path in [log(0), searches.to_owned()] {
+        let first = w.app.get(&path, per).await.json();
+        let own = first["next_cursor"].as_str().unwrap().to_owned();
+        cursors::assert_opaque(&own, &[&w.oslo.tenant_id, &w.pupils[&0]]);
+        let next = w.app.get(&cursors::with_cursor(&path, &own), per).await;
+        assert_eq!(next.status, 200, "{}", next.text());
+        assert_eq!(next.json()["items"].as_array().unwrap().len(), 1, "{}", next.text());
+    }
+    // The position each first page continues before, as the old cursors wrote it in the clear.
+    let first_log = w.app.get(&log(0), per).await.json();
+    let own_log = first_log["next_cursor"].as_str().unwrap().to_owned();
+    let clear_log = json!({"before": first_log["items"][0]["seq"]});
+    let first_searches = w.app.get(searches, per).await.json();
+    let own_searches = first_searches["next_cursor"].as_str().unwrap().to_owned();
+    let clear_searches = json!({"before": first_searches["items"][0]["id"].as_str().unwrap().parse::<i64>().unwrap()});
+
+    let mut foreign: Vec<(String, String)> = vec![
+        ("another tenant's".into(), cursors::next_cursor(&w.app, &log(20), bodil).await),
+        ("another user's".into(), cursors::next_cursor(&w.app, &log(0), pia).await),
+        ("the searches'".into(), own_searches.clone()),
+    ];
+    foreign.extend(cursors::tampered(&own_log, &clear_log));
+    refused_everywhere(&w, &log(0), per, &foreign).await;
+    // Another pupil's log: not with the cursor of pupil 0's.
+    refused_everywhere(&w, &log(2), per, &[("another pupil's".into(), own_log.clone())]).await;
+
+    let mut foreign: Vec<(String, String)> = vec![
+        ("another tenant's".into(), cursors::next_cursor(&w.app, searches, bodil).await),
+        ("another user's".into(), cursors::next_cursor(&w.app, searches, pia).await),
+        ("the access log's".into(), own_log.clone()),
+    ];
+    foreign.extend(cursors::tampered(&own_searches, &clear_searches));
+    refused_everywhere(&w, searches, per, &foreign).await;
+}
+
+#[tokio::test]
+async fn structure_cursors_page_and_open_only_for_their_caller_list_and_filters() {
+    let w = world().await;
+    more_to_page(&w).await;
+    let (tone, siri, bergen) =
+        (w.tenant_admin.token.as_str(), w.admin_and_leader.token.as_str(), w.bergen_admin.token.as_str());
+    let nordby: String = sqlx::query_scalar("SELECT id::text FROM schools WHERE external_id = 'nordby'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    // Page by page, each list in its order.
+    for (path, key, want) in [
+        ("/groups?limit=1", "name", vec!["5A", "5B", "6A"]),
+        ("/schools?limit=1", "name", vec!["nordby skole", "sorby skole"]),
+        ("/assessments?limit=1", "administered_on", vec!["2026-10-01", "2026-09-15"]),
+    ] {
+        let mut seen = Vec::new();
+        let mut next = path.to_owned();
+        loop {
+            let page = w.app.get(&next, tone).await;
+            assert_eq!(page.status, 200, "{next}: {}", page.text());
+            let page = page.json();
+            seen.push(page["items"][0][key].as_str().unwrap().to_owned());
+            match page["next_cursor"].as_str() {
+                Some(c) => {
+                    cursors::assert_opaque(c, &[page["items"][0]["id"].as_str().unwrap(), &w.oslo.tenant_id]);
+                    next = cursors::with_cursor(path, c);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, want, "{path}");
+    }
+
+    let (groups, schools, assessments) = ("/groups?limit=1", "/schools?limit=1", "/assessments?limit=1");
+    let by_school = format!("{groups}&school_id={nordby}");
+    let norsk = format!("{assessments}&subject=norsk");
+    for (path, other_list, filtered) in [
+        (groups, schools, Some(by_school.as_str())),
+        (schools, groups, None),
+        (assessments, groups, Some(norsk.as_str())),
+    ] {
+        let first = w.app.get(path, tone).await.json();
+        let own = first["next_cursor"].as_str().unwrap().to_owned();
+        let mut foreign: Vec<(String, String)> = vec![
+            ("another tenant's".into(), cursors::next_cursor(&w.app, path, bergen).await),
+            ("another user's".into(), cursors::next_cursor(&w.app, path, siri).await),
+            ("another list's".into(), cursors::next_cursor(&w.app, other_list, tone).await),
+        ];
+        if let Some(filtered) = filtered {
+            foreign.push(("the filtered list's".into(), cursors::next_cursor(&w.app, filtered, tone).await));
+            refused_everywhere(&w, filtered, tone, &[("the unfiltered list's".into(), own.clone())]).await;
+        }
+        let item = &first["items"][0];
+        let clear = match item["administered_on"].as_str() {
+            Some(date) => json!({"k": date, "id": item["id"]}),
+            None => json!({"k": item["name"], "id": item["id"]}),
+        };
+        foreign.extend(cursors::tampered(&own, &clear));
+        refused_everywhere(&w, path, tone, &foreign).await;
+    }
 }
 
 // ---------------------------------------------------------- profile, overview
@@ -1380,10 +1611,12 @@ async fn the_privacy_officer_sees_every_search_newest_first_page_by_page() {
     let all: Vec<Value> = items.iter().map(|i| i["id"].clone()).collect();
     assert_eq!(seen, all);
     // A page of misses names no pupil and writes no access record.
+    let first = w.app.get("/pupils/searches?limit=1", &w.privacy.token).await.json();
+    assert_eq!(first["items"][0]["id"], items[0]["id"]);
+    let c = first["next_cursor"].as_str().unwrap().to_owned();
     let accesses = access_records(&w.app).await.len();
-    let c = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(json!({"before": items[0]["id"].as_str().unwrap().parse::<i64>().unwrap()}).to_string());
     let page = w.app.get(&format!("/pupils/searches?limit=1&cursor={c}"), &w.privacy.token).await.json();
+    assert_eq!(page["items"][0]["id"], items[1]["id"]);
     assert_eq!(page["items"][0]["hit"], false);
     assert_eq!(access_records(&w.app).await.len(), accesses);
 

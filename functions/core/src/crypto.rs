@@ -33,6 +33,8 @@ const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = KEY_ID_LEN + NONCE_LEN;
+/// Bytes that [`IdentityCipher::encrypt`] adds to a plaintext: key id, nonce and tag.
+pub(crate) const BLOB_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
 /// Which configured key a [`CryptoError::InvalidKey`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +194,12 @@ impl IdentityCipher {
             previous.push(ring_key);
         }
         Ok(Self { current, previous })
+    }
+
+    /// A ring of one key given as bytes (a key derived in code, such as the cursor key of
+    /// [`crate::cursor`], rather than one configured as base64).
+    pub(crate) fn from_key(key: &[u8; KEY_LEN]) -> Self {
+        Self { current: RingKey::new(key), previous: Vec::new() }
     }
 
     /// Encrypts `plaintext` under the current key, bound to the context `aad` (e.g. the tenant

@@ -339,11 +339,19 @@ pub fn check_db_url(url: &str) -> Result<(), String> {
     // only value there is: one `sslmode`, no other spelling of it, the host
     // only in the authority.
     let mut sslmode = None;
+    let mut connect_timeout = None;
     for pair in uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "sslmode" if sslmode.is_none() => sslmode = Some(value),
             "sslmode" => return Err("db_url names sslmode more than once".into()),
+            "connect_timeout" if connect_timeout.is_none() => {
+                connect_timeout = Some(value);
+                if seconds(value).is_none() {
+                    return Err("db_url: connect_timeout is a whole number of seconds, at least 1".into());
+                }
+            }
+            "connect_timeout" => return Err("db_url names connect_timeout more than once".into()),
             "host" | "hostaddr" | "ssl-mode" | "ssl_mode" => {
                 return Err(format!("db_url: give the host in the URL's authority and sslmode once, not `{key}`"))
             }
@@ -360,6 +368,31 @@ pub fn check_db_url(url: &str) -> Result<(), String> {
         _ if loopback => Ok(()),
         _ => Err(format!("db_url: a database on {host} must be reached with sslmode=require (verified TLS)")),
     }
+}
+
+/// The `connect_timeout` of a `db_url` (checked by [`check_db_url`]), as
+/// libpq and tokio-postgres read it: whole seconds. On Spin (tokio-postgres
+/// 0.7 in Spin's host) it bounds each TCP connection attempt, not the TLS
+/// handshake and authentication after it, and without it there is no bound
+/// but the operating system's (about two minutes for a server that drops
+/// packets). The native host bounds the whole connection with it (sqlx
+/// itself ignores the parameter), by default [`DEFAULT_CONNECT_TIMEOUT`].
+pub fn connect_timeout(url: &str) -> Option<std::time::Duration> {
+    let uri: http::Uri = url.parse().ok()?;
+    let query = uri.query().unwrap_or_default();
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("connect_timeout="))?;
+    seconds(value).map(std::time::Duration::from_secs)
+}
+
+/// The native host's connection time limit when `db_url` names none.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// 1 to 86,400 written as plain digits (what both drivers read alike).
+fn seconds(value: &str) -> Option<u64> {
+    if value.is_empty() || value.len() > 5 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|s| (1..=86_400).contains(s))
 }
 
 /// Statement issued when a connection is taken for a request: whatever the
@@ -388,10 +421,27 @@ mod url_tests {
         assert!(!ok("postgres://u@db.example.com/t?sslmode=require&ssl-mode=disable"));
         assert!(!ok("postgres://u@db.example.com/t?%73slmode=disable&sslmode=require"));
     }
+
+    #[test]
+    fn a_connect_timeout_is_whole_seconds_given_once() {
+        use super::{check_db_url, connect_timeout};
+        use std::time::Duration;
+        let url = "postgres://app@db.example.com:5432/tavle?sslmode=require&connect_timeout=2";
+        assert!(check_db_url(url).is_ok());
+        assert_eq!(connect_timeout(url), Some(Duration::from_secs(2)));
+        assert_eq!(connect_timeout("postgres://u@127.0.0.1/t?connect_timeout=10"), Some(Duration::from_secs(10)));
+        assert_eq!(connect_timeout("postgres://u@127.0.0.1/t"), None);
+        for bad in ["0", "-1", "1.5", "2s", "", "%32", "100000"] {
+            let url = format!("postgres://u@127.0.0.1/t?connect_timeout={bad}");
+            assert!(check_db_url(&url).is_err(), "connect_timeout={bad}");
+            assert_eq!(connect_timeout(&url), None, "connect_timeout={bad}");
+        }
+        assert!(check_db_url("postgres://u@127.0.0.1/t?connect_timeout=1&connect_timeout=60").is_err());
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::SqlxDb;
+pub use native::{Admission, Backoff, SqlxDb, BACKOFF};
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
@@ -399,6 +449,105 @@ mod native {
     use sqlx::pool::PoolConnection;
     use sqlx::postgres::{PgArguments, PgPool, PgRow};
     use sqlx::{Arguments, Column, Executor, Postgres, Row as _, TypeInfo, ValueRef};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// How long the native host answers 503 at once after a failure to
+    /// reach a component's database: the `Retry-After` it sends.
+    pub const BACKOFF: Duration = Duration::from_secs(crate::problem::UNAVAILABLE_RETRY_AFTER as u64);
+
+    /// What the workers serving one component know about its database:
+    /// after a failure to reach it, every request that needs it is answered
+    /// 503 at once for [`BACKOFF`] rather than waiting for a connection
+    /// attempt of its own. Then one request (the probe) tries again while
+    /// the others are still answered at once; its success ends the backoff,
+    /// its failure starts another. Clones share the state (the native host
+    /// gives one to each worker's runtime of the component).
+    #[derive(Clone, Debug)]
+    pub struct Backoff(Arc<BackoffState>);
+
+    #[derive(Debug)]
+    struct BackoffState {
+        epoch: Instant,
+        /// Refuse until this time (see [`Backoff::at`]); 0: no failure known.
+        until: AtomicU64,
+        /// When the database was last reached after a failure: failures of
+        /// attempts that began before it are stale and start no backoff.
+        recovered: AtomicU64,
+    }
+
+    /// What a request that needs the database may do (see [`Backoff`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Admission {
+        /// No failure known: connect as usual.
+        Connect,
+        /// The backoff is over and this request is the one to try again.
+        Probe,
+        /// Backing off (or another request is probing): answer 503 at once.
+        Refuse,
+    }
+
+    impl Default for Backoff {
+        fn default() -> Self {
+            Backoff::new()
+        }
+    }
+
+    impl Backoff {
+        pub fn new() -> Backoff {
+            Backoff(Arc::new(BackoffState {
+                epoch: Instant::now(),
+                until: AtomicU64::new(0),
+                recovered: AtomicU64::new(0),
+            }))
+        }
+
+        /// A time as milliseconds after the epoch, plus one, so that 0 never
+        /// names a time.
+        fn at(&self, t: Instant) -> u64 {
+            u64::try_from(t.saturating_duration_since(self.0.epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1
+        }
+
+        /// Whether a request arriving `now` may try to reach the database.
+        /// A probe has `probe_time` to succeed or fail before another
+        /// request may probe instead.
+        pub fn admit(&self, now: Instant, probe_time: Duration) -> Admission {
+            let now = self.at(now);
+            let mut until = self.0.until.load(Ordering::Acquire);
+            loop {
+                if until == 0 {
+                    return Admission::Connect;
+                }
+                if now < until {
+                    return Admission::Refuse;
+                }
+                let probe_until = now.saturating_add(u64::try_from(probe_time.as_millis()).unwrap_or(u64::MAX));
+                match self.0.until.compare_exchange(until, probe_until, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Admission::Probe,
+                    Err(current) => until = current,
+                }
+            }
+        }
+
+        /// An attempt that began at `started` failed to reach the database
+        /// (`now`): refuse requests for [`BACKOFF`] from now, unless the
+        /// database has been reached since the attempt began.
+        pub fn failed(&self, started: Instant, now: Instant) {
+            if self.at(started) < self.0.recovered.load(Ordering::Acquire) {
+                return;
+            }
+            self.0.until.store(self.at(now + BACKOFF), Ordering::Release);
+        }
+
+        /// The database was reached (`now`): requests connect as usual.
+        pub fn succeeded(&self, now: Instant) {
+            if self.0.until.load(Ordering::Acquire) != 0 {
+                self.0.recovered.store(self.at(now), Ordering::Release);
+                self.0.until.store(0, Ordering::Release);
+            }
+        }
+    }
 
     /// Native implementation: one pooled connection, acquired on first use.
     pub struct SqlxDb {
@@ -412,13 +561,25 @@ mod native {
             SqlxDb { pool, conn: None, in_transaction: false }
         }
 
+        /// Whether this request holds its connection already.
+        pub fn is_connected(&self) -> bool {
+            self.conn.is_some()
+        }
+
+        /// Takes `conn` (acquired from this pool by the caller, e.g. within
+        /// a time limit) as this request's connection.
+        pub async fn attach(&mut self, mut conn: PoolConnection<Postgres>) -> Result<(), DbError> {
+            // As on Spin (see ON_TAKE), although sqlx never hands out a
+            // connection that a dropped SqlxDb left inside a transaction.
+            conn.execute(sqlx::raw_sql(ON_TAKE)).await.map_err(map_err)?;
+            self.conn = Some(conn);
+            Ok(())
+        }
+
         async fn conn(&mut self) -> Result<&mut PoolConnection<Postgres>, DbError> {
             if self.conn.is_none() {
-                let mut conn = self.pool.acquire().await.map_err(map_err)?;
-                // As on Spin (see ON_TAKE), although sqlx never hands out a
-                // connection that a dropped SqlxDb left inside a transaction.
-                conn.execute(sqlx::raw_sql(ON_TAKE)).await.map_err(map_err)?;
-                self.conn = Some(conn);
+                let conn = self.pool.acquire().await.map_err(unavailable)?;
+                self.attach(conn).await?;
             }
             Ok(self.conn.as_mut().expect("connection just set"))
         }
@@ -551,6 +712,14 @@ mod native {
         })
     }
 
+    /// A failure to get a connection, whatever its cause (refused, timed
+    /// out, TLS, a database that admits nobody: SQLSTATE 55000 from
+    /// `ALLOW_CONNECTIONS false`, authentication), is the database being
+    /// unavailable to this request, as Spin's `ConnectionFailed` is.
+    fn unavailable(e: sqlx::Error) -> DbError {
+        DbError::Unavailable(e.to_string())
+    }
+
     pub(super) fn map_err(e: sqlx::Error) -> DbError {
         match e {
             sqlx::Error::Database(db) => {
@@ -600,6 +769,35 @@ mod native {
             let casts = super::param_casts("SELECT $1::uuid, $2::text[], ($3::int8 + $1::uuid)", 3).unwrap();
             assert_eq!(casts, ["uuid", "text[]", "int8"]);
             assert!(super::param_casts("SELECT $1", 1).is_err(), "every parameter needs a cast");
+        }
+
+        #[test]
+        fn after_a_failure_requests_are_refused_for_the_backoff_then_one_probes() {
+            use super::{Admission::*, Backoff, BACKOFF};
+            use std::time::{Duration, Instant};
+            let ms = Duration::from_millis;
+            let probe = ms(500);
+            let b = Backoff::new();
+            let t0 = Instant::now();
+            assert_eq!(b.admit(t0, probe), Connect);
+            b.failed(t0, t0 + ms(10));
+            let shared = b.clone();
+            assert_eq!(shared.admit(t0 + ms(20), probe), Refuse, "clones share the state");
+            assert_eq!(b.admit(t0 + ms(10) + BACKOFF - ms(1), probe), Refuse);
+            let over = t0 + ms(10) + BACKOFF;
+            assert_eq!(b.admit(over, probe), Probe, "the first request after the backoff tries");
+            assert_eq!(shared.admit(over + ms(1), probe), Refuse, "the others wait for it");
+            b.failed(over, over + ms(5));
+            assert_eq!(b.admit(over + ms(6), probe), Refuse, "a failed probe starts another backoff");
+            let later = over + ms(5) + BACKOFF;
+            assert_eq!(b.admit(later, probe), Probe);
+            assert_eq!(b.admit(later + probe, probe), Probe, "a probe that never reports is replaced");
+            b.succeeded(later + probe + ms(3));
+            assert_eq!(b.admit(later + probe + ms(4), probe), Connect, "the probe's success ends it");
+            b.failed(later, later + probe + ms(9));
+            assert_eq!(b.admit(later + probe + ms(10), probe), Connect, "a failure begun before it is stale");
+            b.failed(later + probe + ms(20), later + probe + ms(20));
+            assert_eq!(b.admit(later + probe + ms(21), probe), Refuse, "a new failure counts");
         }
     }
 }

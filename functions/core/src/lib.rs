@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod audit;
 pub mod auth;
 pub mod crypto;
+pub mod cursor;
 pub mod db;
 pub mod identity;
 pub mod names;

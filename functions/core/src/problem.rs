@@ -10,6 +10,11 @@ use serde::Serialize;
 /// Prefix of every problem `type`; the suffix is a stable slug.
 pub const TYPE_PREFIX: &str = "urn:tavle:problem:";
 
+/// `Retry-After` of a 503 `dependency-unavailable`, in seconds. The native
+/// host answers every request that needs the database with it, at once,
+/// for this long after a failure to reach the database (`db::BACKOFF`).
+pub const UNAVAILABLE_RETRY_AFTER: u32 = 2;
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FieldError {
     /// RFC 6901 JSON pointer into the request body (or `/query/<name>`).
@@ -99,9 +104,11 @@ impl Problem {
         }
     }
 
+    /// 503 with `Retry-After: UNAVAILABLE_RETRY_AFTER`: the database cannot
+    /// be reached (or, on the native host, could not be a moment ago).
     pub fn unavailable() -> Self {
         Problem {
-            retry_after: Some(5),
+            retry_after: Some(UNAVAILABLE_RETRY_AFTER),
             ..Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "dependency-unavailable",

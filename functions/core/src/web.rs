@@ -2,6 +2,7 @@
 //! limits and pointer-addressed errors, problem+json responses, cookies and
 //! the client address. Handlers are plain async functions over `http` types.
 
+use crate::cursor::{Cursors, SealedCursor};
 use crate::problem::{field, FieldError, Problem};
 use crate::vars::Variables;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -547,68 +548,62 @@ pub fn path_id(segment: &str) -> Result<String, Problem> {
 }
 
 /// A cursor page from `limit + 1` fetched rows: the items, and the cursor of
-/// the last item shown when more rows follow.
+/// the last item shown, sealed by `cursors`, when more rows follow.
 pub fn page(
     rows: &[crate::db::Row],
     limit: i64,
+    cursors: &Cursors,
     view: impl Fn(&crate::db::Row) -> Result<serde_json::Value, Problem>,
     cursor_of: impl Fn(&crate::db::Row) -> Result<serde_json::Value, Problem>,
 ) -> HttpResult {
     let shown = &rows[..rows.len().min(limit as usize)];
     let items = shown.iter().map(view).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = match (rows.len() > shown.len(), shown.last()) {
-        (true, Some(last)) => Some(encode_cursor(&cursor_of(last)?)),
+        (true, Some(last)) => Some(cursors.seal(&cursor_of(last)?)),
         _ => None,
     };
     json(StatusCode::OK, &serde_json::json!({"items": items, "next_cursor": next_cursor}))
 }
 
-/// Opaque cursor: base64url of JSON. Malformed cursors are a 400.
-pub fn encode_cursor(value: &serde_json::Value) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
-}
-
-/// 400 for a cursor that is not one this API handed out.
+/// 400 for a cursor that is not one this API handed out to this caller for
+/// this list with these filters (see [`crate::cursor`]): one answer for
+/// every such cursor, whatever is wrong with it.
 pub fn malformed_cursor() -> Problem {
     Problem::bad_query(vec![field("/query/cursor", "malformed cursor")])
 }
 
-/// The `cursor` query parameter; one this API did not hand out is a 400.
+/// The `cursor` query parameter, if it has the form of a cursor; anything
+/// else is the malformed-cursor 400. Checked with the other parameters,
+/// before the caller is known; [`open_cursor`] opens it once they are.
+pub fn cursor_param(req: &Request<Body>) -> Result<Option<SealedCursor>, Problem> {
+    let Some(raw) = query_param(req, "cursor")? else { return Ok(None) };
+    SealedCursor::parse(&raw).map(Some).ok_or_else(malformed_cursor)
+}
+
+/// The position of a query cursor that `cursors` sealed, `None` on the first
+/// page; any other cursor is the malformed-cursor 400.
+pub fn open_cursor<T: DeserializeOwned>(
+    cursors: &Cursors,
+    cursor: Option<&SealedCursor>,
+) -> Result<Option<T>, Problem> {
+    match cursor {
+        None => Ok(None),
+        Some(c) => cursors.open(c).map(Some).ok_or_else(malformed_cursor),
+    }
+}
+
 /// The `before` of a newest-first page's cursor (`{"before": id}`, id > 0),
 /// `None` on the first page; anything else is the malformed-cursor 400.
-pub fn before_cursor(req: &Request<Body>) -> Result<Option<i64>, Problem> {
+pub fn before_cursor(cursors: &Cursors, cursor: Option<&SealedCursor>) -> Result<Option<i64>, Problem> {
     #[derive(serde::Deserialize)]
     struct Before {
         before: i64,
     }
-    match decode_cursor::<Before>(req)? {
+    match open_cursor::<Before>(cursors, cursor)? {
         Some(c) if c.before > 0 => Ok(Some(c.before)),
         Some(_) => Err(malformed_cursor()),
         None => Ok(None),
     }
-}
-
-pub fn decode_cursor<T: DeserializeOwned>(req: &Request<Body>) -> Result<Option<T>, Problem> {
-    let Some(raw) = query_param(req, "cursor")? else { return Ok(None) };
-    parse_cursor(&raw).map(Some).ok_or_else(malformed_cursor)
-}
-
-/// A cursor as [`encode_cursor`] wrote it, wherever it arrived (a query
-/// parameter, a request body); `None` for anything else.
-pub fn parse_cursor<T: DeserializeOwned>(raw: &str) -> Option<T> {
-    use base64::Engine;
-    if raw.len() > 512 {
-        return None;
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.as_bytes()).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let mut nul = Vec::new();
-    find_nul(&value, &mut String::new(), &mut nul);
-    if !nul.is_empty() {
-        return None;
-    }
-    serde_json::from_value(value).ok()
 }
 
 pub fn cookie(req: &Request<Body>, name: &str) -> Option<String> {

@@ -25,6 +25,7 @@ pub use results::{ASSESSMENT_UPSERT_SQL, HELD_FOR_RESTRICTED_SQL, RESULTS_UPSERT
 
 use http::{Method, Request, Response};
 use tavle_core::crypto::{BlindIndex, IdentityCipher};
+use tavle_core::cursor::CursorKey;
 use tavle_core::db::Db;
 use tavle_core::identity::SyntheticPolicy;
 use tavle_core::vars::Variables;
@@ -100,6 +101,15 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         };
     }
     Err(Problem::not_found())
+}
+
+/// The key of this component's cursors (`GET /admin/sources`,
+/// `GET /admin/transfers`), derived from `webhook_secret_key` (see
+/// `CursorKey::derive` for why the derived key is independent of it). A new
+/// current key makes cursors handed out before it malformed: a client starts
+/// again from the first page.
+pub(crate) fn cursor_key(vars: &impl Variables) -> Result<CursorKey, Problem> {
+    CursorKey::from_var(vars, "webhook_secret_key")
 }
 
 /// Keys and policies of this component, from its Spin variables.

@@ -20,7 +20,8 @@ use tavle_core::db::{transaction, uuid, Db, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
 use tavle_core::web::{
-    decode_cursor, json, malformed_cursor, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
+    cursor_param, json, malformed_cursor, open_cursor, page, page_limit, path_id, read_json, Body, Checks, HttpResult,
+    RequestMeta,
 };
 use tavle_core::Problem;
 
@@ -84,12 +85,13 @@ struct Cursor {
 
 pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
     let limit = page_limit(req)?;
-    let cursor: Option<Cursor> = decode_cursor(req)?;
-    let after = match cursor {
+    let cursor = cursor_param(req)?;
+    let who = admin(req, vars, db).await?;
+    let cursors = crate::cursor_key(vars)?.bind("sources.list", &who);
+    let after = match open_cursor::<Cursor>(&cursors, cursor.as_ref())? {
         Some(c) => uuid::Uuid::parse_str(&c.id).map(|u| uuid(u.to_string())).map_err(|_| malformed_cursor())?,
         None => Value::Null,
     };
-    let who = admin(req, vars, db).await?;
     let rows = db
         .query(
             &format!(
@@ -100,7 +102,7 @@ pub async fn list(req: &Request, vars: &impl Variables, db: &mut impl Db) -> Htt
             &[uuid(&who.tenant_id), after, (limit + 1).into()],
         )
         .await?;
-    page(&rows, limit, source_view, |last| Ok(json!({"id": last.text("id")?})))
+    page(&rows, limit, &cursors, source_view, |last| Ok(json!({"id": last.text("id")?})))
 }
 
 pub async fn get(req: &Request, vars: &impl Variables, db: &mut impl Db, id: &str) -> HttpResult {

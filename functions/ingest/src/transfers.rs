@@ -14,7 +14,7 @@ use tavle_core::access_log::logged_read_naming;
 use tavle_core::auth::{authenticate_as, Role};
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::vars::Variables;
-use tavle_core::web::{before_cursor, encode_cursor, json, page_limit, Body, HttpResult, RequestMeta};
+use tavle_core::web::{before_cursor, cursor_param, json, page_limit, Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 /// `GET /admin/transfers?limit&cursor`, privacy officers only.
@@ -25,8 +25,10 @@ pub async fn list(
     db: &mut impl Db,
 ) -> HttpResult {
     let limit = page_limit(req)?;
-    let before: Value = before_cursor(req)?.into();
+    let cursor = cursor_param(req)?;
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
+    let cursors = crate::cursor_key(vars)?.bind("transfers.list", &who);
+    let before: Value = before_cursor(&cursors, cursor.as_ref())?.into();
     // The page and whether older transfers follow, in one read (no look-ahead
     // row: the access record names exactly the pupils shown). The action is
     // a literal so that the partial index `audit_log_pupil_transfers` applies.
@@ -55,7 +57,7 @@ pub async fn list(
         None => false,
     };
     let next_cursor = match (more, rows.last()) {
-        (true, Some(last)) => Some(encode_cursor(&json!({"before": last.int("id")?}))),
+        (true, Some(last)) => Some(cursors.seal(&json!({"before": last.int("id")?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))

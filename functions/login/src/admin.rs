@@ -14,7 +14,8 @@ use tavle_core::db::{transaction, uuid, Db, DbError, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::vars::Variables;
 use tavle_core::web::{
-    decode_cursor, json, malformed_cursor, page, page_limit, path_id, read_json, Body, Checks, HttpResult, RequestMeta,
+    cursor_param, json, malformed_cursor, open_cursor, page, page_limit, path_id, read_json, Body, Checks, HttpResult,
+    RequestMeta,
 };
 use tavle_core::Problem;
 
@@ -72,13 +73,15 @@ struct Cursor {
 /// them is audited in the same transaction, and not returned if it cannot be.
 pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: &mut impl Db) -> HttpResult {
     let limit = page_limit(req)?;
-    let cursor: Option<Cursor> = decode_cursor(req)?;
+    let cursor = cursor_param(req)?;
+    let who = admin(req, vars, db).await?;
+    let cursors = crate::cursor_key(vars)?.bind("users.list", &who);
+    let cursor: Option<Cursor> = open_cursor(&cursors, cursor.as_ref())?;
     if let Some(c) = &cursor {
         if uuid::Uuid::parse_str(&c.id).is_err() {
             return Err(malformed_cursor());
         }
     }
-    let who = admin(req, vars, db).await?;
     let (after_u, after_id) = cursor.map_or((Value::Null, Value::Null), |c| (c.u.into(), uuid(c.id)));
     transaction(db, async |db| {
         let rows = db
@@ -94,7 +97,8 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
             .await?;
         let shown = rows.len().min(limit as usize);
         audit::record(db, Some(meta), Event::by(&who, "users.listed").details(json!({"count": shown}))).await?;
-        page(&rows, limit, user_view, |last| Ok(json!({"u": last.text("username")?, "id": last.text("id")?})))
+        let position = |last: &Row| Ok(json!({"u": last.text("username")?, "id": last.text("id")?}));
+        page(&rows, limit, &cursors, user_view, position)
     })
     .await
 }

@@ -13,6 +13,7 @@ use base64::Engine;
 use http::{Method, Request, Response};
 use jwt_simple::prelude::*;
 use tavle_core::auth::key_id;
+use tavle_core::cursor::CursorKey;
 use tavle_core::db::Db;
 use tavle_core::vars::Variables;
 use tavle_core::web::{self, match_path, Body, HttpResult, RequestMeta};
@@ -81,6 +82,14 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         };
     }
     Err(Problem::not_found())
+}
+
+/// The key of this component's cursors (`GET /admin/users`), derived from
+/// `token_signing_key` (see `CursorKey::derive` for why the derived key is
+/// independent of the signing key). A new signing key makes cursors handed
+/// out before it malformed: a client starts again from the first page.
+pub(crate) fn cursor_key(vars: &impl Variables) -> Result<CursorKey, Problem> {
+    CursorKey::from_var(vars, "token_signing_key")
 }
 
 /// Settings of this component, from its Spin variables.

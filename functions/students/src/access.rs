@@ -9,7 +9,7 @@ use tavle_core::access_log::{logged_read, logged_read_naming};
 use tavle_core::auth::{authenticate_as, Role};
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::vars::Variables;
-use tavle_core::web::{before_cursor, encode_cursor, json, page_limit, path_id, Body, HttpResult, RequestMeta};
+use tavle_core::web::{before_cursor, cursor_param, json, page_limit, path_id, Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 pub async fn for_pupil(
@@ -21,8 +21,10 @@ pub async fn for_pupil(
 ) -> HttpResult {
     let pupil = path_id(pupil)?;
     let limit = page_limit(req)?;
-    let before: Value = before_cursor(req)?.into();
+    let cursor = cursor_param(req)?;
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
+    let cursors = crate::cursor_key(vars)?.bind("pupils.access_log", &who).filter("pupil_id", Some(&pupil));
+    let before: Value = before_cursor(&cursors, cursor.as_ref())?.into();
     db.query_opt(
         "SELECT 1::int8 FROM pupils WHERE id = $1::uuid AND tenant_id = $2::uuid",
         &[uuid(&pupil), uuid(&who.tenant_id)],
@@ -60,7 +62,7 @@ pub async fn for_pupil(
         })
         .collect::<Result<Vec<_>, Problem>>()?;
     let next_cursor = match (rows.len() > shown.len(), shown.last()) {
-        (true, Some(last)) => Some(encode_cursor(&json!({"before": last.int("seq")?}))),
+        (true, Some(last)) => Some(cursors.seal(&json!({"before": last.int("seq")?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"pupil_id": pupil, "items": items, "next_cursor": next_cursor}))
@@ -78,8 +80,10 @@ pub async fn searches(
     db: &mut impl Db,
 ) -> HttpResult {
     let limit = page_limit(req)?;
-    let before: Value = before_cursor(req)?.into();
+    let cursor = cursor_param(req)?;
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
+    let cursors = crate::cursor_key(vars)?.bind("pupils.searches", &who);
+    let before: Value = before_cursor(&cursors, cursor.as_ref())?.into();
     // The page and whether older searches follow, in one read (no look-ahead
     // row: the access record names exactly the pupils shown). The action is
     // a literal so that the partial index `audit_log_pupil_searches` applies
@@ -118,7 +122,7 @@ pub async fn searches(
         None => false,
     };
     let next_cursor = match (more, rows.last()) {
-        (true, Some(last)) => Some(encode_cursor(&json!({"before": last.int("id")?}))),
+        (true, Some(last)) => Some(cursors.seal(&json!({"before": last.int("id")?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))

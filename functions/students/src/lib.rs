@@ -21,6 +21,7 @@ pub use overview::{OVERVIEW_ACTION, OVERVIEW_CONCERNED, OVERVIEW_SQL};
 pub use pupils::{PROFILE_ACTION, PROFILE_CONCERNED, PROFILE_SQL};
 
 use http::{Method, Request, Response};
+use tavle_core::cursor::CursorKey;
 use tavle_core::db::Db;
 use tavle_core::vars::Variables;
 use tavle_core::web::{self, match_path, Body, HttpResult, RequestMeta};
@@ -34,6 +35,15 @@ tavle_core::spin_component!(crate::handle, crate::body_limit);
 
 pub async fn handle(req: Request<Body>, vars: &impl Variables, db: &mut impl Db) -> Response<Body> {
     web::serve(req, vars, async |req, meta| route(req, meta, vars, db).await).await
+}
+
+/// The key of this component's cursors (pupil lists and searches, the
+/// access-log views, the structure lists), derived from `blind_index_key`
+/// (see `CursorKey::derive` for why the derived key is independent of the
+/// blind index's). A new blind-index key makes cursors handed out before it
+/// malformed: a client starts again from the first page.
+pub(crate) fn cursor_key(vars: &impl Variables) -> Result<CursorKey, Problem> {
+    CursorKey::from_var(vars, "blind_index_key")
 }
 
 /// The body limit of a request to `path`: every route of this component

@@ -9,13 +9,14 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use tavle_core::access_log::{logged_read, logged_read_audited, ReadEvent};
 use tavle_core::crypto::BlindIndex;
+use tavle_core::cursor::{CursorKey, Cursors, SealedCursor};
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::identity::{IdentityNumber, SyntheticPolicy};
 use tavle_core::names;
 use tavle_core::problem::field;
 use tavle_core::scores::canonical_date;
 use tavle_core::vars::Variables;
-use tavle_core::web::{decode_cursor, encode_cursor, json, page_limit, parse_cursor, path_id, query_param, read_json};
+use tavle_core::web::{cursor_param, json, page_limit, path_id, query_param, read_json};
 use tavle_core::web::{malformed_cursor, Body, Checks, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
@@ -112,18 +113,18 @@ pub fn looks_like_identity_number(s: &str) -> bool {
     false
 }
 
-/// The cursor names only the last pupil shown (never names); the page
-/// continues after that pupil's sort key.
+/// The position in a cursor: the last pupil shown (never a name); the page
+/// continues after that pupil's sort key. Sealed and bound to the caller, the
+/// list and its filters (`tavle_core::cursor`), so it can name only a pupil
+/// this list showed this caller, never one of the caller's choosing.
 #[derive(Deserialize)]
 struct ListCursor {
     after: String,
 }
 
-/// The pupil a list or name-search cursor continues after, if it is one
-/// this API handed out.
-fn cursor_after(cursor: ListCursor) -> Option<String> {
-    uuid::Uuid::parse_str(&cursor.after).ok().map(|u| u.to_string())
-}
+/// The error of a name search's cursor (in the body) that is not one this
+/// list handed out to this caller: the same whatever is wrong with it.
+const MALFORMED_CURSOR: &str = "malformed cursor";
 
 /// Whether the query string has the parameter `name` at all (with any
 /// value, or none), without decoding what it carries.
@@ -134,12 +135,55 @@ fn has_query_param(req: &Request, name: &str) -> bool {
 /// What a page of pupils is narrowed to: the list's query parameters, or
 /// the body of a name search (`terms`, all of which must match).
 struct PupilFilter {
-    after: Option<String>,
+    list: PupilList,
+    after: Option<SealedCursor>,
     school: Option<String>,
     group: Option<String>,
     year: Option<i64>,
     terms: Vec<String>,
     limit: i64,
+}
+
+/// The two lists of pupils: their cursors are not interchangeable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PupilList {
+    /// `GET /pupils`: the cursor in the query.
+    List,
+    /// `POST /pupils/search` with a name: the cursor in the body.
+    NameSearch,
+}
+
+impl PupilFilter {
+    /// The cursors of this list for `who`: bound to every filter that shapes
+    /// it, for a name search also to its terms (NFC, as searched).
+    fn cursors(&self, key: CursorKey, tenant_id: &str, user_id: &str) -> Cursors {
+        let name = match self.list {
+            PupilList::List => "pupils.list",
+            PupilList::NameSearch => "pupils.search_by_name",
+        };
+        let year = self.year.map(|y| y.to_string());
+        let cursors = key
+            .bind_to(name, tenant_id, user_id)
+            .filter("school_id", self.school.as_deref())
+            .filter("group_id", self.group.as_deref())
+            .filter("year_level", year.as_deref());
+        match self.list {
+            PupilList::List => cursors,
+            PupilList::NameSearch => cursors.filter("name", Some(&Json::from(self.terms.clone()).to_string())),
+        }
+    }
+
+    /// The pupil this page continues after, if the cursor is one this list
+    /// handed out to this caller (else the list's malformed-cursor problem).
+    fn after(&self, cursors: &Cursors) -> Result<Option<String>, Problem> {
+        let Some(cursor) = &self.after else { return Ok(None) };
+        let after = cursors.open::<ListCursor>(cursor).and_then(|c| uuid::Uuid::parse_str(&c.after).ok());
+        match (after, self.list) {
+            (Some(id), _) => Ok(Some(id.to_string())),
+            (None, PupilList::List) => Err(malformed_cursor()),
+            (None, PupilList::NameSearch) => Err(Problem::validation(vec![field("/cursor", MALFORMED_CURSOR)])),
+        }
+    }
 }
 
 /// The access-log action of a page of pupils (the list and name searches).
@@ -156,10 +200,7 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
         )]));
     }
     let limit = page_limit(req)?;
-    let after = match decode_cursor::<ListCursor>(req)? {
-        None => None,
-        Some(c) => Some(cursor_after(c).ok_or_else(malformed_cursor)?),
-    };
+    let after = cursor_param(req)?;
     let school = uuid_param(req, "school_id")?;
     let group = uuid_param(req, "group_id")?;
     let year = match query_param(req, "year_level")? {
@@ -168,7 +209,7 @@ pub async fn list(req: &Request, meta: &RequestMeta, vars: &impl Variables, db: 
             Problem::bad_query(vec![field("/query/year_level", "must be a whole number from 1 to 13")])
         })?),
     };
-    let filter = PupilFilter { after, school, group, year, terms: Vec::new(), limit };
+    let filter = PupilFilter { list: PupilList::List, after, school, group, year, terms: Vec::new(), limit };
     pupil_page(req, meta, vars, db, filter).await
 }
 
@@ -183,11 +224,13 @@ async fn pupil_page(
 ) -> HttpResult {
     let scope = Scope::of(req, vars, db).await?;
     scope.require_pupil_scope()?;
+    let cursors = f.cursors(crate::cursor_key(vars)?, &scope.who.tenant_id, &scope.who.user_id);
+    let after = f.after(&cursors)?;
 
     let limit = f.limit;
     let mut params = scope.params();
     params.extend([
-        f.after.map(uuid).unwrap_or(Value::Null),
+        after.map(uuid).unwrap_or(Value::Null),
         f.school.map(uuid).unwrap_or(Value::Null),
         f.group.map(uuid).unwrap_or(Value::Null),
         f.year.into(),
@@ -223,7 +266,7 @@ async fn pupil_page(
     let shown: Vec<&Row> = rows.iter().filter(|r| rank(r) <= limit).collect();
     let items = shown.iter().map(|r| pupil_view(r)).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = match (more, shown.last()) {
-        (true, Some(last)) => Some(encode_cursor(&json!({"after": last.text("pupil_id")?}))),
+        (true, Some(last)) => Some(cursors.seal(&json!({"after": last.text("pupil_id")?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
@@ -314,18 +357,20 @@ fn validate_search(body: SearchBody, vars: &impl Variables) -> Result<Search, Pr
             if !(1..=200).contains(&limit) {
                 checks.fail("/limit", "must be an integer from 1 to 200");
             }
+            // Its form now, with the rest of the body; whether it opens once
+            // the caller is known (`PupilFilter::after`).
             let after = match cursor.flatten() {
                 None => None,
                 Some(raw) => {
-                    let after = parse_cursor::<ListCursor>(&raw).and_then(cursor_after);
+                    let after = SealedCursor::parse(&raw);
                     if after.is_none() {
-                        checks.fail("/cursor", "malformed cursor");
+                        checks.fail("/cursor", MALFORMED_CURSOR);
                     }
                     after
                 }
             };
             checks.finish()?;
-            Ok(Search::Name(PupilFilter { after, school, group, year, terms, limit }))
+            Ok(Search::Name(PupilFilter { list: PupilList::NameSearch, after, school, group, year, terms, limit }))
         }
     }
 }
@@ -572,15 +617,16 @@ mod tests {
         assert_eq!((f.limit, f.after, f.school, f.group, f.year), (50, None, None, None, None));
         let school = "0B8F7A52-3C1E-4F0E-9D53-2F6D1C0A9E11";
         let after = "0b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e12";
-        let cursor = encode_cursor(&json!({"after": after}));
-        let f = name_filter(
-            json!({"name": "x", "school_id": school, "group_id": after, "year_level": 13, "limit": 200, "cursor": cursor}),
-        );
+        let (tenant, user) = (TENANT, USER);
+        let body = json!({"name": "x", "school_id": school, "group_id": after, "year_level": 13, "limit": 200});
+        let cursor = name_filter(body.clone()).cursors(key(), tenant, user).seal(&json!({"after": after}));
+        let mut with_cursor = body.clone();
+        with_cursor["cursor"] = json!(cursor);
+        let f = name_filter(with_cursor);
         assert_eq!(f.school.as_deref(), Some(school.to_lowercase().as_str()));
-        assert_eq!(
-            (f.group.as_deref(), f.after.as_deref(), f.year, f.limit),
-            (Some(after), Some(after), Some(13), 200)
-        );
+        assert_eq!((f.group.as_deref(), f.year, f.limit), (Some(after), Some(13), 200));
+        assert_eq!(f.after, SealedCursor::parse(&cursor), "carried as it came, opened once the caller is known");
+        assert_eq!(f.after(&f.cursors(key(), tenant, user)).unwrap().as_deref(), Some(after));
 
         // Length in NFC: 100 decomposed letters (200 code points) are 100.
         assert_eq!(name_filter(json!({"name": "e\u{301}".repeat(100)})).terms.len(), 1);
@@ -613,15 +659,79 @@ mod tests {
         }
         assert_eq!(refused(json!({"name": "x", "limit": 2.5}), ""), ["/limit"]);
         assert_eq!(refused(json!({"name": "x", "year_level": 0}), ""), ["/year_level"]);
-        // Cursors: only one this API handed out, naming a pupil id.
+        // Cursors: only of the form of one, before the caller is known.
+        // (The old format: `{"after":"Aasen"}`, `{"before":3}` as bare base64url.)
         for bad in [
             "not-a-cursor".to_owned(),
-            encode_cursor(&json!({"after": "Aasen"})),
-            encode_cursor(&json!({"before": 3})),
+            "eyJhZnRlciI6IkFhc2VuIn0".to_owned(),
+            "eyJiZWZvcmUiOjN9".to_owned(),
             "A".repeat(600),
         ] {
             assert_eq!(refused(json!({"name": "x", "cursor": bad}), "Aasen"), ["/cursor"]);
         }
+    }
+
+    const TENANT: &str = "6c1f3b2a-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
+    const USER: &str = "7d2a4c3b-1e5f-4a6b-9c7d-8e9f0a1b2c3d";
+
+    fn key() -> CursorKey {
+        CursorKey::derive(&[3u8; 32])
+    }
+
+    #[test]
+    fn a_pupil_cursor_opens_only_for_its_list_caller_and_filters() {
+        let pupil = "0b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e12";
+        let search = |body: Json| {
+            let mut f = name_filter(body);
+            f.after = None;
+            f
+        };
+        let list = |school: Option<&str>, year: Option<i64>| PupilFilter {
+            list: PupilList::List,
+            after: None,
+            school: school.map(str::to_owned),
+            group: None,
+            year,
+            terms: Vec::new(),
+            limit: 50,
+        };
+        let issued = search(json!({"name": " Ame\u{301}lie  berg ", "year_level": 5}));
+        let cursor = issued.cursors(key(), TENANT, USER).seal(&json!({"after": pupil}));
+        // The same search however typed (NFC, spaces): the cursor opens.
+        let mut same = search(json!({"name": "Am\u{e9}lie berg", "year_level": 5, "cursor": cursor}));
+        same.after = SealedCursor::parse(&cursor);
+        assert_eq!(same.after(&same.cursors(key(), TENANT, USER)).unwrap().as_deref(), Some(pupil));
+        let other = "1b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e12";
+        for (what, mut f, tenant, user) in [
+            ("another tenant", search(json!({"name": "Amélie berg", "year_level": 5})), other, USER),
+            ("another user", search(json!({"name": "Amélie berg", "year_level": 5})), TENANT, other),
+            ("another name", search(json!({"name": "Amélie", "year_level": 5})), TENANT, USER),
+            ("another year", search(json!({"name": "Amélie berg", "year_level": 6})), TENANT, USER),
+            ("no year", search(json!({"name": "Amélie berg"})), TENANT, USER),
+            ("a school", search(json!({"name": "Amélie berg", "year_level": 5, "school_id": other})), TENANT, USER),
+            ("a group", search(json!({"name": "Amélie berg", "year_level": 5, "group_id": other})), TENANT, USER),
+            ("the list", list(None, Some(5)), TENANT, USER),
+        ] {
+            f.after = SealedCursor::parse(&cursor);
+            let p = f.after(&f.cursors(key(), tenant, user)).unwrap_err();
+            let (status, pointer) = match f.list {
+                PupilList::NameSearch => (StatusCode::UNPROCESSABLE_ENTITY, "/cursor"),
+                PupilList::List => (StatusCode::BAD_REQUEST, "/query/cursor"),
+            };
+            assert_eq!((p.status, p.errors), (status, vec![field(pointer, "malformed cursor")]), "{what}");
+        }
+        // The list's cursor opens for the list with the same filters only.
+        let school = Some("2b8f7a52-3c1e-4f0e-9d53-2f6d1c0a9e12");
+        let cursor = list(school, None).cursors(key(), TENANT, USER).seal(&json!({"after": pupil}));
+        for (f, opens) in [(list(school, None), true), (list(None, None), false), (list(school, Some(1)), false)] {
+            let f = PupilFilter { after: SealedCursor::parse(&cursor), ..f };
+            assert_eq!(f.after(&f.cursors(key(), TENANT, USER)).is_ok(), opens);
+        }
+        // A position that is not a pupil id, even sealed right, is refused too.
+        let f = PupilFilter { after: None, ..list(None, None) };
+        let not_an_id = f.cursors(key(), TENANT, USER).seal(&json!({"after": "Aasen"}));
+        let f = PupilFilter { after: SealedCursor::parse(&not_an_id), ..f };
+        assert_eq!(f.after(&f.cursors(key(), TENANT, USER)).unwrap_err().status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

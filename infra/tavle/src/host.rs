@@ -5,14 +5,14 @@
 use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
 use http::{HeaderValue, Request, Response};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode};
+use sqlx::{Connection, PgPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
-use tavle_core::db::SqlxDb;
+use std::time::{Duration, Instant};
+use tavle_core::db::{Admission, Backoff, Db, DbError, Row, SqlxDb, Value};
 use tavle_core::web::{self, Body, BodyReader, RequestMeta};
 use tavle_core::Problem;
 
@@ -27,6 +27,10 @@ pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "probe"]
 struct ComponentRuntime {
     variables: HashMap<String, String>,
     pool: PgPool,
+    /// Shared with the same component's runtimes on the other workers.
+    backoff: Backoff,
+    /// Limit of a connection attempt (`connect_timeout` of `db_url`).
+    connect_timeout: Duration,
 }
 
 /// One host instance: routes plus a runtime per component. Pools are bound
@@ -42,6 +46,10 @@ pub struct HostConfig {
     pub manifest: Arc<Manifest>,
     pub app_variables: HashMap<String, String>,
     pub max_connections: u32,
+    /// Per component, what every worker's runtime of it knows about its
+    /// database (each worker has its own pool, but one failure to connect
+    /// makes them all answer 503 at once for a while; see [`Backoff`]).
+    pub backoff: HashMap<String, Backoff>,
 }
 
 impl HostConfig {
@@ -52,7 +60,8 @@ impl HostConfig {
                 bail!("spin.toml component `{name}` has no native handler in this host");
             }
         }
-        Ok(HostConfig { manifest: Arc::new(manifest), app_variables, max_connections: 10 })
+        let backoff = manifest.components.keys().map(|name| (name.clone(), Backoff::new())).collect();
+        Ok(HostConfig { manifest: Arc::new(manifest), app_variables, max_connections: 10, backoff })
     }
 }
 
@@ -69,11 +78,17 @@ impl Host {
             // One pool per component, as Spin 4 keeps them (its pools are
             // per component and address), so no component can take another's
             // connections, or be handed one another left behind.
+            // The acquire timeout bounds the wait for a connection that
+            // other requests hold; a new connection has `connect_timeout`
+            // (see `GatedDb`).
             let pool = PgPoolOptions::new()
                 .max_connections(config.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_lazy_with(connect_options(&url)?);
-            components.insert(name.clone(), ComponentRuntime { variables, pool });
+            let backoff = config.backoff.get(name).cloned().unwrap_or_default();
+            let connect_timeout =
+                tavle_core::db::connect_timeout(&url).unwrap_or(tavle_core::db::DEFAULT_CONNECT_TIMEOUT);
+            components.insert(name.clone(), ComponentRuntime { variables, pool, backoff, connect_timeout });
         }
         Ok(Host { manifest: config.manifest.clone(), components })
     }
@@ -113,7 +128,7 @@ impl Host {
             return empty(http::StatusCode::NOT_FOUND);
         };
         let runtime = &self.components[&route.component];
-        let mut db = SqlxDb::new(runtime.pool.clone());
+        let mut db = GatedDb { db: SqlxDb::new(runtime.pool.clone()), runtime };
         match route.component.as_str() {
             "login" => tavle_login::handle(req, &runtime.variables, &mut db).await,
             "ingest" => tavle_ingest::handle(req, &runtime.variables, &mut db).await,
@@ -141,6 +156,93 @@ impl Host {
         for c in self.components.values() {
             c.pool.close().await;
         }
+    }
+}
+
+/// The database of one request: its connection is taken on first use, as
+/// [`SqlxDb`] does, but through the component's [`Backoff`] and within the
+/// component's connect timeout, so that a database that cannot be reached
+/// costs a request at most one short attempt, and most requests none:
+///
+/// - while backing off after a failure, 503 at once (no attempt);
+/// - the one request after the backoff (the probe) makes one direct
+///   connection attempt, without the retries of sqlx's pool (which retries
+///   a refused connection until its acquire deadline), within the connect
+///   timeout; then takes a pooled connection as usual;
+/// - otherwise a pooled connection within the connect timeout, unless all
+///   of the pool's connections are in use: then waiting for one of them
+///   (up to the pool's 5 s) is no sign of an outage.
+///
+/// Any failure to reach the database, on connecting or later, starts the
+/// backoff; a connection taken ends it.
+struct GatedDb<'a> {
+    db: SqlxDb,
+    runtime: &'a ComponentRuntime,
+}
+
+impl GatedDb<'_> {
+    async fn connect(&mut self) -> Result<(), DbError> {
+        if self.db.is_connected() {
+            return Ok(());
+        }
+        let ComponentRuntime { pool, backoff, connect_timeout, .. } = self.runtime;
+        let started = Instant::now();
+        let failed = |e: String| {
+            backoff.failed(started, Instant::now());
+            DbError::Unavailable(e)
+        };
+        match backoff.admit(started, *connect_timeout) {
+            Admission::Refuse => {
+                return Err(DbError::Unavailable("backing off after a failure to reach the database".into()))
+            }
+            Admission::Probe => {
+                let options = pool.connect_options();
+                match tokio::time::timeout(*connect_timeout, PgConnection::connect_with(&options)).await {
+                    Ok(Ok(probe)) => drop(probe.close().await),
+                    Ok(Err(e)) => return Err(failed(e.to_string())),
+                    Err(_) => return Err(failed(format!("no connection within {connect_timeout:?}"))),
+                }
+            }
+            Admission::Connect => {}
+        }
+        let busy = pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections();
+        let acquired = if busy {
+            pool.acquire().await.map_err(|e| match e {
+                sqlx::Error::PoolTimedOut => DbError::Unavailable(e.to_string()),
+                e => failed(e.to_string()),
+            })
+        } else {
+            match tokio::time::timeout(*connect_timeout, pool.acquire()).await {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(failed(e.to_string())),
+                Err(_) => Err(failed(format!("no connection within {connect_timeout:?}"))),
+            }
+        };
+        self.db.attach(acquired?).await.map_err(|e| self.observe(started, e))?;
+        backoff.succeeded(Instant::now());
+        Ok(())
+    }
+
+    /// An error of the database: one that says it cannot be reached starts the backoff.
+    fn observe(&self, started: Instant, e: DbError) -> DbError {
+        if matches!(e, DbError::Unavailable(_)) {
+            self.runtime.backoff.failed(started, Instant::now());
+        }
+        e
+    }
+}
+
+impl Db for GatedDb<'_> {
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+        self.connect().await?;
+        let started = Instant::now();
+        self.db.query(sql, params).await.map_err(|e| self.observe(started, e))
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        self.connect().await?;
+        let started = Instant::now();
+        self.db.execute(sql, params).await.map_err(|e| self.observe(started, e))
     }
 }
 
