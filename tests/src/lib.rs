@@ -297,8 +297,10 @@ impl TestApp {
             "audit_log",
             "access_log",
             "access_log_heads",
+            "access_log_checkpoints",
         ] {
-            if ["audit_log", "access_log", "access_log_heads"].contains(&table) && !with_audit {
+            if ["audit_log", "access_log", "access_log_heads", "access_log_checkpoints"].contains(&table) && !with_audit
+            {
                 continue;
             }
             let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT t::text FROM {table} t ORDER BY 1"))

@@ -535,7 +535,7 @@ pub async fn access_records(app: &TestApp, tenant: &str) -> Vec<(String, String,
                       JOIN pupils p ON p.id = x.id ORDER BY x.n), \
                 l.client_ip \
          FROM access_log l JOIN tenants t ON t.id = l.tenant_id JOIN users u ON u.id = l.actor_user_id \
-         WHERE t.slug = $1 ORDER BY l.seq",
+         WHERE t.slug = $1 ORDER BY l.id",
     )
     .bind(tenant)
     .fetch_all(&app.pool)

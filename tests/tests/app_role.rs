@@ -45,6 +45,10 @@ async fn the_application_role_cannot_rewrite_or_forge_audit_and_access_records()
         sqlx::query_as("SELECT tenant_id, actor_user_id FROM access_log").fetch_one(&app.pool).await.unwrap();
     assert_eq!((tenant.to_string(), actor.to_string()), (oslo.tenant_id.clone(), oslo.user_id.clone()));
     let before = app.snapshot(true).await;
+    // The flag under which access_log_prune deletes (one connection: it stays
+    // set for every statement below) gives the application role nothing.
+    let flag = "SELECT set_config('tavle.access_log_pruning', 'on', false)";
+    assert_eq!(refused(&as_app, flag).await, None);
 
     for (what, sql, code) in [
         ("rewrite an audit record", "UPDATE audit_log SET action = 'nothing.happened'".to_owned(), "42501"),
@@ -53,9 +57,31 @@ async fn the_application_role_cannot_rewrite_or_forge_audit_and_access_records()
         ("rewrite an access record", "UPDATE access_log SET action = 'nothing.happened'".to_owned(), "42501"),
         ("delete access records", "DELETE FROM access_log".to_owned(), "42501"),
         ("truncate the access log", "TRUNCATE access_log".to_owned(), "42501"),
-        ("insert an access record directly", "INSERT INTO access_log SELECT * FROM access_log".to_owned(), "42501"),
+        (
+            "insert an access record directly",
+            "INSERT INTO access_log (tenant_id, lane, seq, at, actor_user_id, action, pupil_ids, prev_hash, hash) \
+             SELECT tenant_id, lane, seq + 1, at, actor_user_id, action, pupil_ids, prev_hash, hash FROM access_log"
+                .to_owned(),
+            "42501",
+        ),
         ("read the chain heads", "SELECT * FROM access_log_heads".to_owned(), "42501"),
         ("move a chain head", "UPDATE access_log_heads SET seq = 0".to_owned(), "42501"),
+        ("read the checkpoints", "SELECT * FROM access_log_checkpoints".to_owned(), "42501"),
+        ("delete a checkpoint", "DELETE FROM access_log_checkpoints".to_owned(), "42501"),
+        (
+            "prune the access log",
+            format!("SELECT * FROM access_log_prune('{}', now() - interval '1 year')", oslo.tenant_id),
+            "42501",
+        ),
+        (
+            "write a checkpoint",
+            format!(
+                "SELECT * FROM access_log_checkpoint('{}', 'anchor', NULL, array_fill(0::int8, ARRAY[16]), \
+                 array_fill('\\x00'::bytea, ARRAY[16]), 0)",
+                oslo.tenant_id
+            ),
+            "42501",
+        ),
         (
             "append for another tenant and actor",
             format!(

@@ -1251,7 +1251,7 @@ async fn a_transfer_between_schools_is_audited_once_without_personal_data_and_sh
     assert_eq!(items[0]["source"], json!({"id": sorby.id, "name": "Sørby SAS"}));
     assert!(!r.text().contains("Elev1") && !r.text().contains(&synthetic_id(1)));
     let logged: Vec<(String, String)> =
-        sqlx::query_as("SELECT action, array_to_string(pupil_ids, ',') FROM access_log ORDER BY seq")
+        sqlx::query_as("SELECT action, array_to_string(pupil_ids, ',') FROM access_log ORDER BY id")
             .fetch_all(&w.app.pool)
             .await
             .unwrap();

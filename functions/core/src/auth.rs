@@ -196,7 +196,7 @@ const SESSION_COLUMNS: &str = "u.id AS user_id, u.tenant_id, s.id AS session_id,
         'group_id', g.group_id) ORDER BY g.role, g.school_id, g.group_id), '[]'::jsonb) \
       FROM role_grants g WHERE g.user_id = u.id AND g.tenant_id = u.tenant_id) AS grants";
 
-const LIVE_SESSION: &str = "s.revoked_at IS NULL AND now() < s.idle_expires_at \
+pub(crate) const LIVE_SESSION: &str = "s.revoked_at IS NULL AND now() < s.idle_expires_at \
      AND now() < s.expires_at AND u.active AND u.deleted_at IS NULL";
 
 fn principal(row: &Row, credential: Credential) -> Result<Principal, Problem> {
@@ -265,15 +265,34 @@ pub fn check_origin(req: &Request<Body>, allowed_origins: &str, cookie_auth: boo
 
 /// Authenticates a request by bearer token or session cookie and loads the
 /// principal with its live session; everything else is a 401.
+/// Who a bearer access token names, once its signature, lifetime and ids
+/// are checked (and the request's Origin, if it has one): not yet whether
+/// the session is still live, which only the database knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BearerCaller {
+    pub user_id: String,
+    pub tenant_id: String,
+    pub session_id: String,
+}
+
+/// The caller named by the request's bearer token, or `None` without one.
+///
+/// # Errors
+/// 401 for a token that does not verify; 403 for a foreign Origin.
+pub fn bearer_caller(req: &Request<Body>, vars: &impl Variables) -> Result<Option<BearerCaller>, Problem> {
+    let Some(token) = bearer(req)? else { return Ok(None) };
+    let verifier = TokenVerifier::from_vars(vars)?;
+    let (user_id, claims) = verifier.verify(token)?;
+    let ids = [user_id.as_str(), claims.tenant.as_str(), claims.sid.as_str()];
+    if ids.iter().any(|id| ::uuid::Uuid::parse_str(id).is_err()) {
+        return Err(Problem::unauthenticated());
+    }
+    check_origin(req, &vars.get("allowed_origins").unwrap_or_default(), false)?;
+    Ok(Some(BearerCaller { user_id, tenant_id: claims.tenant, session_id: claims.sid }))
+}
+
 pub async fn authenticate(req: &Request<Body>, db: &mut impl Db, vars: &impl Variables) -> Result<Principal, Problem> {
-    if let Some(token) = bearer(req)? {
-        let verifier = TokenVerifier::from_vars(vars)?;
-        let (user_id, claims) = verifier.verify(token)?;
-        let ids = [user_id.as_str(), claims.tenant.as_str(), claims.sid.as_str()];
-        if ids.iter().any(|id| ::uuid::Uuid::parse_str(id).is_err()) {
-            return Err(Problem::unauthenticated());
-        }
-        check_origin(req, &vars.get("allowed_origins").unwrap_or_default(), false)?;
+    if let Some(caller) = bearer_caller(req, vars)? {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions s \
              JOIN users u ON u.id = s.user_id AND u.tenant_id = s.tenant_id \
@@ -281,7 +300,7 @@ pub async fn authenticate(req: &Request<Body>, db: &mut impl Db, vars: &impl Var
              WHERE s.id = $1::uuid AND s.tenant_id = $2::uuid AND s.user_id = $3::uuid AND {LIVE_SESSION}"
         );
         let row = db
-            .query_opt(&sql, &[uuid(claims.sid), uuid(claims.tenant), uuid(user_id)])
+            .query_opt(&sql, &[uuid(caller.session_id), uuid(caller.tenant_id), uuid(caller.user_id)])
             .await?
             .ok_or_else(Problem::unauthenticated)?;
         return principal(&row, Credential::Bearer);

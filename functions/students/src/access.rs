@@ -36,12 +36,12 @@ pub async fn for_pupil(
         &who,
         meta,
         "access_log.viewed",
-        "SELECT l.seq, rfc3339(l.at) AS at, l.actor_user_id, u.display_name, u.username, l.action, l.client_ip, \
+        "SELECT l.id, l.lane::int8 AS lane, l.seq, rfc3339(l.at) AS at, l.actor_user_id, u.display_name, u.username, l.action, l.client_ip, \
                 l.request_id, cardinality(l.pupil_ids)::int8 AS pupils_in_record \
          FROM access_log l LEFT JOIN users u ON u.id = l.actor_user_id AND u.tenant_id = l.tenant_id \
          WHERE l.tenant_id = $1::uuid AND l.pupil_ids @> ARRAY[$2::uuid] \
-           AND ($3::int8 IS NULL OR l.seq < $3::int8) \
-         ORDER BY l.seq DESC LIMIT $4::int8",
+           AND ($3::int8 IS NULL OR l.id < $3::int8) \
+         ORDER BY l.id DESC LIMIT $4::int8",
         "(SELECT CASE WHEN EXISTS (SELECT 1 FROM data) THEN ARRAY[$2::uuid] END)",
         vec![uuid(&who.tenant_id), uuid(&pupil), before, (limit + 1).into()],
     )
@@ -51,6 +51,7 @@ pub async fn for_pupil(
         .iter()
         .map(|r| {
             Ok(json!({
+                "lane": r.int("lane")?,
                 "seq": r.int("seq")?,
                 "at": r.text("at")?,
                 "actor": actor(r)?,
@@ -62,7 +63,7 @@ pub async fn for_pupil(
         })
         .collect::<Result<Vec<_>, Problem>>()?;
     let next_cursor = match (rows.len() > shown.len(), shown.last()) {
-        (true, Some(last)) => Some(cursors.seal(&json!({"before": last.int("seq")?}))),
+        (true, Some(last)) => Some(cursors.seal(&json!({"before": last.int("id")?}))),
         _ => None,
     };
     json(StatusCode::OK, &json!({"pupil_id": pupil, "items": items, "next_cursor": next_cursor}))

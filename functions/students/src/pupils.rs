@@ -2,7 +2,7 @@
 //! the search by identity number or by name (in a POST body only, never a
 //! URL), and a pupil's profile with results over time.
 
-use crate::scope::{Scope, PUPIL_VISIBLE, VISIBLE_PUPIL_IDS};
+use crate::scope::{Reader, Scope, PUPIL_VISIBLE, VISIBLE_PUPIL_IDS};
 use crate::BODY_LIMIT;
 use http::StatusCode;
 use serde::Deserialize;
@@ -528,10 +528,9 @@ pub async fn profile(
             return Err(Problem::bad_query(vec![field("/query/to", "must not be before from")]));
         }
     }
-    let scope = Scope::of(req, vars, db).await?;
-    let mut params = scope.params();
-    params.extend([uuid(id), subject.into(), assessment.map(uuid).unwrap_or(Value::Null), from.into(), to.into()]);
-    let rows = logged_read(db, &scope.who, meta, PROFILE_ACTION, PROFILE_SQL, PROFILE_CONCERNED, params).await?;
+    let reader = Reader::of(req, vars, db).await?;
+    let params = vec![uuid(id), subject.into(), assessment.map(uuid).unwrap_or(Value::Null), from.into(), to.into()];
+    let rows = reader.logged_read(db, meta, PROFILE_ACTION, PROFILE_SQL, PROFILE_CONCERNED, params).await?;
     let Some(first) = rows.first() else { return Err(Problem::not_found()) };
     let mut view = pupil_view(first)?;
     // The groups column is filled on one row only (the first, by the query's order).
@@ -732,6 +731,15 @@ mod tests {
         let not_an_id = f.cursors(key(), TENANT, USER).seal(&json!({"after": "Aasen"}));
         let f = PupilFilter { after: SealedCursor::parse(&not_an_id), ..f };
         assert_eq!(f.after(&f.cursors(key(), TENANT, USER)).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn the_profile_and_the_overview_read_their_grants_in_their_own_statement() {
+        use tavle_core::access_log::grants_in_statement;
+        for sql in [PROFILE_SQL, crate::OVERVIEW_SQL] {
+            let one = grants_in_statement(sql).expect("only the grants use $2 and $3");
+            assert!(one.contains("(SELECT taught FROM who)") && one.contains("(SELECT led FROM who)"));
+        }
     }
 
     #[test]

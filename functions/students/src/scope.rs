@@ -11,10 +11,12 @@
 //! privacy officer still reaches their access log). Everything outside the
 //! scope answers 404, like ids that do not exist.
 
-use tavle_core::auth::{authenticate, Principal, Role};
-use tavle_core::db::{uuid, Db, Value};
+use tavle_core::access_log::{caller_params, grants_in_statement, logged_read, logged_read_as, with_caller};
+use tavle_core::auth::{authenticate, bearer_caller, BearerCaller, Principal, Role};
+use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::vars::Variables;
 use tavle_core::web::Body;
+use tavle_core::web::RequestMeta;
 use tavle_core::Problem;
 
 /// The caller and the three parameters every scoped query starts with:
@@ -82,4 +84,69 @@ impl Scope {
     pub fn whole_structure(&self) -> bool {
         self.who.has_role(Role::TenantAdmin) || self.who.has_role(Role::PrivacyOfficer)
     }
+}
+
+/// The caller of a read of pupil data, as the request names them: with a
+/// bearer access token (every client's API calls) the read checks the
+/// session and reads the grants inside its own statement, so that the
+/// request is one round trip; with the session cookie only, it authenticates
+/// first ([`Scope::of`]) and then reads.
+pub enum Reader {
+    Bearer(BearerCaller),
+    Session(Scope),
+}
+
+impl Reader {
+    /// No database work for a bearer token (its session is checked by the read).
+    pub async fn of(req: &http::Request<Body>, vars: &impl Variables, db: &mut impl Db) -> Result<Reader, Problem> {
+        match bearer_caller(req, vars)? {
+            Some(caller) => Ok(Reader::Bearer(caller)),
+            None => Ok(Reader::Session(Scope::of(req, vars, db).await?)),
+        }
+    }
+
+    /// `logged_read` of a scoped query (`$1..$3` as [`Scope::params`],
+    /// `params` from `$4`): 401 if the session is not live.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn logged_read(
+        &self,
+        db: &mut impl Db,
+        meta: &RequestMeta,
+        action: &str,
+        sql: &str,
+        concerned: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Row>, Problem> {
+        match self {
+            Reader::Bearer(caller) => {
+                let sql = in_statement(sql)?;
+                logged_read_as(db, caller, meta, action, &sql, concerned, params)
+                    .await?
+                    .ok_or_else(Problem::unauthenticated)
+            }
+            Reader::Session(scope) => {
+                let mut all = scope.params();
+                all.extend(params);
+                logged_read(db, &scope.who, meta, action, sql, concerned, all).await
+            }
+        }
+    }
+
+    /// A scoped query that reads no pupil data (no access record).
+    pub async fn query_opt(&self, db: &mut impl Db, sql: &str, params: Vec<Value>) -> Result<Option<Row>, Problem> {
+        let (sql, mut all) = match self {
+            Reader::Bearer(caller) => (with_caller(&in_statement(sql)?), caller_params(caller)),
+            Reader::Session(scope) => (sql.to_owned(), scope.params()),
+        };
+        all.extend(params);
+        Ok(db.query_opt(&sql, &all).await?)
+    }
+}
+
+/// A scoped query in the form that reads the grants itself.
+fn in_statement(sql: &str) -> Result<String, Problem> {
+    grants_in_statement(sql).ok_or_else(|| {
+        eprintln!("error: a scoped query uses $2 or $3 other than as the caller's grants");
+        Problem::internal()
+    })
 }

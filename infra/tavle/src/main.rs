@@ -4,7 +4,8 @@
 //!   tavle migrate
 //!   tavle create-tenant --slug SLUG --name NAME --admin-username USER [--admin-display-name NAME]
 //!   tavle keygen
-//!   tavle verify-access-log --tenant SLUG
+//!   tavle verify-access-log --tenant SLUG [--expect-head HASH] [--no-anchor]
+//!   tavle prune-access-log --tenant SLUG --before YYYY-MM-DD
 //!   tavle generate-dataset --tenant SLUG [--pupils N] [--groups N] [--results N] [--schools N] [--jobs N]
 //!
 //! Passwords are read from `TAVLE_ADMIN_PASSWORD` or standard input, never
@@ -32,9 +33,16 @@ const USAGE: &str = "usage:
       from TAVLE_ADMIN_PASSWORD or the first line of standard input
   tavle keygen
       print fresh keys for the secret Spin variables
-  tavle verify-access-log --tenant SLUG
+  tavle verify-access-log --tenant SLUG [--expect-head HASH] [--no-anchor]
       recompute the tenant's hash-chained access log on DATABASE_URL and report
-      the first broken link (exit status 1 if there is one)
+      the first broken link (exit status 1 if there is one); with --expect-head,
+      a head printed by an earlier run must be in the log's checkpoint chain.
+      A good check leaves an anchor of what it checked (unless --no-anchor)
+      and prints its hash: keep it outside the database
+  tavle prune-access-log --tenant SLUG --before YYYY-MM-DD
+      delete the tenant's access records from before that date (midnight UTC,
+      at least 6 months back) in one transaction, leaving a checkpoint that
+      verification starts from; prints the new head
   tavle generate-dataset --tenant SLUG [--pupils 100000] [--groups 4000] [--results 10000000]
                          [--schools N] [--year-levels 10] [--jobs 2] [--admin-username admin]
       load a synthetic dataset (synthetic identity numbers only) into the tenant
@@ -119,14 +127,25 @@ fn run() -> Result<()> {
         }
         "verify-access-log" => {
             let slug = args.value("--tenant")?.ok_or_else(|| anyhow!("--tenant is required"))?;
+            let expect_head = args.value("--expect-head")?;
+            let anchor = !args.flag("--no-anchor");
             args.finish()?;
             block_on(async {
                 let pool = connect(&database_url()?).await?;
-                let report = ops::verify_access_log(&pool, &slug).await?;
+                let opts = ops::VerifyOptions { expect_head, anchor };
+                let report = ops::verify_access_log_with(&pool, &slug, &opts).await?;
                 match report.broken {
                     None => {
-                        println!("access log of {slug}: {} records, chain intact", report.records);
-                        println!("head hash {} (keep a copy outside the database)", report.head_hash);
+                        println!(
+                            "access log of {slug}: {} records after the newest cut, {} checkpoints, chain intact",
+                            report.records, report.checkpoints
+                        );
+                        if let Some(id) = report.expected_head {
+                            println!("the expected head is checkpoint {id} of the chain");
+                        }
+                        if let Some((id, digest)) = report.anchor {
+                            println!("head {digest} (anchor {id}): keep a copy outside the database");
+                        }
                         Ok(())
                     }
                     Some(broken) => {
@@ -134,6 +153,20 @@ fn run() -> Result<()> {
                         std::process::exit(1);
                     }
                 }
+            })
+        }
+        "prune-access-log" => {
+            let slug = args.value("--tenant")?.ok_or_else(|| anyhow!("--tenant is required"))?;
+            let before = args.value("--before")?.ok_or_else(|| anyhow!("--before is required"))?;
+            args.finish()?;
+            block_on(async {
+                let pool = connect(&database_url()?).await?;
+                let report = ops::prune_access_log(&pool, &slug, &before).await?;
+                println!(
+                    "access log of {slug}: {} records from before {before} deleted; head {} (checkpoint {}): keep a copy outside the database",
+                    report.deleted, report.digest, report.checkpoint_id
+                );
+                Ok(())
             })
         }
         "generate-dataset" => {

@@ -347,52 +347,215 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
     Ok(())
 }
 
-/// Outcome of checking one tenant's access-log chain.
+/// Outcome of checking one tenant's access log.
 #[derive(Debug)]
 pub struct ChainReport {
+    /// Records verified (from the newest prune's cut on).
     pub records: i64,
-    /// The head hash (hex): worth keeping outside the database, since an
-    /// attacker who rewrites every record and the head leaves a valid chain.
-    pub head_hash: String,
+    /// Checkpoints in the verified checkpoint chain (before any new anchor).
+    pub checkpoints: i64,
+    /// The anchor written after a good check (`verify_access_log_with` with
+    /// `anchor`): its id and digest (hex), the head to keep outside the
+    /// database and give back later as `--expect-head`.
+    pub anchor: Option<(i64, String)>,
+    /// With `expect_head`: the checkpoint (id) that has that digest.
+    pub expected_head: Option<i64>,
     /// The first broken link, if any.
     pub broken: Option<tavle_core::access_log::Break>,
 }
 
-/// Recomputes a tenant's access-log chain record by record (in batches, in
-/// sequence order) and reports the first broken link.
+/// How to check: against a head kept outside the database, and whether to
+/// leave an anchor of the checked state.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyOptions {
+    /// A checkpoint digest (hex) from an earlier check.
+    pub expect_head: Option<String>,
+    /// Append an anchor checkpoint of the checked state (when nothing is broken).
+    pub anchor: bool,
+}
+
+/// Recomputes a tenant's access log without writing anything (see
+/// [`verify_access_log_with`]).
 pub async fn verify_access_log(pool: &PgPool, tenant_slug: &str) -> Result<ChainReport> {
-    use tavle_core::access_log::{Record, Verifier};
-    type RecordRow = (String, i64, String, String, String, String, Option<String>, Option<String>, Vec<u8>, Vec<u8>);
-    const BATCH: i64 = 10_000;
-    let tenant: Option<(uuid::Uuid, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT t.id, h.seq, h.hash FROM tenants t JOIN access_log_heads h ON h.tenant_id = t.id WHERE t.slug = $1",
+    verify_access_log_with(pool, tenant_slug, &VerifyOptions::default()).await
+}
+
+type CheckpointRow = (String, i64, String, String, Option<String>, Vec<i64>, Vec<Vec<u8>>, Vec<u8>, Vec<u8>);
+
+/// Recomputes a tenant's access log in one snapshot: the checkpoint chain,
+/// then every lane record by record (in batches, in sequence order) from the
+/// newest prune's cut to the lane's head, checking every later anchor's
+/// lane states on the way; reports the first broken link. With
+/// `expect_head`, that digest must be a checkpoint of the chain (so that a
+/// log rewritten with its heads and checkpoints is found); with `anchor`, a
+/// good check appends an anchor of exactly the state it checked.
+pub async fn verify_access_log_with(pool: &PgPool, tenant_slug: &str, opts: &VerifyOptions) -> Result<ChainReport> {
+    use std::collections::HashMap;
+    use tavle_core::access_log::{verify_checkpoints, Break, Checkpoint, LaneState, Verifier, LANES};
+    let expect_head = match &opts.expect_head {
+        None => None,
+        Some(h) => Some(decode_hex(h).ok_or_else(|| anyhow!("--expect-head is the 64 hex digits of a head"))?),
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+    let tenant: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1").bind(tenant_slug).fetch_optional(&mut *tx).await?;
+    let Some(tenant_id) = tenant else { bail!("no tenant `{tenant_slug}`") };
+    let mut report = ChainReport { records: 0, checkpoints: 0, anchor: None, expected_head: None, broken: None };
+
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT tenant_id::text, id, kind, rfc3339(at), rfc3339(cut_before), lane_seqs, lane_hashes, prev_digest, digest \
+         FROM access_log_checkpoints WHERE tenant_id = $1 ORDER BY id",
     )
-    .bind(tenant_slug)
-    .fetch_optional(pool)
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
     .await?;
-    let Some((tenant_id, head_seq, head_hash)) = tenant else { bail!("no tenant `{tenant_slug}`") };
-    let mut verifier = Verifier::default();
-    let mut after = 0i64;
+    let checkpoints: Vec<Checkpoint> = rows
+        .into_iter()
+        .map(|(tenant_id, id, kind, at, cut_before, seqs, hashes, prev_digest, digest)| Checkpoint {
+            tenant_id,
+            id,
+            kind,
+            at,
+            cut_before,
+            lanes: seqs.into_iter().zip(hashes).map(|(seq, hash)| LaneState { seq, hash }).collect(),
+            prev_digest,
+            digest,
+        })
+        .collect();
+    report.checkpoints = checkpoints.len() as i64;
+    if let Err(broken) = verify_checkpoints(&checkpoints) {
+        report.broken = Some(broken);
+        return Ok(report);
+    }
+    if let Some(head) = &expect_head {
+        match checkpoints.iter().find(|c| &c.digest == head) {
+            Some(c) => report.expected_head = Some(c.id),
+            None => {
+                report.broken = Some(Break::ExpectedHead);
+                return Ok(report);
+            }
+        }
+    }
+    // Verification starts at the newest prune's cut; the anchors after it
+    // name lane states that the records must have.
+    let newest_prune = checkpoints.iter().rposition(Checkpoint::is_prune);
+    let starts: Vec<LaneState> = match newest_prune {
+        Some(i) => checkpoints[i].lanes.clone(),
+        None => vec![LaneState::default(); LANES],
+    };
+    // (lane, seq) → the anchors (id, hash) that name that lane state.
+    type Anchored = HashMap<(i16, i64), Vec<(i64, Vec<u8>)>>;
+    let mut anchored: Anchored = HashMap::new();
+    for c in &checkpoints[newest_prune.map_or(0, |i| i + 1)..] {
+        for (lane, state) in c.lanes.iter().enumerate() {
+            anchored.entry((lane as i16, state.seq)).or_default().push((c.id, state.hash.clone()));
+        }
+    }
+    let check_anchors = |lane: i16, state: &LaneState| -> Result<(), Break> {
+        for (id, hash) in anchored.get(&(lane, state.seq)).into_iter().flatten() {
+            if hash != &state.hash {
+                return Err(Break::Anchor { id: *id, lane, seq: state.seq });
+            }
+        }
+        Ok(())
+    };
+
+    let heads: Vec<(i16, i64, Vec<u8>)> =
+        sqlx::query_as("SELECT lane, seq, hash FROM access_log_heads WHERE tenant_id = $1 ORDER BY lane")
+            .bind(tenant_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    if heads.len() != LANES || heads.iter().enumerate().any(|(i, h)| h.0 as usize != i) {
+        bail!("tenant `{tenant_slug}` has {} access-log heads, not one per lane 0..{LANES}", heads.len());
+    }
+    for (lane, head_seq, head_hash) in &heads {
+        let head = LaneState { seq: *head_seq, hash: head_hash.clone() };
+        let mut verifier = Verifier::from(*lane, starts[*lane as usize].clone());
+        let broken = verify_lane(&mut tx, tenant_id, &mut verifier, &head, &check_anchors).await?;
+        report.records += verifier.count();
+        if broken.is_some() {
+            report.broken = broken;
+            return Ok(report);
+        }
+    }
+    if opts.anchor {
+        let (seqs, hashes): (Vec<i64>, Vec<Vec<u8>>) = heads.into_iter().map(|(_, seq, hash)| (seq, hash)).unzip();
+        let (id, digest): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT checkpoint_id, digest FROM access_log_checkpoint($1, 'anchor', NULL, $2, $3, 0)")
+                .bind(tenant_id)
+                .bind(seqs)
+                .bind(hashes)
+                .fetch_one(&mut *tx)
+                .await?;
+        report.anchor = Some((id, tavle_core::auth::hex(&digest)));
+    }
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Feeds one lane's records after the verifier's start to it, checking the
+/// anchors' states on the way, then its head; the first break, if any.
+async fn verify_lane(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: uuid::Uuid,
+    verifier: &mut tavle_core::access_log::Verifier,
+    head: &tavle_core::access_log::LaneState,
+    check_anchors: &impl Fn(i16, &tavle_core::access_log::LaneState) -> Result<(), tavle_core::access_log::Break>,
+) -> Result<Option<tavle_core::access_log::Break>> {
+    use tavle_core::access_log::Record;
+    type RecordRow =
+        (String, i16, i64, String, String, String, String, Option<String>, Option<String>, i16, Vec<u8>, Vec<u8>);
+    const BATCH: i64 = 10_000;
+    let lane = verifier.state_lane();
+    if let Err(b) = check_anchors(lane, &verifier.state()) {
+        return Ok(Some(b));
+    }
+    let mut after = verifier.state().seq;
     loop {
         let rows: Vec<RecordRow> = sqlx::query_as(
-            "SELECT tenant_id::text, seq, rfc3339(at), actor_user_id::text, action, array_to_string(pupil_ids, ','), \
-                    client_ip, request_id, prev_hash, hash \
-             FROM access_log WHERE tenant_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq LIMIT $3",
+            "SELECT tenant_id::text, lane, seq, rfc3339(at), actor_user_id::text, action, \
+                    array_to_string(pupil_ids, ','), client_ip, request_id, format, prev_hash, hash \
+             FROM access_log WHERE tenant_id = $1 AND lane = $2 AND seq > $3 ORDER BY seq LIMIT $4",
         )
         .bind(tenant_id)
+        .bind(lane)
         .bind(after)
         .bind(BATCH)
-        // Records appended while the check runs are beyond the head read
-        // first: not part of this check.
-        .bind(head_seq)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
         let done = (rows.len() as i64) < BATCH;
-        for (tenant_id, seq, at, actor_user_id, action, pupil_ids, client_ip, request_id, prev_hash, hash) in rows {
-            let record =
-                Record { tenant_id, seq, at, actor_user_id, action, pupil_ids, client_ip, request_id, prev_hash, hash };
-            if let Err(broken) = verifier.push(&record) {
-                return Ok(report(&verifier, &head_hash, Some(broken)));
+        for row in rows {
+            let (
+                tenant_id,
+                lane,
+                seq,
+                at,
+                actor_user_id,
+                action,
+                pupil_ids,
+                client_ip,
+                request_id,
+                format,
+                prev_hash,
+                hash,
+            ) = row;
+            let record = Record {
+                tenant_id,
+                lane,
+                seq,
+                at,
+                actor_user_id,
+                action,
+                pupil_ids,
+                client_ip,
+                request_id,
+                format,
+                prev_hash,
+                hash,
+            };
+            if let Err(b) = verifier.push(&record).and_then(|()| check_anchors(lane, &verifier.state())) {
+                return Ok(Some(b));
             }
             after = seq;
         }
@@ -400,14 +563,49 @@ pub async fn verify_access_log(pool: &PgPool, tenant_slug: &str) -> Result<Chain
             break;
         }
     }
-    let broken = verifier.finish(head_seq, &head_hash).err();
-    Ok(report(&verifier, &head_hash, broken))
+    Ok(verifier.finish(head).err())
 }
 
-fn report(
-    verifier: &tavle_core::access_log::Verifier,
-    head_hash: &[u8],
-    broken: Option<tavle_core::access_log::Break>,
-) -> ChainReport {
-    ChainReport { records: verifier.count(), head_hash: tavle_core::auth::hex(head_hash), broken }
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..32).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// What a prune did.
+#[derive(Debug)]
+pub struct PruneReport {
+    pub deleted: i64,
+    pub checkpoint_id: i64,
+    /// The prune checkpoint's digest (hex): the log's head right after the cut.
+    pub digest: String,
+}
+
+/// Deletes the tenant's access records from before `before` (a date,
+/// `YYYY-MM-DD`, midnight UTC) in one transaction through
+/// `access_log_prune`, which refuses dates less than six months back and
+/// leaves the checkpoint that verification then starts from.
+pub async fn prune_access_log(pool: &PgPool, tenant_slug: &str, before: &str) -> Result<PruneReport> {
+    let before = tavle_core::scores::canonical_date(before).ok_or_else(|| anyhow!("--before is a date: YYYY-MM-DD"))?;
+    let recent: bool =
+        sqlx::query_scalar("SELECT ($1::date::timestamp AT TIME ZONE 'UTC') > now() - interval '6 months'")
+            .bind(&before)
+            .fetch_one(pool)
+            .await?;
+    if recent {
+        bail!("access records are kept at least 6 months: --before {before} is less than 6 months back");
+    }
+    let tenant: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1").bind(tenant_slug).fetch_optional(pool).await?;
+    let Some(tenant_id) = tenant else { bail!("no tenant `{tenant_slug}`") };
+    let (checkpoint_id, digest, deleted): (i64, Vec<u8>, i64) = sqlx::query_as(
+        "SELECT checkpoint_id, digest, deleted FROM access_log_prune($1, $2::date::timestamp AT TIME ZONE 'UTC')",
+    )
+    .bind(tenant_id)
+    .bind(&before)
+    .fetch_one(pool)
+    .await?;
+    Ok(PruneReport { deleted, checkpoint_id, digest: tavle_core::auth::hex(&digest) })
 }
