@@ -241,7 +241,18 @@ fn pod_secret_refs(spec: &Value) -> Vec<(String, Option<String>)> {
     }
     for vol in spec.get("volumes").and_then(|v| v.as_array()).into_iter().flatten() {
         if let Some(n) = str_at(vol, &["secret", "secretName"]) {
-            out.push((n.to_string(), None));
+            // A volume that names its keys (`items`) reads exactly those.
+            let keys: Vec<&str> = vol
+                .pointer("/secret/items")
+                .and_then(|i| i.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| str_at(i, &["key"]))
+                .collect();
+            if keys.is_empty() {
+                out.push((n.to_string(), None));
+            }
+            out.extend(keys.into_iter().map(|k| (n.to_string(), Some(k.to_string()))));
         }
     }
     out
