@@ -5,7 +5,8 @@
 Copies infra/terraform or infra/k8s once per case into a temporary directory, injects
 one violation (an exact text edit that must apply exactly once), and runs checkov on
 each copy. A case passes only if its copy fails the expected check;
-the untouched copies must fail nothing, so a check that always fails is caught too.
+the untouched copies must fail nothing, so a check that always fails is caught too,
+and each check they skip inline must be listed, with its reason, in infra/README.md.
 """
 
 import concurrent.futures
@@ -93,8 +94,7 @@ CASES = [
 SOURCES = {"terraform": os.path.join(ROOT, "infra", "terraform"), "kubernetes": os.path.join(ROOT, "infra", "k8s")}
 
 
-def failed_checks(report_json):
-    """(check_id, absolute file path) of every failed check in checkov's JSON output."""
+def _reports(report_json):
     # One JSON document per scanned directory, one after the other; each is a report
     # or a list of reports.
     decoder, pos, reports = json.JSONDecoder(), 0, []
@@ -105,6 +105,12 @@ def failed_checks(report_json):
         pos = end
         while pos < len(text) and text[pos].isspace():
             pos += 1
+    return reports
+
+
+def failed_checks(report_json):
+    """(check_id, absolute file path) of every failed check in checkov's JSON output."""
+    reports = _reports(report_json)
     out = []
     for r in reports:
         for f in (r.get("results") or {}).get("failed_checks") or []:
@@ -112,8 +118,18 @@ def failed_checks(report_json):
     return out
 
 
+def skipped_checks(report_json):
+    """(check_id, resource, reason) of every check skipped inline."""
+    out = []
+    for r in _reports(report_json):
+        for f in (r.get("results") or {}).get("skipped_checks") or []:
+            out.append((f["check_id"], f.get("resource", ""), (f.get("check_result") or {}).get("suppress_comment", "")))
+    return out
+
+
 def main():
     checkov, extra = sys.argv[1], [a for a in sys.argv[2:] if a not in ("--compact", "--quiet")]
+    readme = open(os.path.join(ROOT, "infra", "README.md"), encoding="utf-8").read().splitlines()
     problems = []
     with tempfile.TemporaryDirectory(prefix="tavle-checkov-selftest-") as tmp:
         dirs = {fw: [] for fw in SOURCES}
@@ -153,6 +169,14 @@ def main():
             if i is None:
                 if here:
                     problems.append(f"the untouched copy of infra/{os.path.basename(SOURCES[fw])} fails {here}")
+                # Every inline skip has a reason and is listed in infra/README.md
+                # ("Accepted skips": a table row naming the check and the resource).
+                for check, resource, reason in skipped_checks(run.stdout):
+                    listed = any(f"`{check}`" in line and f"`{resource}`" in line for line in readme)
+                    if len(reason.strip()) < 40 or not listed:
+                        problems.append(f"skip of {check} on {resource}: needs a reason and a row in infra/README.md, Accepted skips")
+                    else:
+                        print(f"infra/check: checkov skip (listed in infra/README.md): {check} on {resource}")
                 continue
             name, check = CASES[i][0], CASES[i][5]
             if check in here:

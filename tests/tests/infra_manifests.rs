@@ -1243,3 +1243,16 @@ fn retention_cronjob_is_gated_on_the_route() {
     assert_flags(&problems, "activate the CronJob");
     assert_flags(&problems, "token key \"scheduler_token\"");
 }
+
+#[test]
+fn secrets_mounted_as_files_must_exist() {
+    // The migration Job reads its URL from a secret volume; a key the ExternalSecret
+    // does not provide would leave the file missing and the Job failing at start.
+    let files = patched(
+        &load_manifests(),
+        "migration-job.yaml",
+        "              - key: database_url\n",
+        "              - key: database_url_v2\n",
+    );
+    assert_flags(&check_deployment(&load_spin_toml(), &files, None), "has no key \"database_url_v2\"");
+}

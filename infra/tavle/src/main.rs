@@ -27,7 +27,7 @@ const USAGE: &str = "usage:
       synthetic pupils and staff and prints the demo logins
   tavle migrate
       apply migrations to DATABASE_URL (or the URL in the file DATABASE_URL_FILE
-      names; so for every command below)
+      names; so for every command below, not for dev)
   tavle create-tenant --slug SLUG --name NAME --admin-username USER [--admin-display-name NAME]
       create a tenant and its first admin on DATABASE_URL; the password comes
       from TAVLE_ADMIN_PASSWORD or the first line of standard input
