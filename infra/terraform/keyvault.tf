@@ -84,12 +84,13 @@ resource "azurerm_role_assignment" "terraform_secrets_officer" {
   principal_id         = data.azurerm_client_config.current.object_id
 }
 
-# Both secrets are written over the private endpoint (data plane), so only once the
-# endpoint, its DNS records and, for a runner in the cluster VNet, the peering exist.
-
-# Expires when its rotation is due plus a grace period: the first `terraform apply`
-# after the rotation date replaces the password (postgres.tf) and writes a new
-# version with a new expiry.
+# Both secrets are written over the private endpoint (data plane), hence depends_on:
+# only once the endpoint, its DNS records and, for a runner in the cluster VNet, the
+# peering exist.
+#
+# Expires 30 days after its rotation is due: the first `terraform apply` after the
+# rotation date replaces the password (postgres.tf) and writes a new version with a
+# new expiry.
 resource "azurerm_key_vault_secret" "postgres_admin_password" {
   name            = "tavle-pg-admin-password"
   value           = random_password.postgres_admin.result
@@ -112,7 +113,7 @@ resource "azurerm_key_vault_secret" "postgres_admin_password" {
 # to a new server). Feeds the Spin variable `db_host` (allowed_outbound_hosts); db_url
 # names the same FQDN, which the server certificate is verified against.
 resource "azurerm_key_vault_secret" "db_host" {
-  #checkov:skip=CKV_AZURE_41:Not a secret but the server's host name (also the output server_fqdn), kept in Key Vault only so that it changes together with db_url. It does not rotate, so an expiry date would only make External Secrets stop syncing a valid value.
+  #checkov:skip=CKV_AZURE_41:Not a secret but the server's host name (also the output server_fqdn), kept in Key Vault only so that it changes together with db_url. It does not rotate, so an expiry date would only mark a valid value as expired, one that readers are meant not to use after that date.
   name         = "tavle-db-host"
   value        = azurerm_postgresql_flexible_server.main.fqdn
   key_vault_id = azurerm_key_vault.main.id
