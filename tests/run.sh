@@ -2,7 +2,7 @@
 # Tavle's test command (README: "Test it"). Runs on a fresh machine: installs
 # what it needs, then formatting, lints, every test against real PostgreSQL,
 # release builds of every Spin component for wasm32-wasip2, the infra checks
-# and schemathesis against the native host.
+# (HCL policy checker, checkov scan) and schemathesis against the native host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +56,9 @@ BENCH_SMOKE=1 cargo bench -p tavle-tests --bench spin --bench login --bench inge
 
 step "infrastructure checks (HCL parse/format/policy)"
 bash infra/check/check_hcl.sh
+
+step "infrastructure security scan (checkov, offline, with the project's policies and their self-test)"
+bash infra/check/checkov.sh
 
 if [ -f .ci/schemathesis.sh ]; then
   step "schemathesis against the native host"

@@ -7,9 +7,14 @@
 // 2. Format: every file must equal hclwrite.Format(file) (npm @cdktf/hcl-tools), the
 //    formatter that `terraform fmt` is built on; plus LF line endings and a final
 //    newline. `--fix` rewrites the files instead of failing.
-// 3. Policy: assertions that keep the GDPR properties of the module from being
-//    configured away (EU/EEA-only regions, private server, TLS, geo-backups in the EEA,
-//    >= 30 days PITR, logs in-region, pinned providers, no secret outputs).
+// 3. Policy: only what checkov cannot express, because it is about the configuration
+//    rather than the resources checkov renders from it: variable validations (the EEA
+//    allowlist, retention bounds), the geo-backup pair map in locals, preconditions,
+//    that the log workspace shares the server's region, TLS settings checked against
+//    their variable's validation, pinned providers, sensitive inputs and secret-free
+//    outputs. The rules checkov can check on the resources (EEA locations, geo-backup
+//    region, backup and log retention, private server, no firewall rules, diagnostic
+//    settings) are checkov policies: infra/check/checkov/policies, run by checkov.sh.
 //
 // NOT checked here (needs provider schemas, i.e. `terraform init` with network access):
 // `terraform validate` (argument names/types against the azurerm schema), plans.
@@ -20,12 +25,12 @@ import { fileURLToPath } from "node:url";
 import { parse } from "@cdktf/hcl2json";
 import { format } from "@cdktf/hcl-tools";
 
-// Azure regions physically inside the EU/EEA (same list as variables.tf).
-export const EEA_REGIONS = new Set([
-  "norwayeast", "norwaywest", "swedencentral", "swedensouth", "westeurope",
-  "northeurope", "germanywestcentral", "germanynorth", "francecentral",
-  "francesouth", "polandcentral", "italynorth", "spaincentral",
-]);
+// Azure EU/EEA regions and their EEA paired regions, shared with the checkov policies.
+// check_hcl.sh runs a copy of this file from target/, so it names the file.
+const regionsFile = process.env.TAVLE_EEA_REGIONS ?? path.join(path.dirname(fileURLToPath(import.meta.url)), "eea_regions.json");
+const REGIONS = JSON.parse(fs.readFileSync(regionsFile, "utf8"));
+export const EEA_REGIONS = new Set(REGIONS.regions);
+const EEA_GEO_BACKUP_PAIR = REGIONS.geo_backup_pair;
 
 /** Runs all checks on `dir`; returns the list of problems (empty = pass). */
 export async function checkDir(dir, { fix = false, log = console.log } = {}) {
@@ -124,49 +129,37 @@ export async function checkDir(dir, { fix = false, log = console.log } = {}) {
       if (!listed.includes("norwayeast")) fail('variable "location": allowlist must include "norwayeast"');
     }
 
-    // Geo-backup pairs stay inside the EEA.
+    // Geo-backup pairs: each entry is the region's real Azure pair, inside the EEA
+    // (the precondition in postgres.tf admits only regions listed here).
     const pairsExpr = cfg.locals.map((l) => l.eea_geo_backup_pair).find(Boolean);
     if (!pairsExpr || typeof pairsExpr !== "object") fail("locals.eea_geo_backup_pair (region -> paired region) is missing");
     else
       for (const [a, b] of Object.entries(pairsExpr)) {
         if (!EEA_REGIONS.has(a) || !EEA_REGIONS.has(b)) fail(`locals.eea_geo_backup_pair: ${a} -> ${b} leaves the EU/EEA`);
-        if (pairsExpr[b] !== a) fail(`locals.eea_geo_backup_pair: ${a} -> ${b} is not symmetric`);
+        else if (EEA_GEO_BACKUP_PAIR[a] !== b) fail(`locals.eea_geo_backup_pair: ${a} -> ${b} is not the Azure paired region of ${a} inside the EEA`);
       }
 
-    // Literal locations anywhere must be EEA regions.
-    for (const [type, byName] of Object.entries(cfg.resource))
-      for (const [name, body] of Object.entries(byName))
-        if (typeof body.location === "string" && !body.location.includes("${") && !EEA_REGIONS.has(body.location))
-          fail(`${type}.${name}: literal location "${body.location}" is not an EU/EEA region`);
-
-    // Backup retention >= 30 days.
+    // Retention bounds are validations of the inputs (checkov sees only the defaults).
     const brd = cfg.variable.backup_retention_days;
     if (!brd) fail('variable "backup_retention_days" is missing');
-    else {
-      if (!(brd.default >= 30 && brd.default <= 35)) fail(`variable "backup_retention_days": default ${brd.default} is outside 30..35`);
-      if (!(brd.validation ?? []).some((v) => /backup_retention_days\s*>=\s*30\b/.test(v.condition)))
-        fail('variable "backup_retention_days": needs a validation `var.backup_retention_days >= 30`');
-    }
+    else if (!(brd.validation ?? []).some((v) => /backup_retention_days\s*>=\s*30\b/.test(v.condition) && /backup_retention_days\s*<=\s*35\b/.test(v.condition)))
+      fail('variable "backup_retention_days": needs a validation `var.backup_retention_days >= 30 && var.backup_retention_days <= 35`');
+    const lrd = cfg.variable.log_retention_days;
+    if (!lrd) fail('variable "log_retention_days" is missing');
+    else if (!(lrd.validation ?? []).some((v) => /log_retention_days\s*>=\s*(18[3-9]|19\d|[2-9]\d\d)\b/.test(v.condition)))
+      fail('variable "log_retention_days": needs a validation `var.log_retention_days >= 183`');
 
-    // The server itself.
+    // The server: one, with the EEA-pair precondition and configurable HA.
     const servers = resources("azurerm_postgresql_flexible_server");
     if (servers.length !== 1) fail(`expected exactly one azurerm_postgresql_flexible_server, found ${servers.length}`);
     for (const [name, s] of servers) {
       const id = `azurerm_postgresql_flexible_server.${name}`;
-      if (s.public_network_access_enabled !== false) fail(`${id}: public_network_access_enabled must be false`);
-      if (s.geo_redundant_backup_enabled !== true) fail(`${id}: geo_redundant_backup_enabled must be true`);
-      if (!s.delegated_subnet_id) fail(`${id}: delegated_subnet_id (VNet integration) is required`);
-      if (!s.private_dns_zone_id) fail(`${id}: private_dns_zone_id is required`);
-      const r = s.backup_retention_days;
-      if (!(r === "${var.backup_retention_days}" || (typeof r === "number" && r >= 30)))
-        fail(`${id}: backup_retention_days must be var.backup_retention_days or >= 30`);
       const pre = (first(s.lifecycle)?.precondition ?? []).map((p) => p.condition).join(" ");
-      if (!/eea_geo_backup_pair/.test(pre)) fail(`${id}: needs a precondition that the paired (geo-backup) region is in the EEA`);
+      if (!/contains\s*\(\s*keys\s*\(\s*local\.eea_geo_backup_pair\s*\)\s*,\s*var\.location\s*\)/.test(pre))
+        fail(`${id}: needs a precondition that the paired (geo-backup) region is in the EEA (contains(keys(local.eea_geo_backup_pair), var.location))`);
       if (!s.dynamic?.high_availability && !s.high_availability)
         fail(`${id}: high availability must be configurable (dynamic "high_availability" block)`);
     }
-    if (resources("azurerm_postgresql_flexible_server_firewall_rule").length > 0)
-      fail("azurerm_postgresql_flexible_server_firewall_rule is not allowed: the server has no public endpoint");
 
     // TLS required, >= 1.2.
     const conf = Object.fromEntries(resources("azurerm_postgresql_flexible_server_configuration").map(([, c]) => [c.name, c.value]));
@@ -180,16 +173,12 @@ export async function checkDir(dir, { fix = false, log = console.log } = {}) {
         (cfg.variable.tls_min_version?.validation ?? []).some((v) => quoted(v.condition).every((q) => ["TLSv1.2", "TLSv1.3"].includes(q))));
     if (!tlsOk) fail('server configuration "ssl_min_protocol_version" must be TLSv1.2 or TLSv1.3');
 
-    // Diagnostic logs of the server go to a Log Analytics workspace.
+    // Logs in the server's region: checkov sees both as the same rendered region only
+    // by accident of the defaults, so require the workspace to follow var.location.
     const diags = resources("azurerm_monitor_diagnostic_setting").map(([, d]) => d);
     const pgDiag = diags.find((d) => /azurerm_postgresql_flexible_server\./.test(d.target_resource_id ?? ""));
-    if (!pgDiag) fail("no azurerm_monitor_diagnostic_setting for the PostgreSQL server");
-    else {
-      if (!/azurerm_log_analytics_workspace\./.test(pgDiag.log_analytics_workspace_id ?? ""))
-        fail("PostgreSQL diagnostic setting must send to a Log Analytics workspace of this module");
-      if (!(pgDiag.enabled_log ?? []).some((l) => l.category === "PostgreSQLLogs"))
-        fail('PostgreSQL diagnostic setting must enable the "PostgreSQLLogs" category');
-    }
+    if (pgDiag && !(pgDiag.enabled_log ?? []).some((l) => l.category === "PostgreSQLLogs"))
+      fail('PostgreSQL diagnostic setting must enable the "PostgreSQLLogs" category');
     for (const [name, w] of resources("azurerm_log_analytics_workspace"))
       if (!/var\.location|azurerm_resource_group\.[a-z_]+\.location/.test(w.location ?? ""))
         fail(`azurerm_log_analytics_workspace.${name}: must be in the module's region (var.location)`);
@@ -213,9 +202,17 @@ async function selfTest(dir) {
   const cases = [
     ["parse error", "postgres.tf", (s) => s + '\nresource "x" "y" {\n  a = \n}\n', "HCL parse error"],
     ["format", "postgres.tf", (s) => s.replace(/( +)= true\n/, " = true\n"), "not formatted"],
-    ["non-EEA region", "variables.tf", (s) => s.replace('"spaincentral", ', '"uksouth",      '), '"uksouth" is not an Azure EU/EEA region'],
-    ["public network", "postgres.tf", (s) => s.replace("public_network_access_enabled = false", "public_network_access_enabled = true "), "public_network_access_enabled must be false"],
-    ["retention < 30", "variables.tf", (s) => s.replace("backup_retention_days >= 30", "backup_retention_days >= 7 "), "needs a validation `var.backup_retention_days >= 30`"],
+    ["non-EEA region allowed", "variables.tf", (s) => s.replace('"spaincentral", ', '"uksouth",      '), '"uksouth" is not an Azure EU/EEA region'],
+    ["other default region", "variables.tf", (s) => s.replace('default     = "norwayeast"', 'default     = "swedencentral"'), 'default must be "norwayeast"'],
+    ["geo pair outside the EEA", "main.tf", (s) => s.replace('norwayeast         = "norwaywest"', 'norwayeast         = "uksouth"   '), "norwayeast -> uksouth leaves the EU/EEA"],
+    ["geo pair not the Azure pair", "main.tf", (s) => s.replace('norwayeast         = "norwaywest"', 'norwayeast         = "swedencentral"'), "is not the Azure paired region of norwayeast"],
+    ["retention < 30 allowed", "variables.tf", (s) => s.replace("backup_retention_days >= 30", "backup_retention_days >= 7 "), "needs a validation `var.backup_retention_days >= 30"],
+    ["log retention < 183 allowed", "variables.tf", (s) => s.replace("log_retention_days >= 183", "log_retention_days >= 30 "), "needs a validation `var.log_retention_days >= 183`"],
+    ["no geo-pair precondition", "postgres.tf", (s) => s.replace("contains(keys(local.eea_geo_backup_pair), var.location)", "true"), "needs a precondition that the paired"],
+    ["TLS 1.0", "variables.tf", (s) => s.replace('contains(["TLSv1.2", "TLSv1.3"], var.tls_min_version)', 'contains(["TLSv1", "TLSv1.2", "TLSv1.3"], var.tls_min_version)'), '"ssl_min_protocol_version" must be TLSv1.2 or TLSv1.3'],
+    ["logs in another region", "monitoring.tf", (s) => s.replace('name                = "log-${local.name}"\n  location            = azurerm_resource_group.data.location', 'name                = "log-${local.name}"\n  location            = "westeurope"'), "must be in the module's region"],
+    ["unpinned provider", "versions.tf", (s) => s.replace('version = ">= 0.11.0, < 1.0.0"', 'version = ">= 0.11.0"         '), "provider time"],
+    ["secret output", "outputs.tf", (s) => s + '\noutput "admin_password" {\n  value = random_password.postgres_admin.result\n}\n', 'output "admin_password"'],
   ];
   let failed = 0;
   for (const [name, file, mutate, expect] of cases) {

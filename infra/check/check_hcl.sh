@@ -47,7 +47,7 @@ fi
 # ES modules resolve bare imports relative to the importing file (NODE_PATH does not
 # apply), so run a copy of the checker placed next to its node_modules.
 cp "$here/check_hcl.mjs" "$tools/check_hcl.mjs"
-node "$tools/check_hcl.mjs" "$@" "$root/infra/terraform"
+TAVLE_EEA_REGIONS="$here/eea_regions.json" node "$tools/check_hcl.mjs" "$@" "$root/infra/terraform"
 
 # Optional second opinion from the real formatter, when present on this machine.
 if [ "${TAVLE_SKIP_TERRAFORM_FMT:-0}" != "1" ]; then

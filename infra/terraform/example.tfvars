@@ -11,5 +11,3 @@ backup_retention_days     = 35
 aks_vnet_id         = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-aks-prod/providers/Microsoft.Network/virtualNetworks/vnet-aks-prod"
 aks_oidc_issuer_url = "https://norwayeast.oic.prod-aks.azure.com/00000000-0000-0000-0000-000000000000/00000000-0000-0000-0000-000000000000/"
 
-# Operator / CI runner egress IPs allowed to reach Key Vault (seed 004 3.4.3.3.9).
-key_vault_allowed_ip_ranges = ["203.0.113.10/32"]

@@ -1,6 +1,11 @@
 # Key Vault in the same EEA region: the secret store behind every Spin variable.
-# External Secrets Operator (infra/k8s/secretstore.yaml) reads it through workload
-# identity; people and the Terraform runner reach it only from the allowlisted IPs.
+# No public data-plane access at all: External Secrets Operator (infra/k8s/
+# secretstore.yaml, workload identity), the Terraform runner and the operators reach it
+# only through the private endpoint below, i.e. from this VNet or a peered one whose
+# DNS resolves privatelink.vaultcore.azure.net (the cluster VNet, when aks_vnet_id is
+# set). Creating the vault itself goes through Azure Resource Manager, which is not
+# affected; writing the secrets below is data plane and needs that private path
+# (infra/README.md, "Prerequisites").
 
 resource "azurerm_key_vault" "main" {
   name                = "kv-${local.name}-${random_string.suffix.result}"
@@ -13,14 +18,11 @@ resource "azurerm_key_vault" "main" {
   soft_delete_retention_days = 90
   purge_protection_enabled   = true
 
-  # Public data-plane access exists only when operator IPs are allowlisted; otherwise
-  # the private endpoint below is the only way in.
-  public_network_access_enabled = length(var.key_vault_allowed_ip_ranges) > 0
+  public_network_access_enabled = false
 
   network_acls {
     default_action = "Deny"
     bypass         = "None"
-    ip_rules       = var.key_vault_allowed_ip_ranges
   }
 
   tags = local.tags
@@ -82,27 +84,50 @@ resource "azurerm_role_assignment" "terraform_secrets_officer" {
   principal_id         = data.azurerm_client_config.current.object_id
 }
 
+# Both secrets are written over the private endpoint (data plane), hence depends_on:
+# only once the endpoint, its DNS records and, for a runner in the cluster VNet, the
+# peering exist.
+#
+# Expires 30 days after its rotation is due: the first `terraform apply` after the
+# rotation date replaces the password (postgres.tf) and writes a new version with a
+# new expiry.
 resource "azurerm_key_vault_secret" "postgres_admin_password" {
-  name         = "tavle-pg-admin-password"
-  value        = random_password.postgres_admin.result
-  key_vault_id = azurerm_key_vault.main.id
-  content_type = "PostgreSQL administrator password (break-glass / role bootstrap only)"
-  tags         = local.tags
+  name            = "tavle-pg-admin-password"
+  value           = random_password.postgres_admin.result
+  key_vault_id    = azurerm_key_vault.main.id
+  content_type    = "PostgreSQL administrator password (break-glass / role bootstrap only)"
+  expiration_date = timeadd(time_rotating.postgres_admin_password.rotation_rfc3339, "720h")
+  tags            = local.tags
 
-  depends_on = [azurerm_role_assignment.terraform_secrets_officer]
+  depends_on = [
+    azurerm_role_assignment.terraform_secrets_officer,
+    azurerm_private_endpoint.key_vault,
+    azurerm_private_dns_zone_virtual_network_link.key_vault_data,
+    azurerm_private_dns_zone_virtual_network_link.key_vault_aks,
+    azurerm_virtual_network_peering.aks_to_data,
+    azurerm_virtual_network_peering.data_to_aks,
+  ]
 }
 
 # Not a secret, but kept next to db_url so both change together (e.g. after a restore
 # to a new server). Feeds the Spin variable `db_host` (allowed_outbound_hosts); db_url
 # names the same FQDN, which the server certificate is verified against.
 resource "azurerm_key_vault_secret" "db_host" {
+  #checkov:skip=CKV_AZURE_41:Not a secret but the server's host name (also the output server_fqdn), kept in Key Vault only so that it changes together with db_url. It does not rotate, so an expiry date would only mark a valid value as expired, one that readers are meant not to use after that date.
   name         = "tavle-db-host"
   value        = azurerm_postgresql_flexible_server.main.fqdn
   key_vault_id = azurerm_key_vault.main.id
   content_type = "Spin variable db_host (PostgreSQL server FQDN)"
   tags         = local.tags
 
-  depends_on = [azurerm_role_assignment.terraform_secrets_officer]
+  depends_on = [
+    azurerm_role_assignment.terraform_secrets_officer,
+    azurerm_private_endpoint.key_vault,
+    azurerm_private_dns_zone_virtual_network_link.key_vault_data,
+    azurerm_private_dns_zone_virtual_network_link.key_vault_aks,
+    azurerm_virtual_network_peering.aks_to_data,
+    azurerm_virtual_network_peering.data_to_aks,
+  ]
 }
 
 # --- Workload identity for External Secrets Operator -----------------------------

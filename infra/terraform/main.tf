@@ -78,6 +78,61 @@ resource "azurerm_subnet" "private_endpoints" {
   resource_group_name  = azurerm_resource_group.data.name
   virtual_network_name = azurerm_virtual_network.data.name
   address_prefixes     = [var.private_endpoint_subnet_cidr]
+
+  # Without this Azure ignores the subnet's NSG for traffic to private endpoints.
+  private_endpoint_network_policies = "NetworkSecurityGroupEnabled"
+}
+
+# Firewall for the private-endpoint subnet (the Key Vault endpoint): HTTPS from inside
+# the virtual network (this VNet and peered cluster VNets: ESO, the Terraform runner,
+# the operators' jump host), nothing from the Internet.
+resource "azurerm_network_security_group" "private_endpoints" {
+  name                = "nsg-${local.name}-private-endpoints"
+  location            = azurerm_resource_group.data.location
+  resource_group_name = azurerm_resource_group.data.name
+  tags                = local.tags
+
+  security_rule {
+    name                       = "allow-https-from-vnet"
+    priority                   = 100
+    direction                  = "Inbound"
+    access                     = "Allow"
+    protocol                   = "Tcp"
+    source_port_range          = "*"
+    destination_port_range     = "443"
+    source_address_prefix      = "VirtualNetwork"
+    destination_address_prefix = var.private_endpoint_subnet_cidr
+  }
+
+  # Nothing but HTTPS is served by a Key Vault endpoint: deny the rest of the VNet too.
+  security_rule {
+    name                       = "deny-vnet-other-inbound"
+    priority                   = 3900
+    direction                  = "Inbound"
+    access                     = "Deny"
+    protocol                   = "*"
+    source_port_range          = "*"
+    destination_port_range     = "*"
+    source_address_prefix      = "VirtualNetwork"
+    destination_address_prefix = "*"
+  }
+
+  security_rule {
+    name                       = "deny-internet-inbound"
+    priority                   = 4000
+    direction                  = "Inbound"
+    access                     = "Deny"
+    protocol                   = "*"
+    source_port_range          = "*"
+    destination_port_range     = "*"
+    source_address_prefix      = "Internet"
+    destination_address_prefix = "*"
+  }
+}
+
+resource "azurerm_subnet_network_security_group_association" "private_endpoints" {
+  subnet_id                 = azurerm_subnet.private_endpoints.id
+  network_security_group_id = azurerm_network_security_group.private_endpoints.id
 }
 
 # Firewall for the database subnet (seed 004 3.4.3.3.9): PostgreSQL from inside the

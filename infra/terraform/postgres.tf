@@ -12,6 +12,12 @@
 # in the same EEA region with restricted access). URL-unreserved specials only, so it
 # can be used in a connection URL without escaping.
 resource "random_password" "postgres_admin" {
+  # A new password (and with it a new Key Vault secret version and expiry) on the
+  # first apply after each rotation date.
+  keepers = {
+    rotation = time_rotating.postgres_admin_password.id
+  }
+
   length           = 40
   special          = true
   override_special = "-_.~"
@@ -21,7 +27,13 @@ resource "random_password" "postgres_admin" {
   min_special      = 2
 }
 
+# Rotation schedule of the administrator password (checked on every plan/apply).
+resource "time_rotating" "postgres_admin_password" {
+  rotation_days = var.admin_credential_rotation_days
+}
+
 resource "azurerm_postgresql_flexible_server" "main" {
+  #checkov:skip=CKV2_AZURE_57:The server uses VNet integration (delegated_subnet_id, private DNS zone, public_network_access_enabled = false): it has only a private address inside our VNet and no public endpoint at all, which is what a private endpoint would give. Azure offers private endpoints only for servers in public-access mode; a VNet-integrated server cannot have one.
   name                = "psql-${local.name}-${random_string.suffix.result}"
   resource_group_name = azurerm_resource_group.data.name
   location            = azurerm_resource_group.data.location

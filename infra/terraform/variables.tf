@@ -134,6 +134,17 @@ variable "backup_retention_days" {
   }
 }
 
+variable "admin_credential_rotation_days" {
+  description = "Days after which the next terraform apply replaces the administrator password. Its Key Vault secret expires 30 days after that date."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.admin_credential_rotation_days >= 30 && var.admin_credential_rotation_days <= 365
+    error_message = "admin_credential_rotation_days must be between 30 and 365."
+  }
+}
+
 variable "high_availability_enabled" {
   description = "Zone-redundant high availability (a hot standby in another availability zone of the same region). Recommended for production; doubles compute cost."
   type        = bool
@@ -222,12 +233,6 @@ variable "aks_vnet_id" {
   type        = string
   default     = null
   nullable    = true
-}
-
-variable "key_vault_allowed_ip_ranges" {
-  description = "Public IPs/CIDRs (operators, the Terraform runner) allowed to reach the Key Vault data plane. Empty = private endpoint only. Seed 004 3.4.3.3.9: administrative access only from specific IP addresses."
-  type        = list(string)
-  default     = []
 }
 
 # --- Kubernetes / External Secrets --------------------------------------------

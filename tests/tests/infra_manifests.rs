@@ -241,7 +241,18 @@ fn pod_secret_refs(spec: &Value) -> Vec<(String, Option<String>)> {
     }
     for vol in spec.get("volumes").and_then(|v| v.as_array()).into_iter().flatten() {
         if let Some(n) = str_at(vol, &["secret", "secretName"]) {
-            out.push((n.to_string(), None));
+            // A volume that names its keys (`items`) reads exactly those.
+            let keys: Vec<&str> = vol
+                .pointer("/secret/items")
+                .and_then(|i| i.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| str_at(i, &["key"]))
+                .collect();
+            if keys.is_empty() {
+                out.push((n.to_string(), None));
+            }
+            out.extend(keys.into_iter().map(|k| (n.to_string(), Some(k.to_string()))));
         }
     }
     out
@@ -1231,4 +1242,17 @@ fn retention_cronjob_is_gated_on_the_route() {
     let problems = check_deployment(&spin, &load_manifests(), None);
     assert_flags(&problems, "activate the CronJob");
     assert_flags(&problems, "token key \"scheduler_token\"");
+}
+
+#[test]
+fn secrets_mounted_as_files_must_exist() {
+    // The migration Job reads its URL from a secret volume; a key the ExternalSecret
+    // does not provide would leave the file missing and the Job failing at start.
+    let files = patched(
+        &load_manifests(),
+        "migration-job.yaml",
+        "              - key: database_url\n",
+        "              - key: database_url_v2\n",
+    );
+    assert_flags(&check_deployment(&load_spin_toml(), &files, None), "has no key \"database_url_v2\"");
 }

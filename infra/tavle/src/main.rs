@@ -27,7 +27,8 @@ const USAGE: &str = "usage:
       PostgreSQL is started under .tavle/pg; --demo loads a demo tenant with
       synthetic pupils and staff and prints the demo logins
   tavle migrate
-      apply migrations to DATABASE_URL
+      apply migrations to DATABASE_URL (or the URL in the file DATABASE_URL_FILE
+      names; so for every command below, not for dev)
   tavle create-tenant --slug SLUG --name NAME --admin-username USER [--admin-display-name NAME]
       create a tenant and its first admin on DATABASE_URL; the password comes
       from TAVLE_ADMIN_PASSWORD or the first line of standard input
@@ -204,7 +205,27 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 }
 
 fn database_url() -> Result<String> {
-    std::env::var("DATABASE_URL").map_err(|_| anyhow!("DATABASE_URL is not set"))
+    url_from(std::env::var("DATABASE_URL").ok(), std::env::var_os("DATABASE_URL_FILE").map(PathBuf::from))
+}
+
+/// `DATABASE_URL`, or the contents of the file `DATABASE_URL_FILE` names (a mounted
+/// Kubernetes secret: the URL then is in no process environment). One trailing line
+/// break is dropped; both set is refused, as it is ambiguous which one applies.
+fn url_from(var: Option<String>, file: Option<PathBuf>) -> Result<String> {
+    match (var, file) {
+        (Some(_), Some(_)) => bail!("set DATABASE_URL or DATABASE_URL_FILE, not both"),
+        (Some(url), None) => Ok(url),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading DATABASE_URL_FILE {}", path.display()))?;
+            let url = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+            if url.is_empty() || url.contains(['\n', '\r']) {
+                bail!("DATABASE_URL_FILE {} must hold exactly one URL", path.display());
+            }
+            Ok(url.to_owned())
+        }
+        (None, None) => Err(anyhow!("DATABASE_URL (or DATABASE_URL_FILE) is not set")),
+    }
 }
 
 async fn connect(url: &str) -> Result<sqlx::PgPool> {
@@ -367,4 +388,35 @@ fn dev(mut args: Args) -> Result<()> {
         std::net::TcpListener::bind((listen.as_str(), port)).with_context(|| format!("binding {listen}:{port}"))?;
     println!("Tavle listening on http://{}", listener.local_addr()?);
     tavle_host::server::serve(listener, config, workers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_from;
+
+    #[test]
+    fn database_url_comes_from_the_variable_or_the_file() {
+        let dir = std::env::temp_dir().join(format!("tavle-url-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = "postgres://tavle_owner:pw@db.example/tavle?sslmode=verify-full";
+
+        assert_eq!(url_from(Some(url.into()), None).unwrap(), url);
+        // A mounted secret ends with or without a line break; both give the URL.
+        for (name, text) in [("plain", url.to_owned()), ("lf", format!("{url}\n")), ("crlf", format!("{url}\r\n"))] {
+            let f = dir.join(name);
+            std::fs::write(&f, text).unwrap();
+            assert_eq!(url_from(None, Some(f)).unwrap(), url, "{name}");
+        }
+        // Refused: both set, neither set, a missing, empty or multi-line file.
+        let f = dir.join("plain");
+        assert!(url_from(Some(url.into()), Some(f)).unwrap_err().to_string().contains("not both"));
+        assert!(url_from(None, None).unwrap_err().to_string().contains("not set"));
+        assert!(url_from(None, Some(dir.join("missing"))).is_err());
+        for (name, text) in [("empty", String::new()), ("two", format!("{url}\n{url}\n"))] {
+            let f = dir.join(name);
+            std::fs::write(&f, text).unwrap();
+            assert!(url_from(None, Some(f)).unwrap_err().to_string().contains("exactly one URL"), "{name}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,0 +1,1 @@
+# Makes checkov load the Python checks of this directory (it skips folders without one).
