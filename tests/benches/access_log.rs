@@ -14,8 +14,9 @@
 //!     cargo bench -p tavle-tests --bench access_log                # full run
 //!     BENCH_SMOKE=1 cargo bench -p tavle-tests --bench access_log  # smoke run (CI)
 //!
-//! Knobs (environment): `BENCH_SECONDS` (per measurement, default 8; smoke
-//! 1), `BENCH_WORKERS` (native host worker threads, default 2). A smoke run
+//! Knobs (environment): `BENCH_SECONDS` (per measurement, default 4; smoke
+//! 1), `BENCH_ROUNDS` (measurements per layout, alternating, default 3;
+//! smoke 1), `BENCH_WORKERS` (native host worker threads, default 2). A smoke run
 //! uses 16 clients, 1,600 + 16 × 100 pupils and 20,000 records to prune;
 //! every answer is still checked; its figures are not results.
 
@@ -45,7 +46,8 @@ struct Caller {
     written: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
-/// One run's figures.
+/// One run's figures (or several runs' together).
+#[derive(Default)]
 struct Run {
     reads: usize,
     writes: usize,
@@ -54,6 +56,13 @@ struct Run {
 }
 
 impl Run {
+    fn add(&mut self, other: Run) {
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.wall += other.wall;
+        self.latencies.extend(other.latencies);
+    }
+
     fn reads_per_s(&self) -> f64 {
         self.reads as f64 / self.wall.as_secs_f64()
     }
@@ -65,7 +74,8 @@ fn main() {
     let small = smoke();
     let (big, per_tenant, results_per_pupil) = if small { (1_600, 100, 2) } else { (100_000, 6_250, 10) };
     let client_counts: Vec<usize> = if small { vec![16] } else { vec![16, 64] };
-    let seconds = Duration::from_secs_f64(env_usize("BENCH_SECONDS", if small { 1 } else { 8 }) as f64);
+    let seconds = Duration::from_secs_f64(env_usize("BENCH_SECONDS", if small { 1 } else { 4 }) as f64);
+    let rounds = env_usize("BENCH_ROUNDS", if small { 1 } else { 3 }).max(1);
     let prune_records: i64 = if small { 20_000 } else { 1_000_000 };
     let workers = env_usize("BENCH_WORKERS", 2).max(1);
     if small {
@@ -112,9 +122,15 @@ fn main() {
         for &clients in &client_counts {
             for write_every in [0usize, 20] {
                 let mix = if write_every == 0 { "reads" } else { "1 in 20 w" };
-                // Many tenants first, then one: warm caches for both.
-                let m = rt.block_on(run(addr, &many, clients, write_every, seconds));
-                let o = rt.block_on(run(addr, &one, clients, write_every, seconds));
+                // Rounds alternate the layouts (many first: warm caches for
+                // both), so that a neighbour's load falls on both alike.
+                let (mut m, mut o) = (Run::default(), Run::default());
+                for _ in 0..rounds {
+                    m.add(rt.block_on(run(addr, &many, clients, write_every, seconds)));
+                    o.add(rt.block_on(run(addr, &one, clients, write_every, seconds)));
+                }
+                m.latencies.sort();
+                o.latencies.sort();
                 let ratio = o.reads_per_s() / m.reads_per_s();
                 for (layout, r, ratio) in [("16 tenants", &m, None), ("one tenant", &o, Some(ratio))] {
                     println!(

@@ -77,40 +77,19 @@ async fn tamper(pool: &PgPool, sql: &str) {
     tx.commit().await.unwrap();
 }
 
-type RecordRow = (String, i16, i64, String, String, String, String, Option<String>, Option<String>, i16);
-
 /// What an attacker with the owner's rights does after changing records:
 /// recomputes the lane's chain from its first record and moves its head, so
 /// that the lane verifies again.
 async fn rechain(pool: &PgPool, tenant: &str, lane: i16) {
-    let rows: Vec<RecordRow> = sqlx::query_as(
-        "SELECT tenant_id::text, lane, seq, rfc3339(at), actor_user_id::text, action, array_to_string(pupil_ids, ','), \
-                client_ip, request_id, format FROM access_log WHERE tenant_id = $1::uuid AND lane = $2 ORDER BY seq",
-    )
-    .bind(tenant)
-    .bind(lane)
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let sql =
+        format!("SELECT {} FROM access_log WHERE tenant_id = $1::uuid AND lane = $2 ORDER BY seq", ops::RECORD_COLUMNS);
+    let rows = sqlx::query(&sql).bind(tenant).bind(lane).fetch_all(pool).await.unwrap();
     let mut prev = tavle_core::access_log::GENESIS.to_vec();
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("ALTER TABLE access_log DISABLE TRIGGER USER").execute(&mut *tx).await.unwrap();
     let mut last = 0;
-    for (tenant_id, lane, seq, at, actor_user_id, action, pupil_ids, client_ip, request_id, format) in rows {
-        let r = Record {
-            tenant_id,
-            lane,
-            seq,
-            at,
-            actor_user_id,
-            action,
-            pupil_ids,
-            client_ip,
-            request_id,
-            format,
-            prev_hash: prev.clone(),
-            hash: Vec::new(),
-        };
+    for row in &rows {
+        let r = Record { prev_hash: prev.clone(), ..ops::access_record(row).unwrap() };
         let hash = chain_hash(&prev, &r);
         sqlx::query(
             "UPDATE access_log SET prev_hash = $1, hash = $2 WHERE tenant_id = $3::uuid AND lane = $4 AND seq = $5",
@@ -119,12 +98,12 @@ async fn rechain(pool: &PgPool, tenant: &str, lane: i16) {
         .bind(&hash)
         .bind(tenant)
         .bind(lane)
-        .bind(seq)
+        .bind(r.seq)
         .execute(&mut *tx)
         .await
         .unwrap();
         prev = hash;
-        last = seq;
+        last = r.seq;
     }
     sqlx::query("UPDATE access_log_heads SET seq = $1, hash = $2 WHERE tenant_id = $3::uuid AND lane = $4")
         .bind(last)

@@ -380,8 +380,6 @@ pub async fn verify_access_log(pool: &PgPool, tenant_slug: &str) -> Result<Chain
     verify_access_log_with(pool, tenant_slug, &VerifyOptions::default()).await
 }
 
-type CheckpointRow = (String, i64, String, String, Option<String>, Vec<i64>, Vec<Vec<u8>>, Vec<u8>, Vec<u8>);
-
 /// Recomputes a tenant's access log in one snapshot: the checkpoint chain,
 /// then every lane record by record (in batches, in sequence order) from the
 /// newest prune's cut to the lane's head, checking every later anchor's
@@ -403,26 +401,29 @@ pub async fn verify_access_log_with(pool: &PgPool, tenant_slug: &str, opts: &Ver
     let Some(tenant_id) = tenant else { bail!("no tenant `{tenant_slug}`") };
     let mut report = ChainReport { records: 0, checkpoints: 0, anchor: None, expected_head: None, broken: None };
 
-    let rows: Vec<CheckpointRow> = sqlx::query_as(
-        "SELECT tenant_id::text, id, kind, rfc3339(at), rfc3339(cut_before), lane_seqs, lane_hashes, prev_digest, digest \
+    let rows = sqlx::query(
+        "SELECT tenant_id::text AS tenant_id, id, kind, rfc3339(at) AS at, rfc3339(cut_before) AS cut_before, \
+                lane_seqs, lane_hashes, prev_digest, digest \
          FROM access_log_checkpoints WHERE tenant_id = $1 ORDER BY id",
     )
     .bind(tenant_id)
     .fetch_all(&mut *tx)
     .await?;
-    let checkpoints: Vec<Checkpoint> = rows
-        .into_iter()
-        .map(|(tenant_id, id, kind, at, cut_before, seqs, hashes, prev_digest, digest)| Checkpoint {
-            tenant_id,
-            id,
-            kind,
-            at,
-            cut_before,
+    let checkpoint = |row: &sqlx::postgres::PgRow| -> Result<Checkpoint> {
+        use sqlx::Row as _;
+        let (seqs, hashes): (Vec<i64>, Vec<Vec<u8>>) = (row.try_get("lane_seqs")?, row.try_get("lane_hashes")?);
+        Ok(Checkpoint {
+            tenant_id: row.try_get("tenant_id")?,
+            id: row.try_get("id")?,
+            kind: row.try_get("kind")?,
+            at: row.try_get("at")?,
+            cut_before: row.try_get("cut_before")?,
             lanes: seqs.into_iter().zip(hashes).map(|(seq, hash)| LaneState { seq, hash }).collect(),
-            prev_digest,
-            digest,
+            prev_digest: row.try_get("prev_digest")?,
+            digest: row.try_get("digest")?,
         })
-        .collect();
+    };
+    let checkpoints = rows.iter().map(checkpoint).collect::<Result<Vec<_>>>()?;
     report.checkpoints = checkpoints.len() as i64;
     if let Err(broken) = verify_checkpoints(&checkpoints) {
         report.broken = Some(broken);
@@ -494,6 +495,30 @@ pub async fn verify_access_log_with(pool: &PgPool, tenant_slug: &str, opts: &Ver
     Ok(report)
 }
 
+/// The columns of an access record as [`access_record`] reads them (over `access_log`).
+pub const RECORD_COLUMNS: &str = "tenant_id::text AS tenant_id, lane, seq, rfc3339(at) AS at, \
+     actor_user_id::text AS actor_user_id, action, array_to_string(pupil_ids, ',') AS pupil_ids, client_ip, \
+     request_id, format, prev_hash, hash";
+
+/// An access record from a row of [`RECORD_COLUMNS`], by column name.
+pub fn access_record(row: &sqlx::postgres::PgRow) -> Result<tavle_core::access_log::Record> {
+    use sqlx::Row as _;
+    Ok(tavle_core::access_log::Record {
+        tenant_id: row.try_get("tenant_id")?,
+        lane: row.try_get("lane")?,
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        actor_user_id: row.try_get("actor_user_id")?,
+        action: row.try_get("action")?,
+        pupil_ids: row.try_get("pupil_ids")?,
+        client_ip: row.try_get("client_ip")?,
+        request_id: row.try_get("request_id")?,
+        format: row.try_get("format")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
 /// Feeds one lane's records after the verifier's start to it, checking the
 /// anchors' states on the way, then its head; the first break, if any.
 async fn verify_lane(
@@ -503,9 +528,6 @@ async fn verify_lane(
     head: &tavle_core::access_log::LaneState,
     check_anchors: &impl Fn(i16, &tavle_core::access_log::LaneState) -> Result<(), tavle_core::access_log::Break>,
 ) -> Result<Option<tavle_core::access_log::Break>> {
-    use tavle_core::access_log::Record;
-    type RecordRow =
-        (String, i16, i64, String, String, String, String, Option<String>, Option<String>, i16, Vec<u8>, Vec<u8>);
     const BATCH: i64 = 10_000;
     let lane = verifier.state_lane();
     if let Err(b) = check_anchors(lane, &verifier.state()) {
@@ -513,11 +535,9 @@ async fn verify_lane(
     }
     let mut after = verifier.state().seq;
     loop {
-        let rows: Vec<RecordRow> = sqlx::query_as(
-            "SELECT tenant_id::text, lane, seq, rfc3339(at), actor_user_id::text, action, \
-                    array_to_string(pupil_ids, ','), client_ip, request_id, format, prev_hash, hash \
-             FROM access_log WHERE tenant_id = $1 AND lane = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS} FROM access_log WHERE tenant_id = $1 AND lane = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+        ))
         .bind(tenant_id)
         .bind(lane)
         .bind(after)
@@ -525,39 +545,12 @@ async fn verify_lane(
         .fetch_all(&mut *tx)
         .await?;
         let done = (rows.len() as i64) < BATCH;
-        for row in rows {
-            let (
-                tenant_id,
-                lane,
-                seq,
-                at,
-                actor_user_id,
-                action,
-                pupil_ids,
-                client_ip,
-                request_id,
-                format,
-                prev_hash,
-                hash,
-            ) = row;
-            let record = Record {
-                tenant_id,
-                lane,
-                seq,
-                at,
-                actor_user_id,
-                action,
-                pupil_ids,
-                client_ip,
-                request_id,
-                format,
-                prev_hash,
-                hash,
-            };
+        for row in &rows {
+            let record = access_record(row)?;
             if let Err(b) = verifier.push(&record).and_then(|()| check_anchors(lane, &verifier.state())) {
                 return Ok(Some(b));
             }
-            after = seq;
+            after = record.seq;
         }
         if done {
             break;
