@@ -1332,7 +1332,8 @@ async fn the_demo_tenant_lets_every_role_try_the_students_routes() {
     let load = || ops::load_demo(&app.pool, &app.variables["identity_key"], &app.variables["blind_index_key"]);
     load().await.unwrap();
     let logins = load().await.unwrap();
-    assert_eq!(app.count("SELECT count(*) FROM results").await, 96, "loading twice adds nothing");
+    assert_eq!(app.count("SELECT count(*) FROM results").await, 144, "loading twice adds nothing");
+    assert_eq!(app.count("SELECT count(*) FROM assessment_subtests WHERE threshold IS NOT NULL").await, 6);
     let login = |role: &str| {
         let l = logins.iter().find(|l| l.role == role).unwrap();
         let staff = Staff {
@@ -1358,12 +1359,25 @@ async fn the_demo_tenant_lets_every_role_try_the_students_routes() {
     assert!(o.json()["median"].as_f64().is_some());
     let pupil = pupils["items"][0]["id"].as_str().unwrap();
     let profile = app.get(&format!("/pupils/{pupil}"), &teacher.token).await.json();
-    assert_eq!(profile["results"].as_array().unwrap().len(), 2);
+    assert_eq!(profile["results"].as_array().unwrap().len(), 3);
+    assert!(!profile["results"][1]["since_last"].is_null(), "the autumn reading follows the spring's: {profile}");
+    // The teacher's follow-up list for the demo's school year names someone.
+    let follow_up = app.get("/follow-up?school_year=2026", &teacher.token).await;
+    assert_eq!(follow_up.status, 200, "{}", follow_up.text());
+    let follow_up = follow_up.json();
+    let listed = follow_up["groups"][0]["pupils"].as_array().unwrap().len();
+    assert!((1..24).contains(&listed), "{listed} of 24 flagged");
+    let pupil_listed = follow_up.to_string().contains(pupil);
     let leader = login("school_leader").await;
     assert_eq!(app.get("/pupils?limit=200", &leader.token).await.json()["items"].as_array().unwrap().len(), 48);
     let privacy = login("privacy_officer").await;
     let log = app.get(&format!("/pupils/{pupil}/access-log"), &privacy.token).await.json();
-    assert_eq!(log["items"].as_array().unwrap().len(), 4, "list, overview, profile, the leader's list: {log}");
+    let expected = 4 + usize::from(pupil_listed);
+    assert_eq!(
+        log["items"].as_array().unwrap().len(),
+        expected,
+        "list, overview, profile, the follow-up list if it named the pupil, the leader's list: {log}"
+    );
 }
 
 // ------------------------------------------- identity-number searches leave a trace
