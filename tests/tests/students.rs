@@ -2089,8 +2089,11 @@ async fn a_profile_shows_flags_per_subject_and_whether_the_pupil_moved_across_a_
     assert_eq!(autumn["since_last"]["total"], "still_below");
 }
 
+/// A pupil's given name and the titles of the assessments they are flagged in.
+type Flagged = (String, Vec<String>);
+
 /// (group name, pupils named with the assessments they are flagged in).
-fn follow_up_view(body: &Value) -> Vec<(String, Vec<(String, Vec<String>)>)> {
+fn follow_up_view(body: &Value) -> Vec<(String, Vec<Flagged>)> {
     body["groups"]
         .as_array()
         .unwrap()
