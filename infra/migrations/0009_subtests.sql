@@ -37,6 +37,15 @@ ALTER TABLE results
 -- The previous administration of a test family, for the profile.
 CREATE INDEX assessments_family ON assessments (tenant_id, source_id, family, administered_on) WHERE family IS NOT NULL;
 
+-- Assessments registered manually by a tenant admin (`POST /assessments`)
+-- have no source and no external id; they carry who registered them.
+ALTER TABLE assessments
+    ALTER COLUMN source_id DROP NOT NULL,
+    ALTER COLUMN external_id DROP NOT NULL,
+    ADD COLUMN created_by uuid,
+    ADD CONSTRAINT assessments_origin CHECK (
+        (source_id IS NOT NULL AND external_id IS NOT NULL) OR (source_id IS NULL AND created_by IS NOT NULL));
+
 -- Least privilege: the application role gets SELECT, INSERT, UPDATE and
 -- DELETE on the new table by default privileges (ingest replaces an
 -- assessment's subtests when a publisher re-sends it); nothing more.

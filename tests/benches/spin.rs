@@ -65,7 +65,9 @@ fn class_results(n: usize, round: usize) -> Value {
         })
         .collect();
     let subtests: Vec<Value> = (0..4)
-        .map(|k| json!({"id": format!("d{k}"), "title": format!("Delprøve {}", k + 1), "max_score": 10, "threshold": 3}))
+        .map(
+            |k| json!({"id": format!("d{k}"), "title": format!("Delprøve {}", k + 1), "max_score": 10, "threshold": 3}),
+        )
         .collect();
     json!({"assessment": {"external_id": "regning-h26", "title": "Kartlegging regning", "subject": "matematikk",
                           "year_level": 6, "max_score": 40, "administered_on": "2026-10-01",

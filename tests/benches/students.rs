@@ -406,9 +406,10 @@ fn main() {
             if met { "met" } else { "NOT met" }
         );
     }
-    for (label, endpoint) in
-        [("follow-up list (teacher, school year)", Endpoint::FollowUp), ("counts (leader, one assessment)", Endpoint::Counts)]
-    {
+    for (label, endpoint) in [
+        ("follow-up list (teacher, school year)", Endpoint::FollowUp),
+        ("counts (leader, one assessment)", Endpoint::Counts),
+    ] {
         let route: Vec<Duration> =
             phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| p.route.iter().copied()).collect();
         let bare: Vec<Duration> =
@@ -659,7 +660,9 @@ impl Bench<'_> {
                 Endpoint::Profile | Endpoint::Overview => {
                     logged_read(&mut db, &c.principal, &meta, action, sql, concerned, params).await
                 }
-                Endpoint::FollowUp => logged_read_naming(&mut db, &c.principal, &meta, action, sql, concerned, params).await,
+                Endpoint::FollowUp => {
+                    logged_read_naming(&mut db, &c.principal, &meta, action, sql, concerned, params).await
+                }
                 // The counts name no pupil: the route runs the query alone.
                 Endpoint::Counts => db.query(sql, &params).await.map_err(Into::into),
             }
@@ -704,7 +707,9 @@ impl Bench<'_> {
                 Endpoint::Counts => {
                     use sqlx::Row;
                     rows.iter()
-                        .filter(|r| r.get::<String, _>("kind") == "group" && r.get::<Option<String>, _>("subtest").is_none())
+                        .filter(|r| {
+                            r.get::<String, _>("kind") == "group" && r.get::<Option<String>, _>("subtest").is_none()
+                        })
                         .map(|r| r.get::<i64, _>("pupils") as usize)
                         .sum()
                 }
@@ -750,7 +755,12 @@ async fn diagnostics(
         ("PROFILE_SQL", tavle_students::PROFILE_SQL, "uuid, text[], text[], uuid, text, uuid, text, text", profile),
         ("OVERVIEW_SQL", tavle_students::OVERVIEW_SQL, "uuid, text[], text[], uuid, uuid", overview),
         ("FOLLOW_UP_SQL", tavle_students::FOLLOW_UP_SQL, "uuid, text[], text[], uuid, uuid, text, text", follow_up),
-        ("FOLLOW_UP_COUNTS_SQL", tavle_students::FOLLOW_UP_COUNTS_SQL, "uuid, text[], text[], uuid, uuid, uuid", counts),
+        (
+            "FOLLOW_UP_COUNTS_SQL",
+            tavle_students::FOLLOW_UP_COUNTS_SQL,
+            "uuid, text[], text[], uuid, uuid, uuid",
+            counts,
+        ),
     ] {
         let c = &callers[t.who];
         // Ids are uuids from the generator: safe to inline.
@@ -760,7 +770,9 @@ async fn diagnostics(
                 let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
                 args.push_str(&format!(", NULL, NULL, '{from}', '{to}'"));
             }
-            ("FOLLOW_UP_COUNTS_SQL", _) => args.push_str(&format!(", '{}', NULL, '{}'", t.id, t.school.as_deref().unwrap())),
+            ("FOLLOW_UP_COUNTS_SQL", _) => {
+                args.push_str(&format!(", '{}', NULL, '{}'", t.id, t.school.as_deref().unwrap()))
+            }
             (_, None) => args.push_str(&format!(", '{}', NULL, NULL, NULL, NULL", t.id)),
             (_, Some(a)) => args.push_str(&format!(", '{}', '{a}'", t.id)),
         }

@@ -1362,4 +1362,33 @@ async fn subtests_flags_and_follow_up_lists_answer_as_documented() {
     }
     let r = app.get(&format!("/assessments/{assessment}/follow-up"), &session.token).await;
     assert_eq!(c.check("GET", "/assessments/{id}/follow-up", &r), 403);
+
+    // Assessments registered by the tenant admin, and their thresholds.
+    let new = json!({"title": "Kommunens leseprøve", "subject": "norsk", "max_score": 30, "administered_on": "2026-10-05",
+                     "threshold": 10, "subtests": [{"id": "a", "title": "Avkoding", "max_score": 15, "threshold": 5}]});
+    let r = app.post("/assessments", Some(&session.token), new.clone()).await;
+    assert_eq!(c.check("POST", "/assessments", &r), 201, "{}", r.text());
+    let manual = r.json()["id"].as_str().unwrap().to_owned();
+    let mut bad = new.clone();
+    bad["threshold"] = json!(31);
+    assert_eq!(c.check("POST", "/assessments", &app.post("/assessments", Some(&session.token), bad).await), 422);
+    assert_eq!(c.check("POST", "/assessments", &app.post("/assessments", t_kari(&kari), new).await), 403);
+    let put = |id: &str, body: Value| {
+        let path = format!("/assessments/{id}/thresholds");
+        let token = session.token.clone();
+        let app = &app;
+        async move { app.send(Method::PUT, &path, Some(&token), Some(body)).await }
+    };
+    let op = "/assessments/{id}/thresholds";
+    assert_eq!(
+        c.check("PUT", op, &put(&manual, json!({"threshold": 8, "subtests": [{"id": "a", "threshold": 4}]})).await),
+        200
+    );
+    assert_eq!(c.check("PUT", op, &put(&manual, json!({"threshold": 40})).await), 422);
+    assert_eq!(c.check("PUT", op, &put(&assessment.to_string(), json!({"threshold": 8})).await), 409);
+    assert_eq!(c.check("PUT", op, &put(&missing.to_string(), json!({"threshold": 8})).await), 404);
+}
+
+fn t_kari(s: &tavle_tests::Session) -> Option<&str> {
+    Some(s.token.as_str())
 }

@@ -2266,3 +2266,106 @@ async fn a_pupil_who_changes_school_keeps_their_results_and_only_the_new_schools
         follow_up_view(&body).into_iter().flat_map(|(_, p)| p.into_iter().map(|(n, _)| n)).collect();
     assert_eq!(names, ["Bjørn", "Frida"]);
 }
+
+#[tokio::test]
+async fn a_tenant_admin_registers_an_assessment_with_thresholds_and_changes_them_later() {
+    let (w, h26, _) = screened_world().await;
+    let body = json!({"title": "Kommunens leseprøve", "subject": "norsk", "year_level": 5, "max_score": 30,
+                      "administered_on": "2026-10-05", "family": "kommune-lesing", "threshold": 10,
+                      "subtests": [{"id": "a", "title": "Avkoding", "max_score": 15, "threshold": 5},
+                                   {"id": "b", "title": "Forståelse", "max_score": 15}]});
+    // Teachers do not register assessments.
+    w.app.post("/assessments", Some(&w.teacher.token), body.clone()).await.assert_problem(403, "forbidden");
+    let before = w.app.snapshot(true).await;
+    for (what, edit, pointer) in [
+        ("threshold above the maximum", json!({"threshold": 31}), "/threshold"),
+        ("negative threshold", json!({"threshold": -1}), "/threshold"),
+        (
+            "subtest threshold above its maximum",
+            json!({"subtests": [{"id": "a", "title": "A", "max_score": 15, "threshold": 16}]}),
+            "/subtests/0/threshold",
+        ),
+        (
+            "two subtests with one id",
+            json!({"subtests": [{"id": "a", "title": "A", "max_score": 15}, {"id": "a", "title": "B", "max_score": 15}]}),
+            "/subtests/1/id",
+        ),
+    ] {
+        let mut bad = body.clone();
+        for (k, v) in edit.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let p = w.app.post("/assessments", Some(&w.admin.token), bad).await.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{what}: {p}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "a refused registration changed something");
+
+    let r = w.app.post("/assessments", Some(&w.admin.token), body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let a = r.json();
+    assert_eq!((a["source"].as_str(), a["threshold"].as_f64()), (Some("manual"), Some(10.0)));
+    let id = a["id"].as_str().unwrap().to_owned();
+    // A teacher registers a result against it: 9 of 30 is at or below 10.
+    let r = w
+        .app
+        .post(
+            &format!("/pupils/{}/results", w.pupils[&0]),
+            Some(&w.teacher.token),
+            json!({"assessment_id": id, "score": 9, "status": "completed"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let overview = format!("/groups/{}/overview?assessment_id={id}", w.groups["5A"]);
+    let o = w.app.get(&overview, &w.teacher.token).await.json();
+    assert_eq!((line(&o, &w.pupils[&0])["flagged"].as_bool(), o["flagged_pupils"].as_u64()), (Some(true), Some(1)));
+
+    // The admin lowers the threshold; the answer says what changed.
+    let path = format!("/assessments/{id}/thresholds");
+    let before = w.app.snapshot(true).await;
+    for (what, change, status, pointer) in [
+        ("above the maximum", json!({"threshold": 31}), 422, "/threshold"),
+        (
+            "an unknown subtest",
+            json!({"threshold": 8, "subtests": [{"id": "c", "threshold": 1}]}),
+            422,
+            "/subtests/0/id",
+        ),
+        (
+            "a subtest's above its maximum",
+            json!({"threshold": 8, "subtests": [{"id": "a", "threshold": 16}]}),
+            422,
+            "/subtests/0/threshold",
+        ),
+    ] {
+        let r = w.app.send(Method::PUT, &path, Some(&w.admin.token), Some(change)).await;
+        let p = r.assert_problem(status, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{what}: {p}");
+    }
+    for (what, path, session, status) in [
+        ("a teacher", path.clone(), &w.teacher, 403),
+        ("a publisher's assessment", format!("/assessments/{h26}/thresholds"), &w.admin, 409),
+        ("another tenant's", format!("/assessments/{}/thresholds", w.bergen_assessment), &w.admin, 404),
+        ("an unknown id", format!("/assessments/{}/thresholds", uuid::Uuid::new_v4()), &w.admin, 404),
+    ] {
+        let r = w.app.send(Method::PUT, &path, Some(&session.token), Some(json!({"threshold": 8}))).await;
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "a refused change changed something");
+    let r = w
+        .app
+        .send(
+            Method::PUT,
+            &path,
+            Some(&w.admin.token),
+            Some(json!({"threshold": 8, "subtests": [{"id": "b", "threshold": 4}]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["threshold_changes"],
+        json!([{"subtest": null, "from": 10.0, "to": 8.0}, {"subtest": "b", "from": null, "to": 4.0}])
+    );
+    let o = w.app.get(&overview, &w.teacher.token).await.json();
+    assert_eq!(line(&o, &w.pupils[&0])["flagged"], false, "9 is above the new threshold 8");
+    assert!(w.app.audit_actions(&w.oslo.tenant_id).await.contains(&"assessment.thresholds_changed".to_owned()));
+}

@@ -15,13 +15,12 @@ use std::collections::HashSet;
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::db::{uuid, Db, Value};
 use tavle_core::scores::{canonical_date, canonical_datetime, check_outcome, finite_in, STATUSES};
+use tavle_core::subtests::{check_threshold, validate_subtests, SubtestIn, ValidSubtest};
 use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
 pub const MAX_RESULTS: usize = 10_000;
 const MAX_ITEMS: usize = 1_000;
-/// Subtests of one assessment: national screenings have 2 to 6.
-const MAX_SUBTESTS: usize = 50;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsPost {
@@ -47,16 +46,6 @@ struct AssessmentIn {
     threshold: Option<f64>,
     #[serde(default)]
     subtests: Vec<SubtestIn>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubtestIn {
-    id: String,
-    title: String,
-    max_score: f64,
-    #[serde(default)]
-    threshold: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -97,13 +86,7 @@ struct ItemIn {
     subtest: Option<String>,
 }
 
-/// Text of bounded length without control characters.
-pub fn check_text(checks: &mut Checks, pointer: &str, value: &str, max: usize) {
-    let n = value.trim().chars().count();
-    if n == 0 || n > max || value.chars().any(char::is_control) {
-        checks.fail(pointer, format!("must be 1 to {max} characters without control characters"));
-    }
-}
+pub use tavle_core::subtests::check_text;
 
 /// A results post that passed every check, in the form it is stored.
 pub struct ValidResultsPost {
@@ -122,15 +105,6 @@ struct ValidAssessment {
     family: Option<String>,
     threshold: Option<f64>,
     subtests: Vec<ValidSubtest>,
-}
-
-/// A subtest as stored; `key` is the publisher's id, trimmed.
-#[derive(Debug, Clone, PartialEq)]
-struct ValidSubtest {
-    key: String,
-    title: String,
-    max_score: f64,
-    threshold: Option<f64>,
 }
 
 struct ValidResult {
@@ -170,10 +144,8 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
     if let Some(f) = &a.family {
         check_text(&mut checks, "/assessment/family", f, 200);
     }
-    if a.threshold.is_some_and(|t| !finite_in(t, 0.0, a.max_score)) {
-        checks.fail("/assessment/threshold", "must be from 0 to the assessment's max_score");
-    }
-    let subtests = validate_subtests(&mut checks, &a.subtests);
+    check_threshold(&mut checks, "/assessment/threshold", a.threshold, a.max_score, "assessment");
+    let subtests = validate_subtests(&mut checks, "/assessment/subtests", &a.subtests);
     if post.results.is_empty() || post.results.len() > MAX_RESULTS {
         checks.fail("/results", format!("must hold 1 to {MAX_RESULTS} results"));
         return Err(Problem::validation(checks.0));
@@ -258,40 +230,6 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
         subtests,
     };
     Ok(ValidResultsPost { assessment, results })
-}
-
-/// The assessment's subtests: ids unique, titles, maxima, thresholds within
-/// 0..max. Returns those that passed (the others have failed a check).
-fn validate_subtests(checks: &mut Checks, subtests: &[SubtestIn]) -> Vec<ValidSubtest> {
-    if subtests.len() > MAX_SUBTESTS {
-        checks.fail("/assessment/subtests", format!("at most {MAX_SUBTESTS} subtests"));
-    }
-    let mut valid = Vec::with_capacity(subtests.len());
-    let mut seen = HashSet::new();
-    for (k, st) in subtests.iter().enumerate() {
-        let p = format!("/assessment/subtests/{k}");
-        let before = checks.0.len();
-        check_text(checks, &format!("{p}/id"), &st.id, 100);
-        if !seen.insert(st.id.trim()) {
-            checks.fail(&format!("{p}/id"), "duplicate subtest id in this assessment");
-        }
-        check_text(checks, &format!("{p}/title"), &st.title, 300);
-        if !finite_in(st.max_score, f64::MIN_POSITIVE, 1e6) {
-            checks.fail(&format!("{p}/max_score"), "must be greater than 0 and at most 1000000");
-        }
-        if st.threshold.is_some_and(|t| !finite_in(t, 0.0, st.max_score)) {
-            checks.fail(&format!("{p}/threshold"), "must be from 0 to the subtest's max_score");
-        }
-        if checks.0.len() == before {
-            valid.push(ValidSubtest {
-                key: st.id.trim().to_owned(),
-                title: st.title.trim().to_owned(),
-                max_score: st.max_score,
-                threshold: st.threshold,
-            });
-        }
-    }
-    valid
 }
 
 /// A result's subtest scores under `prefix`: each names one of the

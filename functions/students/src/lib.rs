@@ -13,6 +13,7 @@
 mod scope;
 mod access;
 mod manual;
+mod manual_assessments;
 // Before `pupils` and `follow_up`: its macros are used there.
 #[macro_use]
 mod overview;
@@ -109,8 +110,17 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         return structure::schools(&req, vars, db).await;
     }
     if match_path("/assessments", &path).is_some() {
-        get_only(&method)?;
-        return structure::assessments(&req, vars, db).await;
+        return match method {
+            Method::GET => structure::assessments(&req, vars, db).await,
+            Method::POST => manual_assessments::register(&req, &meta, vars, db).await,
+            _ => Err(Problem::method_not_allowed("GET, POST")),
+        };
+    }
+    if let Some(p) = match_path("/assessments/{id}/thresholds", &path) {
+        return match method {
+            Method::PUT => manual_assessments::set_thresholds(&req, &meta, vars, db, p[0]).await,
+            _ => Err(Problem::method_not_allowed("PUT")),
+        };
     }
     if let Some(p) = match_path("/assessments/{id}/follow-up", &path) {
         get_only(&method)?;

@@ -640,11 +640,9 @@ pub async fn profile(
     for row in &rows {
         if !row.is_null("result_id")? {
             results.push(result_view(row)?);
-            families.push(
-                row.opt_text("family")?
-                    .map(|f| Ok::<_, Problem>((row.text("assessment_source_id")?, f)))
-                    .transpose()?,
-            );
+            // A family is the publisher's, or the tenant's own for manual assessments.
+            let source = row.opt_text("assessment_source_id")?.unwrap_or_else(|| "manual".to_owned());
+            families.push(row.opt_text("family")?.map(|f| (source, f)));
         }
     }
     mark_movements(&mut results, &families);
