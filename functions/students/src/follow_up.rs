@@ -58,7 +58,7 @@ macro_rules! flagged_subtest_details {
              (SELECT jsonb_agg(jsonb_build_object('id', fs.key, 'title', fs.title, \
                                                   'score', (lr.subtest_scores ->> fs.key)::float8, \
                                                   'threshold', fs.threshold) ORDER BY fs.position) \
-              FROM assessment_subtests fs WHERE fs.assessment_id = a.id \
+              FROM assessment_subtests fs WHERE fs.assessment_id = lr.assessment_id \
                 AND (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) END AS flagged_subtests"
     };
 }
@@ -66,34 +66,32 @@ macro_rules! flagged_subtest_details {
 /// A pupil's follow-up list for a school year: one row per (group, flagged
 /// pupil, assessment), and one row naming no pupil for a group in scope
 /// without any. `$4` group, `$5` school, `$6`/`$7` the year's first and last
-/// day. Only assessments with a threshold are looked at; each pupil's
-/// latest result per assessment counts, as in the overview. Public so the
+/// day. Each pupil's latest result per assessment counts, as in the
+/// overview; an assessment without thresholds flags nobody. The results are
+/// found per pupil (`results_pupil`), each joined to its assessment by key:
+/// never a scan of the tenant's assessments per pupil. Public so the
 /// benchmark can time the bare query behind the route.
 pub const FOLLOW_UP_SQL: &str = concat!(
     "WITH grp AS MATERIALIZED (",
     groups_in_scope!("$4", "$5"),
     "), \
-     yr AS MATERIALIZED ( \
-         SELECT a.id, a.title, a.subject, a.administered_on, a.max_score, a.threshold FROM assessments a \
-         WHERE a.tenant_id = $1::uuid AND a.administered_on BETWEEN $6::text::date AND $7::text::date \
-           AND (a.threshold IS NOT NULL OR EXISTS (SELECT 1 FROM assessment_subtests t \
-                                                   WHERE t.assessment_id = a.id AND t.threshold IS NOT NULL))), \
      mem AS MATERIALIZED (",
     members!(),
     "), \
      flagged AS MATERIALIZED ( \
          SELECT x.* FROM ( \
-             SELECT mp.pupil_id, lr.id AS result_id, lr.score, lr.status, a.id AS assessment_id, a.title, a.subject, \
-                    a.administered_on, a.max_score, a.threshold, \
-                    coalesce(lr.status = 'completed' AND lr.score <= a.threshold, false) AS total_flagged, ",
+             SELECT mp.pupil_id, lr.id AS result_id, lr.score, lr.assessment_id, lr.title, lr.subject, \
+                    lr.administered_on, lr.max_score, lr.threshold, \
+                    coalesce(lr.status = 'completed' AND lr.score <= lr.threshold, false) AS total_flagged, ",
     flagged_subtest_details!(),
     "        FROM (SELECT DISTINCT pupil_id FROM mem) mp \
              CROSS JOIN LATERAL (SELECT DISTINCT ON (r.assessment_id) r.id, r.assessment_id, r.score, r.status, \
-                                        r.subtest_scores \
-                                 FROM results r JOIN yr ON yr.id = r.assessment_id \
+                                        r.subtest_scores, a.title, a.subject, a.administered_on, a.max_score, \
+                                        a.threshold \
+                                 FROM results r JOIN assessments a ON a.id = r.assessment_id AND a.tenant_id = $1::uuid \
                                  WHERE r.pupil_id = mp.pupil_id AND r.tenant_id = $1::uuid \
-                                 ORDER BY r.assessment_id, r.updated_at DESC, r.id DESC) lr \
-             JOIN yr a ON a.id = lr.assessment_id) x \
+                                   AND a.administered_on BETWEEN $6::text::date AND $7::text::date \
+                                 ORDER BY r.assessment_id, r.updated_at DESC, r.id DESC) lr) x \
          WHERE x.total_flagged OR x.flagged_subtests IS NOT NULL) \
      SELECT grp.id AS group_id, grp.name AS group_name, grp.school_id, grp.year_level AS group_year_level, \
             f.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs, \
