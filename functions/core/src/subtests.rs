@@ -45,8 +45,8 @@ pub fn check_threshold(checks: &mut Checks, pointer: &str, threshold: Option<f64
 }
 
 /// An assessment's subtests under `prefix` (`/assessment/subtests`, say):
-/// ids unique, titles, maxima, thresholds within 0..max. Returns those that
-/// passed (the others have failed a check).
+/// ids unique, titles, maxima, thresholds within 0..max. Returns those whose
+/// id, title and maximum passed (the others have failed a check).
 pub fn validate_subtests(checks: &mut Checks, prefix: &str, subtests: &[SubtestIn]) -> Vec<ValidSubtest> {
     if subtests.len() > MAX_SUBTESTS {
         checks.fail(prefix, format!("at most {MAX_SUBTESTS} subtests"));
@@ -64,8 +64,11 @@ pub fn validate_subtests(checks: &mut Checks, prefix: &str, subtests: &[SubtestI
         if !finite_in(st.max_score, f64::MIN_POSITIVE, 1e6) {
             checks.fail(&format!("{p}/max_score"), "must be greater than 0 and at most 1000000");
         }
+        // A bad threshold alone keeps the subtest known, so that results'
+        // scores for it are not reported as scores for an unknown subtest.
+        let shape_ok = checks.0.len() == before;
         check_threshold(checks, &format!("{p}/threshold"), st.threshold, st.max_score, "subtest");
-        if checks.0.len() == before {
+        if shape_ok {
             valid.push(ValidSubtest {
                 key: st.id.trim().to_owned(),
                 title: st.title.trim().to_owned(),
