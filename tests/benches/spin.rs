@@ -49,17 +49,29 @@ fn class_roster(n: usize) -> Value {
            "groups": [{"external_id": "6A", "name": "6A", "year_level": 6}], "pupils": pupils})
 }
 
+/// A screening with a threshold on the total and 4 subtests (10 each,
+/// thresholds 3) for the class; `round` changes every score.
 fn class_results(n: usize, round: usize) -> Value {
     let rows: Vec<Value> = (0..n as u32)
         .map(|i| {
+            let score = (i as usize + round) % 41;
+            let subtests: Vec<Value> =
+                (0..4).map(|k| json!({"id": format!("d{k}"), "score": ((score + k) / 4).min(10)})).collect();
             json!({"external_id": format!("regning-{i}"), "pupil": {"identity_number": synthetic_id(100 + i)},
-                   "score": ((i as usize + round) % 41) as f64, "status": "completed",
-                   "completed_at": "2026-10-01T09:00:00Z",
-                   "items": [{"item": "q1", "score": 1, "answer": "A"}, {"item": "q2", "score": 0, "answer": "C"}]})
+                   "score": score as f64, "status": "completed",
+                   "completed_at": "2026-10-01T09:00:00Z", "subtests": subtests,
+                   "items": [{"item": "q1", "score": 1, "answer": "A", "subtest": "d0"},
+                             {"item": "q2", "score": 0, "answer": "C", "subtest": "d1"}]})
         })
         .collect();
+    let subtests: Vec<Value> = (0..4)
+        .map(
+            |k| json!({"id": format!("d{k}"), "title": format!("Delprøve {}", k + 1), "max_score": 10, "threshold": 3}),
+        )
+        .collect();
     json!({"assessment": {"external_id": "regning-h26", "title": "Kartlegging regning", "subject": "matematikk",
-                          "year_level": 6, "max_score": 40, "administered_on": "2026-10-01"},
+                          "year_level": 6, "max_score": 40, "administered_on": "2026-10-01",
+                          "family": "regning", "threshold": 12, "subtests": subtests},
            "results": rows})
 }
 
@@ -112,7 +124,8 @@ fn token_of(h: &Host) -> &str {
 }
 
 type Route = &'static str;
-const ROUTES: [Route; 4] = ["login", "pupil profile", "class overview", "results post"];
+const ROUTES: [Route; 6] =
+    ["login", "pupil profile", "class overview", "results post", "follow-up list", "follow-up counts"];
 
 /// One request of `route`, asserted; `i` makes each results post new.
 async fn request(h: &Host, route: Route, i: usize, class: usize) -> Duration {
@@ -128,6 +141,8 @@ async fn request(h: &Host, route: Route, i: usize, class: usize) -> Duration {
             signed(&h.client, &h.world.publisher, &format!("bench-results-{}", i + 1), &class_results(class, i + 1))
                 .await
         }
+        "follow-up list" => h.client.get("/follow-up?school_year=2026", token).await,
+        "follow-up counts" => h.client.get(&format!("/assessments/{}/follow-up", h.assessment), token).await,
         _ => unreachable!(),
     };
     let took = started.elapsed();
@@ -136,7 +151,20 @@ async fn request(h: &Host, route: Route, i: usize, class: usize) -> Duration {
     match route {
         "login" => assert!(body["access_token"].is_string()),
         "pupil profile" => assert_eq!(body["family_name"], "Ødegård"),
-        "class overview" => assert_eq!(body["pupils"].as_array().map(Vec::len), Some(class), "{}", h.name),
+        "class overview" => {
+            assert_eq!(body["pupils"].as_array().map(Vec::len), Some(class), "{}", h.name);
+            assert_eq!(body["assessment"]["subtests"].as_array().map(Vec::len), Some(4), "{}", h.name);
+        }
+        "follow-up list" => {
+            // 5A (the scenario's) and the class, whose low scorers are flagged.
+            let groups = body["groups"].as_array().unwrap();
+            assert_eq!(groups.len(), 2, "{}: {body}", h.name);
+            assert!(groups.iter().any(|g| !g["pupils"].as_array().unwrap().is_empty()), "{}", h.name);
+        }
+        "follow-up counts" => {
+            let pupils: u64 = body["groups"].as_array().unwrap().iter().map(|g| g["pupils"].as_u64().unwrap()).sum();
+            assert_eq!(pupils as usize, class + 4, "{}: the class and 5A's four: {body}", h.name);
+        }
         _ => assert_eq!(body["received"], class, "{}", h.name),
     }
     took

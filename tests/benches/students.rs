@@ -22,8 +22,17 @@
 //! and every phase, series and diagnostic with every answer checked; its
 //! figures are not results.
 //!
+//! Issue 14 adds two phases and the subtests to the dataset (4 per
+//! assessment, with thresholds; the overview shows every subtest score and
+//! the flags): a teacher's follow-up list over a school year (`GET
+//! /follow-up`, `FOLLOW_UP_SQL`) and a school leader's per-group counts for
+//! one assessment (`GET /assessments/{id}/follow-up?school_id`,
+//! `FOLLOW_UP_COUNTS_SQL`). At full size the dataset has one school per
+//! 1,000 pupils, so a leader's school has about 1,000 pupils.
+//!
 //! Phases: profile as teacher, profile as school leader, overview as teacher,
-//! overview as school leader. In each, three series are interleaved request by
+//! overview as school leader, follow-up list as teacher, follow-up counts as
+//! school leader. In each, three series are interleaved request by
 //! request: the route over HTTP, the bare query, and the bare query wrapped as
 //! the route runs it (with the access-log record, `logged_read`). Each series
 //! walks the phase's targets (pupils or group × assessment) in its own random
@@ -53,6 +62,8 @@ const LEADERS: usize = 4;
 enum Endpoint {
     Profile,
     Overview,
+    FollowUp,
+    Counts,
 }
 
 /// One request's worth of parameters: who asks, and about what.
@@ -60,11 +71,17 @@ enum Endpoint {
 struct Target {
     /// Index into the sessions.
     who: usize,
-    /// Pupil (profile) or group (overview).
+    /// Pupil (profile), group (overview), assessment (counts); unused for the follow-up list.
     id: String,
     /// Overview only.
     assessment: Option<String>,
-    /// Results (profile) or pupils (overview) the answer must hold.
+    /// Follow-up list: the school year it starts in.
+    year: Option<i32>,
+    /// Counts: the leader's school.
+    school: Option<String>,
+    /// Results (profile), pupils (overview), flags listed, or one for a list
+    /// without any (follow-up; taken from the bare query before measuring),
+    /// pupils counted in the groups (counts) that the answer must hold.
     expect: usize,
 }
 
@@ -136,9 +153,8 @@ fn main() {
     };
     let mut spec = Spec::new("bench", n_pupils, n_groups, n_results);
     spec.jobs = jobs;
-    if small {
-        spec.schools = Some(LEADERS);
-    }
+    // The counts phase wants schools of about 1,000 pupils (smoke: 100).
+    spec.schools = Some(if small { LEADERS } else { (n_pupils / 1_000).max(LEADERS) });
     let gen_probe = Probe::take();
     let gen = rt.block_on(async {
         let pool = PgPoolOptions::new().max_connections(jobs as u32 + 1).connect(&app.db_url).await.unwrap();
@@ -173,6 +189,7 @@ fn main() {
         }
     });
     let (teacher_targets, leader_targets) = targets(&gen);
+    let (mut follow_targets, count_targets) = follow_up_targets(&gen);
 
     // 3. The host, and the bare queries' pool with the host's pool settings.
     let (addr, max_db) = start_host(&app.variables, workers);
@@ -214,6 +231,15 @@ fn main() {
     // 4. Measure.
     let tenant = gen.tenant_id.clone();
     let mut client = Client::connect(addr, READ_TIMEOUT);
+    // What each follow-up list must hold: the bare query's flags (one row
+    // for a list without any), taken once before measuring.
+    rt.block_on(async {
+        for t in &mut follow_targets {
+            let rows = follow_up_rows(&bare_pool, &tenant, &callers[t.who], t.year.unwrap()).await;
+            t.expect = rows;
+        }
+    });
+    let flagged_lists = follow_targets.iter().filter(|t| t.expect > 1).count();
     let mut phases = Vec::new();
     let whole = Probe::take();
     for (name, endpoint, list) in [
@@ -221,6 +247,8 @@ fn main() {
         ("profile, school leader", Endpoint::Profile, &leader_targets.0),
         ("overview, teacher", Endpoint::Overview, &teacher_targets.1),
         ("overview, school leader", Endpoint::Overview, &leader_targets.1),
+        ("follow-up, teacher", Endpoint::FollowUp, &follow_targets),
+        ("counts, school leader", Endpoint::Counts, &count_targets),
     ] {
         let mut bench = Bench { rt: &rt, client: &mut client, pool: &bare_pool, tenant: &tenant, callers: &callers };
         // Warm-up: connections, prepared statements, plan caches of every worker.
@@ -286,7 +314,8 @@ fn main() {
     }
     // Plans, and the access-log append alone.
     let t = &teacher_targets;
-    let diag = rt.block_on(diagnostics(&bare_pool, &tenant, &callers, &t.0[0], &t.1[0]));
+    let busiest = follow_targets.iter().max_by_key(|t| t.expect).unwrap();
+    let diag = rt.block_on(diagnostics(&bare_pool, &tenant, &callers, &t.0[0], &t.1[0], busiest, &count_targets[0]));
     drop(redirect);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
 
@@ -316,11 +345,16 @@ fn main() {
     println!("  sizes: {sizes}");
     println!(
         "targets: {TEACHERS} teachers (1 group each), {LEADERS} school leaders; profile over {} + {} pupils, \
-         overview over {} + {} group × assessment pairs",
+         overview over {} + {} group × assessment pairs; follow-up over {} teacher × school year pairs ({} \
+         naming pupils); counts over {} school × assessment pairs (about {} pupils per school)",
         t.0.len(),
         leader_targets.0.len(),
         t.1.len(),
-        leader_targets.1.len()
+        leader_targets.1.len(),
+        follow_targets.len(),
+        flagged_lists,
+        count_targets.len(),
+        n_pupils / gen.school_ids.len().max(1)
     );
     println!();
     println!(
@@ -372,6 +406,25 @@ fn main() {
             if met { "met" } else { "NOT met" }
         );
     }
+    for (label, endpoint) in [
+        ("follow-up list (teacher, school year)", Endpoint::FollowUp),
+        ("counts (leader, one assessment)", Endpoint::Counts),
+    ] {
+        let route: Vec<Duration> =
+            phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| p.route.iter().copied()).collect();
+        let bare: Vec<Duration> =
+            phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| p.bare.iter().copied()).collect();
+        let met = ms(pct(&route, 0.99)) <= 20.0;
+        all_met &= met;
+        println!(
+            "{label:<38} route p50 {:.2} ms, p99 {:.2} ms; bare SQL p50 {:.2} ms, p99 {:.2} ms  (aim p99 <= 20 ms: {})",
+            ms(pct(&route, 0.5)),
+            ms(pct(&route, 0.99)),
+            ms(pct(&bare, 0.5)),
+            ms(pct(&bare, 0.99)),
+            if met { "met" } else { "NOT met" }
+        );
+    }
     println!();
     let cpu_rows: Vec<(String, &Usage)> = phases
         .iter()
@@ -416,6 +469,8 @@ fn targets(gen: &Generated) -> (Targets, Targets) {
                 who,
                 id: gen.pupils[p].id.clone(),
                 assessment: None,
+                year: None,
+                school: None,
                 expect: gen.pupils[p].results as usize,
             });
         }
@@ -424,6 +479,8 @@ fn targets(gen: &Generated) -> (Targets, Targets) {
                 who,
                 id: group.id.clone(),
                 assessment: Some(a.to_string()),
+                year: None,
+                school: None,
                 expect: group.pupils.len(),
             });
         }
@@ -442,6 +499,56 @@ fn targets(gen: &Generated) -> (Targets, Targets) {
     (teachers, leaders)
 }
 
+/// School years the generator spreads assessments over (from August 2023).
+const SCHOOL_YEARS: [i32; 3] = [2023, 2024, 2025];
+
+/// (follow-up targets: every teacher in every school year; counts targets:
+/// every leader's school with up to 12 assessments of its year levels).
+fn follow_up_targets(gen: &Generated) -> (Vec<Target>, Vec<Target>) {
+    let mut follow = Vec::new();
+    for who in 0..TEACHERS {
+        for year in SCHOOL_YEARS {
+            follow.push(Target { who, id: String::new(), assessment: None, year: Some(year), school: None, expect: 0 });
+        }
+    }
+    let mut counts = Vec::new();
+    for k in 0..LEADERS {
+        let school = k * gen.school_ids.len() / LEADERS;
+        // Pupils of the school's groups (every pupil is in one group).
+        let pupils: usize = gen.groups.iter().filter(|g| g.school == school).map(|g| g.pupils.len()).sum();
+        let step = (gen.assessments.len() / 12).max(1);
+        for a in gen.assessments.iter().step_by(step).take(12) {
+            counts.push(Target {
+                who: TEACHERS + k,
+                id: a.id.clone(),
+                assessment: None,
+                year: None,
+                school: Some(gen.school_ids[school].clone()),
+                expect: pupils,
+            });
+        }
+    }
+    (follow, counts)
+}
+
+/// The rows of `FOLLOW_UP_SQL` for `caller` in `year`: one per flag, or one
+/// per group without any.
+async fn follow_up_rows(pool: &PgPool, tenant: &str, caller: &Caller, year: i32) -> usize {
+    let (from, to) = tavle_core::scores::school_year_bounds(year);
+    sqlx::query(tavle_students::FOLLOW_UP_SQL)
+        .bind(Uuid::parse_str(tenant).unwrap())
+        .bind(caller.taught.clone())
+        .bind(caller.led.clone())
+        .bind(None::<Uuid>)
+        .bind(None::<Uuid>)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await
+        .expect("follow-up query")
+        .len()
+}
+
 struct Bench<'a> {
     rt: &'a tokio::runtime::Runtime,
     client: &'a mut Client,
@@ -458,6 +565,8 @@ impl Bench<'_> {
             Endpoint::Overview => {
                 format!("/groups/{}/overview?assessment_id={}", t.id, t.assessment.as_deref().unwrap())
             }
+            Endpoint::FollowUp => format!("/follow-up?school_year={}", t.year.unwrap()),
+            Endpoint::Counts => format!("/assessments/{}/follow-up?school_id={}", t.id, t.school.as_deref().unwrap()),
         };
         let head = format!(
             "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\n\
@@ -471,7 +580,28 @@ impl Bench<'_> {
         let v: Value = serde_json::from_slice(&body).expect("JSON answer");
         let n = match endpoint {
             Endpoint::Profile => v["results"].as_array().map(Vec::len),
-            Endpoint::Overview => v["pupils"].as_array().map(Vec::len),
+            Endpoint::Overview => {
+                // Every pupil line carries its flags; every subtest its count.
+                let lines = v["pupils"].as_array().expect("pupils");
+                assert!(lines.iter().all(|l| l["flagged"].is_boolean()), "GET {path}: flags");
+                assert_eq!(v["assessment"]["subtests"].as_array().map(Vec::len), Some(4), "GET {path}: subtests");
+                Some(lines.len())
+            }
+            Endpoint::FollowUp => {
+                let groups = v["groups"].as_array().expect("groups");
+                assert_eq!(groups.len(), 1, "GET {path}: the teacher's one group");
+                let flags: usize = groups[0]["pupils"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["flags"].as_array().map_or(0, Vec::len))
+                    .sum();
+                Some(flags.max(1))
+            }
+            Endpoint::Counts => {
+                let groups = v["groups"].as_array().expect("groups");
+                Some(groups.iter().map(|g| g["pupils"].as_u64().unwrap() as usize).sum())
+            }
         };
         assert_eq!(n, Some(t.expect), "GET {path}: unexpected count");
         elapsed
@@ -482,6 +612,8 @@ impl Bench<'_> {
         let sql = match endpoint {
             Endpoint::Profile => tavle_students::PROFILE_SQL,
             Endpoint::Overview => tavle_students::OVERVIEW_SQL,
+            Endpoint::FollowUp => tavle_students::FOLLOW_UP_SQL,
+            Endpoint::Counts => tavle_students::FOLLOW_UP_COUNTS_SQL,
         };
         self.timed(endpoint, t, sql)
     }
@@ -500,12 +632,18 @@ impl Bench<'_> {
             Endpoint::Overview => {
                 (tavle_students::OVERVIEW_ACTION, tavle_students::OVERVIEW_SQL, tavle_students::OVERVIEW_CONCERNED)
             }
+            Endpoint::FollowUp => (tavle_students::FOLLOW_UP_ACTION, tavle_students::FOLLOW_UP_SQL, "pupil_id"),
+            Endpoint::Counts => ("", tavle_students::FOLLOW_UP_COUNTS_SQL, ""),
         };
-        let mut params =
-            vec![uuid(self.tenant), Value::text_array(c.taught.clone()), Value::text_array(c.led.clone()), uuid(&t.id)];
+        let mut params = vec![uuid(self.tenant), Value::text_array(c.taught.clone()), Value::text_array(c.led.clone())];
         match endpoint {
-            Endpoint::Profile => params.extend([Value::Null, Value::Null, Value::Null, Value::Null]),
-            Endpoint::Overview => params.push(uuid(t.assessment.as_deref().unwrap())),
+            Endpoint::Profile => params.extend([uuid(&t.id), Value::Null, Value::Null, Value::Null, Value::Null]),
+            Endpoint::Overview => params.extend([uuid(&t.id), uuid(t.assessment.as_deref().unwrap())]),
+            Endpoint::FollowUp => {
+                let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
+                params.extend([Value::Null, Value::Null, from.into(), to.into()]);
+            }
+            Endpoint::Counts => params.extend([uuid(&t.id), Value::Null, uuid(t.school.as_deref().unwrap())]),
         }
         let meta = tavle_core::web::RequestMeta {
             request_id: "bench-sql".into(),
@@ -514,13 +652,30 @@ impl Bench<'_> {
             path: String::new(),
         };
         let (rows, elapsed) = self.rt.block_on(async {
+            use tavle_core::access_log::{logged_read, logged_read_naming};
+            use tavle_core::db::Db;
             let s = Instant::now();
             let mut db = SqlxDb::new(self.pool.clone());
-            let rows =
-                tavle_core::access_log::logged_read(&mut db, &c.principal, &meta, action, sql, concerned, params)
-                    .await
-                    .expect("logged read");
-            (rows.len(), s.elapsed())
+            let rows = match endpoint {
+                Endpoint::Profile | Endpoint::Overview => {
+                    logged_read(&mut db, &c.principal, &meta, action, sql, concerned, params).await
+                }
+                Endpoint::FollowUp => {
+                    logged_read_naming(&mut db, &c.principal, &meta, action, sql, concerned, params).await
+                }
+                // The counts name no pupil: the route runs the query alone.
+                Endpoint::Counts => db.query(sql, &params).await.map_err(Into::into),
+            }
+            .expect("logged read");
+            let n = match endpoint {
+                Endpoint::Counts => rows
+                    .iter()
+                    .filter(|r| r.text("kind").unwrap() == "group" && r.is_null("subtest").unwrap())
+                    .map(|r| r.int("pupils").unwrap() as usize)
+                    .sum(),
+                _ => rows.len(),
+            };
+            (n, s.elapsed())
         });
         assert_eq!(rows, t.expect.max(1), "logged read: unexpected row count");
         elapsed
@@ -529,18 +684,38 @@ impl Bench<'_> {
     fn timed(&mut self, endpoint: Endpoint, t: &Target, sql: &str) -> Duration {
         let c = &self.callers[t.who];
         let (tenant, pool) = (Uuid::parse_str(self.tenant).unwrap(), self.pool);
-        let id = Uuid::parse_str(&t.id).unwrap();
+        let id = Uuid::parse_str(&t.id).ok();
         let (rows, elapsed) = self.rt.block_on(async {
-            let q = sqlx::query(sql).bind(tenant).bind(c.taught.clone()).bind(c.led.clone()).bind(id);
+            let q = sqlx::query(sql).bind(tenant).bind(c.taught.clone()).bind(c.led.clone());
             let q = match endpoint {
                 Endpoint::Profile => {
-                    q.bind(None::<String>).bind(None::<Uuid>).bind(None::<String>).bind(None::<String>)
+                    q.bind(id).bind(None::<String>).bind(None::<Uuid>).bind(None::<String>).bind(None::<String>)
                 }
-                Endpoint::Overview => q.bind(Uuid::parse_str(t.assessment.as_deref().unwrap()).unwrap()),
+                Endpoint::Overview => q.bind(id).bind(Uuid::parse_str(t.assessment.as_deref().unwrap()).unwrap()),
+                Endpoint::FollowUp => {
+                    let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
+                    q.bind(None::<Uuid>).bind(None::<Uuid>).bind(from).bind(to)
+                }
+                Endpoint::Counts => {
+                    q.bind(id).bind(None::<Uuid>).bind(Uuid::parse_str(t.school.as_deref().unwrap()).unwrap())
+                }
             };
             let s = Instant::now();
             let rows = q.fetch_all(pool).await.expect("bare query");
-            (rows.len(), s.elapsed())
+            let elapsed = s.elapsed();
+            let n = match endpoint {
+                Endpoint::Counts => {
+                    use sqlx::Row;
+                    rows.iter()
+                        .filter(|r| {
+                            r.get::<String, _>("kind") == "group" && r.get::<Option<String>, _>("subtest").is_none()
+                        })
+                        .map(|r| r.get::<i64, _>("pupils") as usize)
+                        .sum()
+                }
+                _ => rows.len(),
+            };
+            (n, elapsed)
         });
         assert_eq!(rows, t.expect.max(1), "bare query: unexpected row count");
         elapsed
@@ -569,6 +744,8 @@ async fn diagnostics(
     callers: &[Caller],
     profile: &Target,
     overview: &Target,
+    follow_up: &Target,
+    counts: &Target,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let mut conn = pool.acquire().await.unwrap();
@@ -577,13 +754,27 @@ async fn diagnostics(
     for (name, sql, types, t) in [
         ("PROFILE_SQL", tavle_students::PROFILE_SQL, "uuid, text[], text[], uuid, text, uuid, text, text", profile),
         ("OVERVIEW_SQL", tavle_students::OVERVIEW_SQL, "uuid, text[], text[], uuid, uuid", overview),
+        ("FOLLOW_UP_SQL", tavle_students::FOLLOW_UP_SQL, "uuid, text[], text[], uuid, uuid, text, text", follow_up),
+        (
+            "FOLLOW_UP_COUNTS_SQL",
+            tavle_students::FOLLOW_UP_COUNTS_SQL,
+            "uuid, text[], text[], uuid, uuid, uuid",
+            counts,
+        ),
     ] {
         let c = &callers[t.who];
         // Ids are uuids from the generator: safe to inline.
-        let mut args = format!("'{tenant}', {}, {}, '{}'", array(&c.taught), array(&c.led), t.id);
-        match &t.assessment {
-            None => args.push_str(", NULL, NULL, NULL, NULL"),
-            Some(a) => args.push_str(&format!(", '{a}'")),
+        let mut args = format!("'{tenant}', {}, {}", array(&c.taught), array(&c.led));
+        match (name, &t.assessment) {
+            ("FOLLOW_UP_SQL", _) => {
+                let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
+                args.push_str(&format!(", NULL, NULL, '{from}', '{to}'"));
+            }
+            ("FOLLOW_UP_COUNTS_SQL", _) => {
+                args.push_str(&format!(", '{}', NULL, '{}'", t.id, t.school.as_deref().unwrap()))
+            }
+            (_, None) => args.push_str(&format!(", '{}', NULL, NULL, NULL, NULL", t.id)),
+            (_, Some(a)) => args.push_str(&format!(", '{}', '{a}'", t.id)),
         }
         let stmt = format!("bench_{}", name.to_lowercase());
         sqlx::raw_sql(&format!("PREPARE {stmt}({types}) AS {sql}")).execute(&mut *conn).await.unwrap();

@@ -293,6 +293,7 @@ impl TestApp {
             "webhook_source_schools",
             "webhook_deliveries",
             "assessments",
+            "assessment_subtests",
             "results",
             "audit_log",
             "access_log",

@@ -135,23 +135,31 @@ fn roster() -> Value {
 }
 
 /// A results post for the scenario's pupils 0..=3 (pupil 3 absent); with
-/// `completed_at` for every row.
+/// `completed_at` for every row. A screening with a threshold on the total
+/// (15) and two subtests: pupil 1 (12; `ord` 5) is at or below both.
 pub fn results_post(external_id: &str, completed_at: &str) -> Value {
     let rows: Vec<Value> = [
-        (0u32, Some(31.0), "completed"),
-        (1, Some(12.0), "completed"),
-        (2, Some(25.5), "completed"),
+        (0u32, Some((16.0, 15.0)), "completed"),
+        (1, Some((5.0, 7.0)), "completed"),
+        (2, Some((12.5, 13.0)), "completed"),
         (3, None, "absent"),
     ]
     .iter()
-    .map(|(n, score, status)| {
+    .map(|(n, scores, status)| {
+        let subtests: Vec<Value> = scores
+            .iter()
+            .flat_map(|(o, f)| [json!({"id": "ord", "score": o}), json!({"id": "fors", "score": f})])
+            .collect();
         json!({"external_id": format!("{external_id}-{n}"), "pupil": {"identity_number": synthetic_id(*n)},
-                   "score": score, "status": status, "completed_at": completed_at,
-                   "items": [{"item": "q1", "score": 1, "answer": "B"}]})
+                   "score": scores.map(|(o, f)| o + f), "status": status, "completed_at": completed_at,
+                   "subtests": subtests, "items": [{"item": "q1", "score": 1, "answer": "B", "subtest": "ord"}]})
     })
     .collect();
     json!({"assessment": {"external_id": external_id, "title": "Kartlegging lesing", "subject": "norsk",
-                          "year_level": 5, "max_score": 40, "administered_on": "2026-09-15"},
+                          "year_level": 5, "max_score": 40, "administered_on": "2026-09-15",
+                          "family": "kartlegging-lesing", "threshold": 15,
+                          "subtests": [{"id": "ord", "title": "Ordlesing", "max_score": 20, "threshold": 8},
+                                       {"id": "fors", "title": "Leseforståelse", "max_score": 20, "threshold": 6}]},
            "results": rows})
 }
 
@@ -419,6 +427,43 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
     assert_eq!(overview["pupils"].as_array().map(Vec::len), Some(4), "{overview}");
     assert_eq!(overview["completed"], 3);
     assert_eq!(overview["median"], 25.5);
+    assert_eq!((overview["flagged_pupils"].as_u64(), &overview["assessment"]["flagged_count"]), (Some(1), &json!(1)));
+    assert_eq!(overview["assessment"]["subtests"][0]["flagged_count"], 1, "{overview}");
+
+    // --- follow-up ----------------------------------------------------------------------
+    let aasen = scalar(app, "SELECT id FROM pupils WHERE family_name = $1", "Aasen").await;
+    let flagged_first = expect(
+        &s.step("class overview, flagged first")
+            .get(&format!("/groups/{group_5a}/overview?assessment_id={assessment}&flagged_first=true"), &kari.token)
+            .await,
+        200,
+        "flagged first",
+    );
+    assert_eq!(
+        (&flagged_first["pupils"][0]["id"], &flagged_first["pupils"][0]["flagged"]),
+        (&json!(aasen), &json!(true))
+    );
+    let follow_up =
+        expect(&s.step("follow-up list").get("/follow-up?school_year=2026", &kari.token).await, 200, "follow-up");
+    let listed = &follow_up["groups"][0]["pupils"];
+    assert_eq!((listed.as_array().map(Vec::len), &listed[0]["id"]), (Some(1), &json!(aasen)), "{follow_up}");
+    assert_eq!(listed[0]["flags"][0]["flagged_subtests"][0]["id"], "ord", "{follow_up}");
+    let counts = expect(
+        &s.step("follow-up counts").get(&format!("/assessments/{assessment}/follow-up"), &kari.token).await,
+        200,
+        "follow-up counts",
+    );
+    let line = &counts["groups"][0];
+    assert_eq!((&line["pupils"], &line["completed"], &line["flagged"]), (&json!(4), &json!(3), &json!(1)), "{counts}");
+    let group_5b = scalar(app, "SELECT id FROM groups WHERE external_id = $1", "5B").await;
+    problem(
+        &s.step("follow-up, another teacher's group")
+            .get(&format!("/follow-up?group_id={group_5b}"), &kari.token)
+            .await,
+        404,
+        "not-found",
+        "another group",
+    );
 
     // --- manual results -------------------------------------------------------------------
     let r = s.step("register a manual result").post(&format!("/pupils/{fifth}/results"), Some(&kari.token),

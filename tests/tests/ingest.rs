@@ -1417,3 +1417,140 @@ async fn hostile_school_sets_are_refused_and_change_nothing() {
     }
     assert_eq!(before, w.app.snapshot(true).await, "refused requests changed nothing, not even the audit log");
 }
+
+// ---------------------------------------------------------------- subtests and thresholds
+
+/// An assessment with a threshold on the total and two subtests, one with a
+/// threshold; results carry subtest scores.
+fn screening(rows: Vec<Value>) -> Value {
+    let mut body = results("lesing-h26", rows);
+    body["assessment"]["family"] = json!("lesing-kartlegging");
+    body["assessment"]["threshold"] = json!(15);
+    body["assessment"]["subtests"] = json!([
+        {"id": "ordlesing", "title": "Ordlesing", "max_score": 20, "threshold": 8},
+        {"id": "forstaelse", "title": "Leseforståelse", "max_score": 20},
+    ]);
+    body
+}
+
+fn screened(ext: &str, n: u32, ordlesing: f64, forstaelse: f64) -> Value {
+    let mut r = result(ext, n, ordlesing + forstaelse);
+    r["subtests"] = json!([{"id": "ordlesing", "score": ordlesing}, {"id": "forstaelse", "score": forstaelse}]);
+    r["items"] = json!([{"item": "q1", "score": 1, "subtest": "ordlesing"}]);
+    r
+}
+
+#[tokio::test]
+async fn subtests_thresholds_and_subtest_scores_are_stored_and_a_changed_threshold_is_reported() {
+    let w = world().await;
+    load_roster(&w, 2).await;
+    let rows = vec![screened("r0", 0, 6.0, 10.0), screened("r1", 1, 18.0, 19.0)];
+    let r = w.app.deliver(&w.publisher, "results", "sub-1", &screening(rows.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = r.json();
+    assert_eq!((s["created"].as_u64(), &s["threshold_changes"]), (Some(2), &json!([])), "{s}");
+    let (family, threshold): (String, f64) =
+        sqlx::query_as("SELECT family, threshold FROM assessments").fetch_one(&w.app.pool).await.unwrap();
+    assert_eq!((family.as_str(), threshold), ("lesing-kartlegging", 15.0));
+    let subtests: Vec<(String, i32, f64, Option<f64>)> =
+        sqlx::query_as("SELECT key, position, max_score, threshold FROM assessment_subtests ORDER BY position")
+            .fetch_all(&w.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(subtests, [("ordlesing".into(), 0, 20.0, Some(8.0)), ("forstaelse".into(), 1, 20.0, None)]);
+    let scores: Value = sqlx::query_scalar("SELECT subtest_scores FROM results WHERE external_id = 'r0'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(scores, json!({"ordlesing": 6.0, "forstaelse": 10.0}));
+
+    // Re-sent with new thresholds: they are updated, and the answer says so.
+    let mut body = screening(rows);
+    body["assessment"]["threshold"] = json!(12);
+    body["assessment"]["subtests"][1]["threshold"] = json!(9);
+    let s = w.app.deliver(&w.publisher, "results", "sub-2", &body).await.json();
+    assert_eq!(
+        s["threshold_changes"],
+        json!([{"subtest": null, "from": 15.0, "to": 12.0}, {"subtest": "forstaelse", "from": null, "to": 9.0}]),
+        "{s}"
+    );
+    assert_eq!((s["unchanged"].as_u64(), &s["subtests_removed"]), (Some(2), &json!([])));
+    assert_eq!(
+        w.app.count("SELECT count(*) FROM assessment_subtests WHERE key = 'forstaelse' AND threshold = 9").await,
+        1
+    );
+    assert_eq!(w.app.count("SELECT count(*) FROM assessments WHERE threshold = 12").await, 1);
+}
+
+#[tokio::test]
+async fn bad_subtests_and_thresholds_are_refused_and_change_nothing() {
+    let w = world().await;
+    load_roster(&w, 2).await;
+    let r = w.app.deliver(&w.publisher, "results", "base", &screening(vec![screened("r0", 0, 6.0, 10.0)])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = w.app.snapshot(true).await;
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut b = screening(vec![screened("r0", 0, 6.0, 10.0), screened("r1", 1, 12.0, 12.0)]);
+        f(&mut b);
+        b
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("threshold above the maximum", edit(&|b| b["assessment"]["threshold"] = json!(41)), "/assessment/threshold"),
+        ("negative threshold", edit(&|b| b["assessment"]["threshold"] = json!(-1)), "/assessment/threshold"),
+        (
+            "subtest threshold above its maximum",
+            edit(&|b| b["assessment"]["subtests"][0]["threshold"] = json!(21)),
+            "/assessment/subtests/0/threshold",
+        ),
+        (
+            "negative subtest threshold",
+            edit(&|b| b["assessment"]["subtests"][1]["threshold"] = json!(-0.5)),
+            "/assessment/subtests/1/threshold",
+        ),
+        (
+            "a score for an unknown subtest",
+            edit(&|b| b["results"][1]["subtests"][1]["id"] = json!("staving")),
+            "/results/1/subtests/1/id",
+        ),
+        (
+            "a subtest score above its maximum",
+            edit(&|b| b["results"][1]["subtests"][0]["score"] = json!(20.5)),
+            "/results/1/subtests/0/score",
+        ),
+        (
+            "an item of an unknown subtest",
+            edit(&|b| b["results"][0]["items"][0]["subtest"] = json!("staving")),
+            "/results/0/items/0/subtest",
+        ),
+        (
+            "two subtests with one id",
+            edit(&|b| b["assessment"]["subtests"][1]["id"] = json!("ordlesing")),
+            "/assessment/subtests/1/id",
+        ),
+    ];
+    for (what, body, pointer) in cases {
+        let r = w.app.deliver(&w.publisher, "results", &uuid::Uuid::new_v4().to_string(), &body).await;
+        let p = r.assert_problem(422, "validation-failed");
+        let pointers: Vec<&str> =
+            p["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
+        assert_eq!(pointers.first(), Some(&pointer), "{what}: {p}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "nothing stored");
+
+    // Re-sent without a subtest that a stored result (r0, not in this post) still scores: refused.
+    let mut body = screening(vec![screened("r1", 1, 12.0, 12.0)]);
+    body["assessment"]["subtests"] = json!([{"id": "ordlesing", "title": "Ordlesing", "max_score": 20}]);
+    body["results"][0]["subtests"] = json!([{"id": "ordlesing", "score": 12}]);
+    let p = w.app.deliver(&w.publisher, "results", "drop-1", &body).await.assert_problem(422, "validation-failed");
+    assert_eq!(p["errors"][0]["pointer"], "/assessment/subtests", "{p}");
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("forstaelse"), "{p}");
+    assert_eq!(before, w.app.snapshot(true).await, "nothing stored");
+
+    // Re-sending r0 too, without that subtest's score, may drop it.
+    body["results"] = json!([{"external_id": "r0", "pupil": {"identity_number": synthetic_id(0)}, "score": 6,
+                              "status": "completed", "subtests": [{"id": "ordlesing", "score": 6}]}]);
+    let r = w.app.deliver(&w.publisher, "results", "drop-2", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["subtests_removed"], json!(["forstaelse"]));
+    assert_eq!(w.app.count("SELECT count(*) FROM assessment_subtests").await, 1);
+}

@@ -1276,3 +1276,119 @@ async fn pupil_lists_and_searches_answer_as_documented() {
     let r = app.post("/pupils/search", Some(&session.token), json!({"name": "berg"})).await;
     assert_eq!(c.check("POST", "/pupils/search", &r), 403);
 }
+
+#[tokio::test]
+async fn subtests_flags_and_follow_up_lists_answer_as_documented() {
+    let c = Contract { doc: load_doc() };
+    let app = TestApp::spawn().await;
+    let admin = app.seed_tenant("oslo").await;
+    let session = app.login(&admin).await;
+    let sas = app.create_source(&session, "sas").await;
+    let publisher = app.create_source(&session, "publisher").await;
+    let pupils: Vec<Value> = [(0, "Åse", "Ødegård"), (1, "Bjørn", "Berg"), (2, "Cecilie", "Berg")]
+        .iter()
+        .map(|(n, given, family)| {
+            json!({"identity_number": synthetic_id(*n), "given_name": given, "family_name": family,
+                   "year_level": 5, "groups": ["5A"]})
+        })
+        .collect();
+    let roster = json!({"school": {"external_id": "s1", "name": "Fjell skole"},
+                        "groups": [{"external_id": "5A", "name": "5A", "year_level": 5}], "pupils": pupils});
+    assert_eq!(app.deliver(&sas, "roster", "roster-1", &roster).await.status, 200);
+    let post = |external_id: &str, on: &str, threshold: f64| {
+        json!({"assessment": {"external_id": external_id, "title": "Lesing", "subject": "norsk", "max_score": 40,
+                              "administered_on": on, "family": "lesing", "threshold": threshold,
+                              "subtests": [{"id": "ord", "title": "Ordlesing", "max_score": 20, "threshold": 8},
+                                           {"id": "fors", "title": "Forståelse", "max_score": 20}]},
+               "results": [
+                   {"external_id": format!("{external_id}-0"), "pupil": {"identity_number": synthetic_id(0)},
+                    "score": 10, "status": "completed",
+                    "subtests": [{"id": "ord", "score": 4}, {"id": "fors", "score": 6}],
+                    "items": [{"item": "q1", "score": 1, "subtest": "ord"}]},
+                   {"external_id": format!("{external_id}-1"), "pupil": {"identity_number": synthetic_id(1)},
+                    "status": "absent"}]})
+    };
+    for (id, on, threshold) in [("v26", "2026-03-01", 15.0), ("h26", "2026-09-01", 15.0), ("h26", "2026-09-01", 12.0)] {
+        let r = app.deliver(&publisher, "results", &uuid::Uuid::new_v4().to_string(), &post(id, on, threshold)).await;
+        assert_eq!(c.check("POST", "/ingest/{source}/results", &r), 200, "{}", r.text());
+    }
+    let group: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM groups WHERE external_id = '5A'").fetch_one(&app.pool).await.unwrap();
+    let group = group.to_string();
+    let assessment: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM assessments WHERE external_id = 'h26'").fetch_one(&app.pool).await.unwrap();
+    let pupil: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM pupils WHERE given_name = 'Åse'").fetch_one(&app.pool).await.unwrap();
+    let teacher = app.create_user(&session, &admin, "kari", json!([{"role": "teacher", "group_id": group}])).await;
+    let kari = app.login(&teacher).await;
+    let missing = uuid::Uuid::new_v4();
+
+    let overview = format!("/groups/{group}/overview?assessment_id={assessment}");
+    for (path, want) in [
+        (overview.clone(), 200),
+        (format!("{overview}&flagged_first=true"), 200),
+        (format!("{overview}&flagged_first=1"), 400),
+    ] {
+        assert_eq!(c.check("GET", "/groups/{id}/overview", &app.get(&path, &kari.token).await), want, "{path}");
+    }
+    let r = app.get(&format!("/pupils/{pupil}"), &kari.token).await;
+    assert_eq!(c.check("GET", "/pupils/{id}", &r), 200);
+    assert!(!r.json()["results"][1]["since_last"].is_null(), "{}", r.text());
+    for (path, want) in [
+        ("/follow-up".to_owned(), 200),
+        ("/follow-up?school_year=2026".to_owned(), 200),
+        ("/follow-up?school_year=2025".to_owned(), 200),
+        (format!("/follow-up?group_id={group}"), 200),
+        (format!("/follow-up?group_id={missing}"), 404),
+        (format!("/follow-up?school_id={missing}"), 404),
+        ("/follow-up?school_year=x".to_owned(), 400),
+        ("/follow-up?group_id=x".to_owned(), 400),
+    ] {
+        assert_eq!(c.check("GET", "/follow-up", &app.get(&path, &kari.token).await), want, "{path}");
+    }
+    let flagged = app.get("/follow-up?school_year=2026", &kari.token).await.json();
+    assert_eq!(flagged["groups"][0]["pupils"].as_array().unwrap().len(), 1, "{flagged}");
+    assert_eq!(c.check("GET", "/follow-up", &app.get("/follow-up", &session.token).await), 403);
+    assert_eq!(c.check("GET", "/follow-up", &app.send(Method::GET, "/follow-up", None, None).await), 401);
+    for (path, want) in [
+        (format!("/assessments/{assessment}/follow-up"), 200),
+        (format!("/assessments/{assessment}/follow-up?group_id={group}"), 200),
+        (format!("/assessments/{missing}/follow-up"), 404),
+        ("/assessments/x/follow-up".to_owned(), 404),
+        (format!("/assessments/{assessment}/follow-up?school_id={missing}"), 404),
+        (format!("/assessments/{assessment}/follow-up?school_id=x"), 400),
+    ] {
+        assert_eq!(c.check("GET", "/assessments/{id}/follow-up", &app.get(&path, &kari.token).await), want, "{path}");
+    }
+    let r = app.get(&format!("/assessments/{assessment}/follow-up"), &session.token).await;
+    assert_eq!(c.check("GET", "/assessments/{id}/follow-up", &r), 403);
+
+    // Assessments registered by the tenant admin, and their thresholds.
+    let new = json!({"title": "Kommunens leseprøve", "subject": "norsk", "max_score": 30, "administered_on": "2026-10-05",
+                     "threshold": 10, "subtests": [{"id": "a", "title": "Avkoding", "max_score": 15, "threshold": 5}]});
+    let r = app.post("/assessments", Some(&session.token), new.clone()).await;
+    assert_eq!(c.check("POST", "/assessments", &r), 201, "{}", r.text());
+    let manual = r.json()["id"].as_str().unwrap().to_owned();
+    let mut bad = new.clone();
+    bad["threshold"] = json!(31);
+    assert_eq!(c.check("POST", "/assessments", &app.post("/assessments", Some(&session.token), bad).await), 422);
+    assert_eq!(c.check("POST", "/assessments", &app.post("/assessments", t_kari(&kari), new).await), 403);
+    let put = |id: &str, body: Value| {
+        let path = format!("/assessments/{id}/thresholds");
+        let token = session.token.clone();
+        let app = &app;
+        async move { app.send(Method::PUT, &path, Some(&token), Some(body)).await }
+    };
+    let op = "/assessments/{id}/thresholds";
+    assert_eq!(
+        c.check("PUT", op, &put(&manual, json!({"threshold": 8, "subtests": [{"id": "a", "threshold": 4}]})).await),
+        200
+    );
+    assert_eq!(c.check("PUT", op, &put(&manual, json!({"threshold": 40})).await), 422);
+    assert_eq!(c.check("PUT", op, &put(&assessment.to_string(), json!({"threshold": 8})).await), 409);
+    assert_eq!(c.check("PUT", op, &put(&missing.to_string(), json!({"threshold": 8})).await), 404);
+}
+
+fn t_kari(s: &tavle_tests::Session) -> Option<&str> {
+    Some(s.token.as_str())
+}

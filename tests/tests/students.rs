@@ -1288,7 +1288,8 @@ async fn the_demo_tenant_lets_every_role_try_the_students_routes() {
     let load = || ops::load_demo(&app.pool, &app.variables["identity_key"], &app.variables["blind_index_key"]);
     load().await.unwrap();
     let logins = load().await.unwrap();
-    assert_eq!(app.count("SELECT count(*) FROM results").await, 96, "loading twice adds nothing");
+    assert_eq!(app.count("SELECT count(*) FROM results").await, 144, "loading twice adds nothing");
+    assert_eq!(app.count("SELECT count(*) FROM assessment_subtests WHERE threshold IS NOT NULL").await, 6);
     let login = |role: &str| {
         let l = logins.iter().find(|l| l.role == role).unwrap();
         let staff = Staff {
@@ -1314,12 +1315,25 @@ async fn the_demo_tenant_lets_every_role_try_the_students_routes() {
     assert!(o.json()["median"].as_f64().is_some());
     let pupil = pupils["items"][0]["id"].as_str().unwrap();
     let profile = app.get(&format!("/pupils/{pupil}"), &teacher.token).await.json();
-    assert_eq!(profile["results"].as_array().unwrap().len(), 2);
+    assert_eq!(profile["results"].as_array().unwrap().len(), 3);
+    assert!(!profile["results"][1]["since_last"].is_null(), "the autumn reading follows the spring's: {profile}");
+    // The teacher's follow-up list for the demo's school year names someone.
+    let follow_up = app.get("/follow-up?school_year=2026", &teacher.token).await;
+    assert_eq!(follow_up.status, 200, "{}", follow_up.text());
+    let follow_up = follow_up.json();
+    let listed = follow_up["groups"][0]["pupils"].as_array().unwrap().len();
+    assert!((1..24).contains(&listed), "{listed} of 24 flagged");
+    let pupil_listed = follow_up.to_string().contains(pupil);
     let leader = login("school_leader").await;
     assert_eq!(app.get("/pupils?limit=200", &leader.token).await.json()["items"].as_array().unwrap().len(), 48);
     let privacy = login("privacy_officer").await;
     let log = app.get(&format!("/pupils/{pupil}/access-log"), &privacy.token).await.json();
-    assert_eq!(log["items"].as_array().unwrap().len(), 4, "list, overview, profile, the leader's list: {log}");
+    let expected = 4 + usize::from(pupil_listed);
+    assert_eq!(
+        log["items"].as_array().unwrap().len(),
+        expected,
+        "list, overview, profile, the follow-up list if it named the pupil, the leader's list: {log}"
+    );
 }
 
 // ------------------------------------------- identity-number searches leave a trace
@@ -1949,4 +1963,433 @@ async fn a_profile_and_a_class_overview_are_one_round_trip_that_checks_the_sessi
         assert!(!body.contains("Åse"), "{body}");
     }
     assert_eq!(w.app.count("SELECT count(*) FROM access_log").await, records, "no record without a live session");
+}
+
+// ------------------------------------------- subtests, thresholds and follow-up
+
+/// A screening of the family `lesing-kart`: total threshold 15 (of 40),
+/// subtests `ordlesing` (threshold 8 of 20) and `forstaelse` (6 of 20).
+/// Rows: (pupil, ordlesing, forstaelse) completed, or `None` scores: absent.
+fn screening(external_id: &str, on: &str, rows: &[(u32, Option<(f64, f64)>)]) -> Value {
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|(n, scores)| {
+            let mut r = json!({"external_id": format!("{external_id}-{n}"), "pupil": {"identity_number": synthetic_id(*n)},
+                               "status": "absent"});
+            if let Some((o, f)) = scores {
+                r["status"] = json!("completed");
+                r["score"] = json!(o + f);
+                r["subtests"] = json!([{"id": "ordlesing", "score": o}, {"id": "forstaelse", "score": f}]);
+            }
+            r
+        })
+        .collect();
+    json!({"assessment": {"external_id": external_id, "title": format!("Leseskår {on}"), "subject": "norsk",
+                          "year_level": 5, "max_score": 40, "administered_on": on, "family": "lesing-kart",
+                          "threshold": 15,
+                          "subtests": [{"id": "ordlesing", "title": "Ordlesing", "max_score": 20, "threshold": 8},
+                                       {"id": "forstaelse", "title": "Leseforståelse", "max_score": 20, "threshold": 6}]},
+           "results": rows})
+}
+
+/// The world, with the screening given in the spring of school year 2025
+/// and the autumn of 2026: pupil 0 (5A) drops below on `ordlesing`, pupil 1
+/// (5B) stays below on the total, pupil 2 (5A) is fine, pupil 3 (5B) was
+/// absent, pupil 10 (Sørby) is below everywhere.
+async fn screened_world() -> (World, String, String) {
+    let w = world().await;
+    let spring = screening("kart-v26", "2026-03-10", &[(0, Some((12.0, 12.0))), (1, Some((4.0, 4.0)))]);
+    let r = w.app.deliver(&w.publisher, "results", "kart-v26", &spring).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let autumn = screening(
+        "kart-h26",
+        "2026-09-20",
+        &[(0, Some((6.0, 10.0))), (1, Some((5.0, 5.0))), (2, Some((18.0, 18.0))), (3, None), (10, Some((2.0, 2.0)))],
+    );
+    let r = w.app.deliver(&w.publisher, "results", "kart-h26", &autumn).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h26 = id_of(&w.app, "SELECT id FROM assessments WHERE external_id = $1", "kart-h26").await;
+    let v26 = id_of(&w.app, "SELECT id FROM assessments WHERE external_id = $1", "kart-v26").await;
+    (w, h26, v26)
+}
+
+fn line<'a>(overview: &'a Value, pupil: &str) -> &'a Value {
+    overview["pupils"].as_array().unwrap().iter().find(|p| p["id"] == pupil).unwrap()
+}
+
+#[tokio::test]
+async fn the_class_overview_flags_scores_at_or_below_thresholds_and_counts_them_per_subtest() {
+    let (w, h26, _) = screened_world().await;
+    let (p0, p1, p2, p3) = (&w.pupils[&0], &w.pupils[&1], &w.pupils[&2], &w.pupils[&3]);
+    let o = w.app.get(&format!("/groups/{}/overview?assessment_id={h26}", w.groups["5A"]), &w.teacher.token).await;
+    assert_eq!(o.status, 200, "{}", o.text());
+    let o = o.json();
+    assert_eq!(o["assessment"]["threshold"], 15.0);
+    assert_eq!(o["assessment"]["family"], "lesing-kart");
+    let subtests: Vec<(&str, f64, u64)> = o["assessment"]["subtests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["threshold"].as_f64().unwrap(), s["flagged_count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(subtests, [("ordlesing", 8.0, 1), ("forstaelse", 6.0, 0)]);
+    assert_eq!((o["assessment"]["flagged_count"].as_u64(), o["flagged_pupils"].as_u64()), (Some(0), Some(1)));
+    // Pupil 0: total 16 is above 15, ordlesing 6 at or below 8.
+    let r0 = &line(&o, p0)["result"];
+    assert_eq!(
+        (line(&o, p0)["flagged"].as_bool(), r0["flagged"].as_bool(), r0["score"].as_f64()),
+        (Some(true), Some(false), Some(16.0))
+    );
+    assert_eq!(
+        r0["subtests"],
+        json!([{"id": "ordlesing", "score": 6.0, "flagged": true}, {"id": "forstaelse", "score": 10.0, "flagged": false}])
+    );
+    assert_eq!(line(&o, p2)["flagged"], false);
+    // By name (Berg before Ødegård), or flagged pupils first.
+    assert_eq!(ids(&o, "pupils"), [p2.clone(), p0.clone()]);
+    let first = w
+        .app
+        .get(&format!("/groups/{}/overview?assessment_id={h26}&flagged_first=true", w.groups["5A"]), &w.teacher.token)
+        .await
+        .json();
+    assert_eq!(ids(&first, "pupils"), [p0.clone(), p2.clone()]);
+    let bad = w
+        .app
+        .get(&format!("/groups/{}/overview?assessment_id={h26}&flagged_first=yes", w.groups["5A"]), &w.teacher.token)
+        .await;
+    assert_eq!(bad.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/flagged_first");
+
+    // 5B: pupil 1 is at or below on the total and both subtests; pupil 3
+    // was absent, shown as such and never as a low score.
+    let o =
+        w.app.get(&format!("/groups/{}/overview?assessment_id={h26}", w.groups["5B"]), &w.leader.token).await.json();
+    let r1 = &line(&o, p1)["result"];
+    assert_eq!(r1["flagged"], true);
+    assert!(r1["subtests"].as_array().unwrap().iter().all(|s| s["flagged"] == true), "{r1}");
+    let r3 = &line(&o, p3)["result"];
+    assert_eq!(
+        (r3["status"].as_str(), r3["score"].as_f64(), r3["flagged"].as_bool()),
+        (Some("absent"), None, Some(false))
+    );
+    assert_eq!((line(&o, p3)["flagged"].as_bool(), o["flagged_pupils"].as_u64()), (Some(false), Some(1)));
+    assert_eq!(o["assessment"]["flagged_count"], 1);
+    // An assessment without thresholds flags nobody.
+    let o = w
+        .app
+        .get(&format!("/groups/{}/overview?assessment_id={}", w.groups["5B"], w.assessment), &w.leader.token)
+        .await
+        .json();
+    assert_eq!((o["flagged_pupils"].as_u64(), &o["assessment"]["subtests"]), (Some(0), &json!([])));
+    assert_eq!(line(&o, p1)["result"]["score"], 10.0);
+}
+
+#[tokio::test]
+async fn a_profile_shows_flags_per_subject_and_whether_the_pupil_moved_across_a_threshold() {
+    let (w, h26, v26) = screened_world().await;
+    let profile = w.app.get(&format!("/pupils/{}", w.pupils[&0]), &w.teacher.token).await;
+    assert_eq!(profile.status, 200, "{}", profile.text());
+    let profile = profile.json();
+    let results = profile["results"].as_array().unwrap();
+    let of = |a: &str| results.iter().find(|r| r["assessment"]["id"] == a).unwrap();
+    let (spring, autumn) = (of(&v26), of(&h26));
+    assert_eq!(spring["since_last"], Value::Null, "the first of its family");
+    assert_eq!(autumn["flagged"], false);
+    assert_eq!(autumn["subtests"][0]["id"], "ordlesing");
+    assert_eq!(
+        (autumn["subtests"][0]["flagged"].as_bool(), autumn["subtests"][0]["threshold"].as_f64()),
+        (Some(true), Some(8.0))
+    );
+    assert_eq!(
+        autumn["since_last"],
+        json!({"previous_result_id": spring["id"], "previous_administered_on": "2026-03-10", "total": "still_above",
+               "subtests": [{"id": "ordlesing", "change": "moved_below"}, {"id": "forstaelse", "change": "still_above"}]})
+    );
+    assert_eq!(profile["subjects"][0]["subject"], "norsk");
+    assert_eq!(profile["subjects"][0]["result_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(profile["subjects"][0]["flagged_results"], 1);
+    // Pupil 1 stays below on the total.
+    let profile = w.app.get(&format!("/pupils/{}", w.pupils[&1]), &w.leader.token).await.json();
+    let autumn = profile["results"].as_array().unwrap().iter().find(|r| r["assessment"]["id"] == h26.as_str()).unwrap();
+    assert_eq!(autumn["since_last"]["total"], "still_below");
+}
+
+/// A pupil's given name and the titles of the assessments they are flagged in.
+type Flagged = (String, Vec<String>);
+
+/// (group name, pupils named with the assessments they are flagged in).
+fn follow_up_view(body: &Value) -> Vec<(String, Vec<Flagged>)> {
+    body["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let pupils = g["pupils"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let flags = p["flags"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f["assessment"]["title"].as_str().unwrap().to_owned());
+                    (p["given_name"].as_str().unwrap().to_owned(), flags.collect())
+                })
+                .collect();
+            (g["name"].as_str().unwrap().to_owned(), pupils)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_follow_up_list_names_the_flagged_pupils_of_each_group_for_a_school_year() {
+    let (w, h26, _) = screened_world().await;
+    let s = |v: &str| v.to_owned();
+    let r = w.app.get("/follow-up?school_year=2026", &w.teacher.token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["school_year"], json!({"start": 2026, "from": "2026-08-01", "to": "2027-07-31"}));
+    assert_eq!(follow_up_view(&body), [(s("5A"), vec![(s("Åse"), vec![s("Leseskår 2026-09-20")])])]);
+    let flag = &body["groups"][0]["pupils"][0]["flags"][0];
+    assert_eq!((flag["flagged"].as_bool(), flag["score"].as_f64()), (Some(false), Some(16.0)));
+    assert_eq!(
+        flag["flagged_subtests"],
+        json!([{"id": "ordlesing", "title": "Ordlesing", "score": 6, "threshold": 8}])
+    );
+    // The record names exactly the pupils listed.
+    let records = access_records(&w.app).await;
+    let (action, pupils, _, _) = records.last().unwrap();
+    assert_eq!(
+        (action.as_str(), pupils.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+        ("pupils.follow_up_viewed", vec![w.pupils[&0].clone()])
+    );
+
+    // The leader: every group of Nordby (not Sørby's pupil 10).
+    let body = w.app.get("/follow-up?school_year=2026", &w.leader.token).await.json();
+    assert_eq!(
+        follow_up_view(&body),
+        [
+            (s("5A"), vec![(s("Åse"), vec![s("Leseskår 2026-09-20")])]),
+            (s("5B"), vec![(s("Bjørn"), vec![s("Leseskår 2026-09-20")])])
+        ]
+    );
+    // The spring screening belongs to school year 2025, where only pupil 1 was below.
+    let body = w.app.get("/follow-up?school_year=2025", &w.leader.token).await.json();
+    assert_eq!(
+        follow_up_view(&body),
+        [(s("5A"), vec![]), (s("5B"), vec![(s("Bjørn"), vec![s("Leseskår 2026-03-10")])])]
+    );
+    let body =
+        w.app.get(&format!("/follow-up?school_year=2026&group_id={}", w.groups["5B"]), &w.leader.token).await.json();
+    assert_eq!(follow_up_view(&body).len(), 1);
+    // Nothing listed, no record.
+    let before = access_records(&w.app).await.len();
+    let body = w.app.get("/follow-up?school_year=2024", &w.teacher.token).await.json();
+    assert_eq!(follow_up_view(&body), [(s("5A"), vec![])]);
+    assert_eq!(access_records(&w.app).await.len(), before);
+    let bad = w.app.get("/follow-up?school_year=26", &w.teacher.token).await;
+    assert_eq!(bad.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/school_year");
+    assert_eq!(w.app.get("/follow-up", &w.tenant_admin.token).await.status, 403);
+
+    // Counts for one assessment per group and year level: no names, no record.
+    let before = access_records(&w.app).await.len();
+    let r = w.app.get(&format!("/assessments/{h26}/follow-up"), &w.leader.token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    assert_eq!(access_records(&w.app).await.len(), before);
+    let counts = |l: &Value| {
+        let subtests: Vec<u64> =
+            l["subtests"].as_array().unwrap().iter().map(|s| s["flagged"].as_u64().unwrap()).collect();
+        (
+            l["pupils"].as_u64().unwrap(),
+            l["completed"].as_u64().unwrap(),
+            l["flagged"].as_u64().unwrap(),
+            l["total_flagged"].as_u64().unwrap(),
+            subtests,
+        )
+    };
+    let groups = c["groups"].as_array().unwrap();
+    assert_eq!(groups.iter().map(|g| g["group"]["name"].as_str().unwrap()).collect::<Vec<_>>(), ["5A", "5B"]);
+    assert_eq!(counts(&groups[0]), (2, 2, 1, 0, vec![1, 0]), "5A: pupils 0 and 2 (4 is restricted)");
+    assert_eq!(counts(&groups[1]), (2, 1, 1, 1, vec![1, 1]), "5B: pupil 3 was absent");
+    assert_eq!(groups[1]["flagged_share"], 1.0);
+    let years = c["year_levels"].as_array().unwrap();
+    assert_eq!((years.len(), &years[0]["year_level"]), (1, &json!(5)));
+    assert_eq!(counts(&years[0]), (4, 3, 2, 1, vec![2, 1]));
+    assert!((years[0]["flagged_share"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    let teacher = w.app.get(&format!("/assessments/{h26}/follow-up"), &w.teacher.token).await.json();
+    assert_eq!(teacher["groups"].as_array().unwrap().len(), 1, "the teacher's own group");
+}
+
+#[tokio::test]
+async fn follow_up_lists_for_another_teachers_group_another_school_or_tenant_are_unknown_and_change_nothing() {
+    let (w, h26, _) = screened_world().await;
+    let sorby = id_of(&w.app, "SELECT id FROM schools WHERE external_id = $1", "sorby").await;
+    let berg = id_of(&w.app, "SELECT id FROM schools WHERE external_id = $1", "berg").await;
+    let before = w.app.snapshot(true).await;
+    let (g5b, g6a, g7a) = (&w.groups["5B"], &w.groups["6A"], &w.groups["7A"]);
+    let bergen_h = &w.bergen_assessment;
+    for (who, session, path) in [
+        ("another teacher's group", &w.teacher, format!("/follow-up?group_id={g5b}")),
+        ("another school's group", &w.teacher, format!("/follow-up?group_id={g6a}")),
+        ("another school", &w.teacher, format!("/follow-up?school_id={sorby}")),
+        ("another school, as leader", &w.leader, format!("/follow-up?school_id={sorby}")),
+        ("another school's group, as leader", &w.leader, format!("/follow-up?group_id={g6a}")),
+        ("another tenant's group", &w.leader, format!("/follow-up?group_id={g7a}")),
+        ("another tenant's school", &w.leader, format!("/follow-up?school_id={berg}")),
+        ("counts, another teacher's group", &w.teacher, format!("/assessments/{h26}/follow-up?group_id={g5b}")),
+        ("counts, another school", &w.leader, format!("/assessments/{h26}/follow-up?school_id={sorby}")),
+        ("counts, another tenant's assessment", &w.leader, format!("/assessments/{bergen_h}/follow-up")),
+        (
+            "counts of another tenant's assessment, as its teacher",
+            &w.bergen_teacher,
+            format!("/assessments/{h26}/follow-up"),
+        ),
+    ] {
+        let r = w.app.get(&path, &session.token).await;
+        assert_eq!(r.status, 404, "{who}: {}", r.text());
+        r.assert_problem(404, "not-found");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "a refused list changed something");
+}
+
+#[tokio::test]
+async fn a_pupil_who_changes_school_keeps_their_results_and_only_the_new_schools_staff_see_them() {
+    let (w, h26, _) = screened_world().await;
+    let p1 = w.pupils[&1].clone();
+    // Sørby's roster now names pupil 1 (from Nordby 5B): a transfer.
+    let sas = w.app.create_source(&w.admin, "sas").await;
+    let sorby = roster(
+        "sorby",
+        &["6A"],
+        vec![
+            pupil(10, "Frida", "Fjell", &["6A"]),
+            pupil(11, "Geir", "Gran", &["6A"]),
+            pupil(1, "Bjørn", "Aasen", &["6A"]),
+        ],
+    );
+    let r = w.app.deliver(&sas, "roster", "move-1", &sorby).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Nordby's staff no longer see the pupil, nor list them.
+    assert_eq!(w.app.get(&format!("/pupils/{p1}"), &w.leader.token).await.status, 404);
+    let o =
+        w.app.get(&format!("/groups/{}/overview?assessment_id={h26}", w.groups["5B"]), &w.leader.token).await.json();
+    assert!(!ids(&o, "pupils").contains(&p1), "{o}");
+    let body = w.app.get("/follow-up?school_year=2026", &w.leader.token).await.json();
+    assert!(!body.to_string().contains(&p1), "{body}");
+    // Sørby's leader sees the whole history, flags and movements included.
+    let profile = w.app.get(&format!("/pupils/{p1}"), &w.admin_and_leader.token).await;
+    assert_eq!(profile.status, 200, "{}", profile.text());
+    let profile = profile.json();
+    assert_eq!(profile["school"]["name"], "sorby skole");
+    assert_eq!(profile["results"].as_array().unwrap().len(), 3, "lesing, and both screenings from Nordby");
+    let autumn = profile["results"].as_array().unwrap().iter().find(|r| r["assessment"]["id"] == h26.as_str()).unwrap();
+    assert_eq!((autumn["flagged"].as_bool(), &autumn["since_last"]["total"]), (Some(true), &json!("still_below")));
+    let body = w.app.get("/follow-up?school_year=2026", &w.admin_and_leader.token).await.json();
+    let names: Vec<String> =
+        follow_up_view(&body).into_iter().flat_map(|(_, p)| p.into_iter().map(|(n, _)| n)).collect();
+    assert_eq!(names, ["Bjørn", "Frida"]);
+}
+
+#[tokio::test]
+async fn a_tenant_admin_registers_an_assessment_with_thresholds_and_changes_them_later() {
+    let (w, h26, _) = screened_world().await;
+    let body = json!({"title": "Kommunens leseprøve", "subject": "norsk", "year_level": 5, "max_score": 30,
+                      "administered_on": "2026-10-05", "family": "kommune-lesing", "threshold": 10,
+                      "subtests": [{"id": "a", "title": "Avkoding", "max_score": 15, "threshold": 5},
+                                   {"id": "b", "title": "Forståelse", "max_score": 15}]});
+    // Teachers do not register assessments.
+    w.app.post("/assessments", Some(&w.teacher.token), body.clone()).await.assert_problem(403, "forbidden");
+    let before = w.app.snapshot(true).await;
+    for (what, edit, pointer) in [
+        ("threshold above the maximum", json!({"threshold": 31}), "/threshold"),
+        ("negative threshold", json!({"threshold": -1}), "/threshold"),
+        (
+            "subtest threshold above its maximum",
+            json!({"subtests": [{"id": "a", "title": "A", "max_score": 15, "threshold": 16}]}),
+            "/subtests/0/threshold",
+        ),
+        (
+            "two subtests with one id",
+            json!({"subtests": [{"id": "a", "title": "A", "max_score": 15}, {"id": "a", "title": "B", "max_score": 15}]}),
+            "/subtests/1/id",
+        ),
+    ] {
+        let mut bad = body.clone();
+        for (k, v) in edit.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let p = w.app.post("/assessments", Some(&w.admin.token), bad).await.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{what}: {p}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "a refused registration changed something");
+
+    let r = w.app.post("/assessments", Some(&w.admin.token), body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let a = r.json();
+    assert_eq!((a["source"].as_str(), a["threshold"].as_f64()), (Some("manual"), Some(10.0)));
+    let id = a["id"].as_str().unwrap().to_owned();
+    // A teacher registers a result against it: 9 of 30 is at or below 10.
+    let r = w
+        .app
+        .post(
+            &format!("/pupils/{}/results", w.pupils[&0]),
+            Some(&w.teacher.token),
+            json!({"assessment_id": id, "score": 9, "status": "completed"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let overview = format!("/groups/{}/overview?assessment_id={id}", w.groups["5A"]);
+    let o = w.app.get(&overview, &w.teacher.token).await.json();
+    assert_eq!((line(&o, &w.pupils[&0])["flagged"].as_bool(), o["flagged_pupils"].as_u64()), (Some(true), Some(1)));
+
+    // The admin lowers the threshold; the answer says what changed.
+    let path = format!("/assessments/{id}/thresholds");
+    let before = w.app.snapshot(true).await;
+    for (what, change, status, pointer) in [
+        ("above the maximum", json!({"threshold": 31}), 422, "/threshold"),
+        (
+            "an unknown subtest",
+            json!({"threshold": 8, "subtests": [{"id": "c", "threshold": 1}]}),
+            422,
+            "/subtests/0/id",
+        ),
+        (
+            "a subtest's above its maximum",
+            json!({"threshold": 8, "subtests": [{"id": "a", "threshold": 16}]}),
+            422,
+            "/subtests/0/threshold",
+        ),
+    ] {
+        let r = w.app.send(Method::PUT, &path, Some(&w.admin.token), Some(change)).await;
+        let p = r.assert_problem(status, "validation-failed");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{what}: {p}");
+    }
+    for (what, path, session, status) in [
+        ("a teacher", path.clone(), &w.teacher, 403),
+        ("a publisher's assessment", format!("/assessments/{h26}/thresholds"), &w.admin, 409),
+        ("another tenant's", format!("/assessments/{}/thresholds", w.bergen_assessment), &w.admin, 404),
+        ("an unknown id", format!("/assessments/{}/thresholds", uuid::Uuid::new_v4()), &w.admin, 404),
+    ] {
+        let r = w.app.send(Method::PUT, &path, Some(&session.token), Some(json!({"threshold": 8}))).await;
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "a refused change changed something");
+    let r = w
+        .app
+        .send(
+            Method::PUT,
+            &path,
+            Some(&w.admin.token),
+            Some(json!({"threshold": 8, "subtests": [{"id": "b", "threshold": 4}]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["threshold_changes"],
+        json!([{"subtest": null, "from": 10.0, "to": 8.0}, {"subtest": "b", "from": null, "to": 4.0}])
+    );
+    let o = w.app.get(&overview, &w.teacher.token).await.json();
+    assert_eq!(line(&o, &w.pupils[&0])["flagged"], false, "9 is above the new threshold 8");
+    assert!(w.app.audit_actions(&w.oslo.tenant_id).await.contains(&"assessment.thresholds_changed".to_owned()));
 }

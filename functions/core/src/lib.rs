@@ -14,6 +14,7 @@ pub mod problem;
 pub mod scores;
 #[cfg(target_arch = "wasm32")]
 pub mod spin_http;
+pub mod subtests;
 pub mod vars;
 pub mod web;
 

@@ -3,6 +3,9 @@
 
 use crate::web::Checks;
 
+/// A calendar date (for the clock of [`today_utc`]).
+pub use time::Date;
+
 pub const STATUSES: [&str; 4] = ["completed", "incomplete", "absent", "exempt"];
 
 /// A result's score, status and completion time, pointed at under `prefix`:
@@ -79,6 +82,29 @@ pub fn valid_datetime(s: &str) -> bool {
 pub fn canonical_datetime(s: &str) -> Option<String> {
     let t = parse_datetime(s)?.to_offset(time::UtcOffset::UTC);
     t.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The school year (Norway and Denmark: 1 August to 31 July) that `date`
+/// falls in, named by the calendar year it starts in.
+pub fn school_year_containing(date: time::Date) -> i32 {
+    if date.month() as u8 >= 8 {
+        date.year()
+    } else {
+        date.year() - 1
+    }
+}
+
+/// The first and last day of the school year starting in `start_year`, as
+/// `YYYY-MM-DD`.
+pub fn school_year_bounds(start_year: i32) -> (String, String) {
+    (format!("{start_year:04}-08-01"), format!("{:04}-07-31", start_year + 1))
+}
+
+/// Today's date in UTC: the clock of the handlers that default to "the
+/// current school year" (they take the date as an argument, so tests pass
+/// their own).
+pub fn today_utc() -> time::Date {
+    time::OffsetDateTime::now_utc().date()
 }
 
 pub fn finite_in(v: f64, lo: f64, hi: f64) -> bool {
@@ -168,6 +194,15 @@ mod tests {
             let chrono = chrono::NaiveDate::from_ymd_opt(y, m, d).filter(|_| YEARS.contains(&y));
             prop_assert_eq!(parse_date(&s).map(|d| (d.year(), d.month() as u32, u32::from(d.day()))), chrono.map(|c| (chrono::Datelike::year(&c), chrono::Datelike::month(&c), chrono::Datelike::day(&c))));
         }
+    }
+
+    #[test]
+    fn school_years_run_from_august_to_july() {
+        let d = |s: &str| parse_date(s).unwrap();
+        assert_eq!(school_year_containing(d("2026-07-31")), 2025);
+        assert_eq!(school_year_containing(d("2026-08-01")), 2026);
+        assert_eq!(school_year_containing(d("2027-01-20")), 2026);
+        assert_eq!(school_year_bounds(2026), ("2026-08-01".to_owned(), "2027-07-31".to_owned()));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::db::{uuid, Db, Value};
 use tavle_core::scores::{canonical_date, canonical_datetime, check_outcome, finite_in, STATUSES};
+use tavle_core::subtests::{check_threshold, validate_subtests, SubtestIn, ValidSubtest};
 use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
@@ -37,6 +38,21 @@ struct AssessmentIn {
     year_level: Option<i64>,
     max_score: f64,
     administered_on: String,
+    /// The publisher's key of the test series this assessment belongs to.
+    #[serde(default)]
+    family: Option<String>,
+    /// Concern threshold on the total: a score at or below it needs follow-up.
+    #[serde(default)]
+    threshold: Option<f64>,
+    #[serde(default)]
+    subtests: Vec<SubtestIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubtestScoreIn {
+    id: String,
+    score: f64,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +65,8 @@ struct ResultIn {
     status: String,
     #[serde(default)]
     completed_at: Option<String>,
+    #[serde(default)]
+    subtests: Vec<SubtestScoreIn>,
     #[serde(default)]
     items: Vec<ItemIn>,
 }
@@ -63,15 +81,12 @@ struct ItemIn {
     max_score: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     answer: Option<String>,
+    /// The subtest the item belongs to (one of the assessment's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subtest: Option<String>,
 }
 
-/// Text of bounded length without control characters.
-pub fn check_text(checks: &mut Checks, pointer: &str, value: &str, max: usize) {
-    let n = value.trim().chars().count();
-    if n == 0 || n > max || value.chars().any(char::is_control) {
-        checks.fail(pointer, format!("must be 1 to {max} characters without control characters"));
-    }
-}
+pub use tavle_core::subtests::check_text;
 
 /// A results post that passed every check, in the form it is stored.
 pub struct ValidResultsPost {
@@ -87,6 +102,9 @@ struct ValidAssessment {
     max_score: f64,
     /// `YYYY-MM-DD`, formatted from the parsed date.
     administered_on: String,
+    family: Option<String>,
+    threshold: Option<f64>,
+    subtests: Vec<ValidSubtest>,
 }
 
 struct ValidResult {
@@ -101,6 +119,8 @@ struct ValidResult {
     completed_at: Option<String>,
     /// The items as JSON text; `None` without any.
     items: Option<String>,
+    /// `{"<subtest key>": score}` as JSON text; `None` without any.
+    subtest_scores: Option<String>,
 }
 
 /// Checks a whole results post; no database work. Errors come in the order
@@ -121,6 +141,11 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
     if administered_on.is_none() {
         checks.fail("/assessment/administered_on", "must be a date (YYYY-MM-DD)");
     }
+    if let Some(f) = &a.family {
+        check_text(&mut checks, "/assessment/family", f, 200);
+    }
+    check_threshold(&mut checks, "/assessment/threshold", a.threshold, a.max_score, "assessment");
+    let subtests = validate_subtests(&mut checks, "/assessment/subtests", &a.subtests);
     if post.results.is_empty() || post.results.len() > MAX_RESULTS {
         checks.fail("/results", format!("must hold 1 to {MAX_RESULTS} results"));
         return Err(Problem::validation(checks.0));
@@ -138,8 +163,12 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
         if r.items.len() > MAX_ITEMS {
             checks.fail(&format!("{p}/items"), format!("at most {MAX_ITEMS} items"));
         }
+        let subtest_scores = validate_subtest_scores(&mut checks, &p, &r.subtests, &subtests);
         for (j, item) in r.items.iter().enumerate() {
             check_text(&mut checks, &format!("{p}/items/{j}/item"), &item.item, 100);
+            if item.subtest.as_deref().is_some_and(|k| !subtests.iter().any(|st| st.key == k.trim())) {
+                checks.fail(&format!("{p}/items/{j}/subtest"), "is not a subtest of the assessment");
+            }
             for (name, v) in [("score", item.score), ("max_score", item.max_score)] {
                 if v.is_some_and(|v| !finite_in(v, 0.0, 1e6)) {
                     checks.fail(&format!("{p}/items/{j}/{name}"), "must be from 0 to 1000000");
@@ -171,7 +200,16 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
                 Some(serde_json::to_string(&r.items).map_err(|_| Problem::internal())?)
             };
             let external_id = r.external_id.clone();
-            results.push(ValidResult { index: i, external_id, pupil, score: r.score, status, completed_at, items });
+            results.push(ValidResult {
+                index: i,
+                external_id,
+                pupil,
+                score: r.score,
+                status,
+                completed_at,
+                items,
+                subtest_scores,
+            });
         }
     }
     checks.finish()?;
@@ -187,20 +225,86 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
         year_level: a.year_level,
         max_score: a.max_score,
         administered_on,
+        family: a.family.as_deref().map(|f| f.trim().to_owned()),
+        threshold: a.threshold,
+        subtests,
     };
     Ok(ValidResultsPost { assessment, results })
 }
 
+/// A result's subtest scores under `prefix`: each names one of the
+/// assessment's subtests, once, and stays within its maximum. The stored
+/// form is a JSON object by subtest key (`None` without scores).
+fn validate_subtest_scores(
+    checks: &mut Checks,
+    prefix: &str,
+    scores: &[SubtestScoreIn],
+    subtests: &[ValidSubtest],
+) -> Option<String> {
+    let mut stored = serde_json::Map::new();
+    for (j, s) in scores.iter().enumerate() {
+        let p = format!("{prefix}/subtests/{j}");
+        let key = s.id.trim();
+        match subtests.iter().find(|st| st.key == key) {
+            None => checks.fail(&format!("{p}/id"), "is not a subtest of the assessment"),
+            Some(_) if stored.contains_key(key) => checks.fail(&format!("{p}/id"), "duplicate subtest in this result"),
+            Some(st) if !finite_in(s.score, 0.0, st.max_score) => {
+                checks.fail(&format!("{p}/score"), "must be from 0 to the subtest's max_score")
+            }
+            Some(_) => {
+                stored.insert(key.to_owned(), json!(s.score));
+            }
+        }
+    }
+    (!stored.is_empty()).then(|| serde_json::Value::Object(stored).to_string())
+}
+
+/// The assessment of a results post as stored before it, locked until
+/// commit: its total threshold and subtests, to tell what a re-sent
+/// assessment changes. `$1` source, `$2` external id.
+pub const ASSESSMENT_BEFORE_SQL: &str = "SELECT a.id, a.threshold, \
+            coalesce((SELECT jsonb_agg(jsonb_build_object('id', st.key, 'threshold', st.threshold) ORDER BY st.position) \
+                      FROM assessment_subtests st WHERE st.assessment_id = a.id), '[]'::jsonb) AS subtests \
+     FROM assessments a WHERE a.source_id = $1::uuid AND a.external_id = $2::text FOR UPDATE";
+
+/// The subtest keys among `$2` that stored results of assessment `$1` still
+/// use, leaving out the results this post re-sends (`$3` source, `$4` their
+/// external ids), which it replaces, unless held for a restricted pupil.
+pub const SUBTESTS_IN_USE_SQL: &str = "SELECT DISTINCT k.key FROM results r \
+     CROSS JOIN LATERAL jsonb_object_keys(r.subtest_scores) AS k(key) \
+     WHERE r.assessment_id = $1::uuid AND r.subtest_scores IS NOT NULL AND k.key = ANY($2::text[]) \
+       AND NOT (r.source_id IS NOT DISTINCT FROM $3::uuid AND r.external_id = ANY($4::text[]) \
+                AND NOT EXISTS (SELECT 1 FROM pupils rp WHERE rp.id = r.pupil_id AND rp.restricted)) \
+     ORDER BY k.key";
+
 /// The assessment of a results post, created or updated by (source,
 /// external id). `$1` tenant, `$2` source, `$3` external id, `$4` title,
-/// `$5` subject, `$6` year level, `$7` max score, `$8` date administered.
+/// `$5` subject, `$6` year level, `$7` max score, `$8` date administered,
+/// `$9` family, `$10` threshold on the total.
 pub const ASSESSMENT_UPSERT_SQL: &str =
-    "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, administered_on) \
-     VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::int8::int, $7::float8, $8::text::date) \
+    "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, administered_on, \
+                              family, threshold) \
+     VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::int8::int, $7::float8, $8::text::date, \
+             $9::text, $10::float8) \
      ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title, subject = EXCLUDED.subject, \
          year_level = EXCLUDED.year_level, max_score = EXCLUDED.max_score, \
-         administered_on = EXCLUDED.administered_on, updated_at = now() \
+         administered_on = EXCLUDED.administered_on, family = EXCLUDED.family, threshold = EXCLUDED.threshold, \
+         updated_at = now() \
      RETURNING id";
+
+/// Subtests of assessment `$2` (tenant `$1`) that the post no longer names
+/// (`$3` the keys it names); only unused ones get here.
+pub const SUBTESTS_DROP_SQL: &str =
+    "DELETE FROM assessment_subtests WHERE tenant_id = $1::uuid AND assessment_id = $2::uuid AND NOT (key = ANY($3::text[]))";
+
+/// The post's subtests, in its order: `$3` keys, `$4` titles, `$5` maxima,
+/// `$6` thresholds (`''` for none).
+pub const SUBTESTS_UPSERT_SQL: &str =
+    "INSERT INTO assessment_subtests (tenant_id, assessment_id, key, position, title, max_score, threshold) \
+     SELECT $1::uuid, $2::uuid, x.k, (x.n - 1)::int, x.t, x.m::float8, nullif(x.th, '')::float8 \
+     FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS x(k, t, m, th, n) \
+     ON CONFLICT (assessment_id, key) DO UPDATE SET position = EXCLUDED.position, title = EXCLUDED.title, \
+         max_score = EXCLUDED.max_score, threshold = EXCLUDED.threshold";
 
 /// External ids of the post that are already held for a restricted pupil.
 /// `$1` source, `$2` the post's external result ids.
@@ -209,7 +313,7 @@ pub const HELD_FOR_RESTRICTED_SQL: &str = "SELECT r.external_id FROM results r J
 
 macro_rules! result_columns {
     () => {
-        "tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items"
+        "tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items, subtest_scores"
     };
 }
 
@@ -219,24 +323,83 @@ pub const RESULT_COLUMNS: &str = result_columns!();
 /// The rows of a results post, upserted by (source, external id); a result
 /// held for a restricted pupil and an unchanged one are left alone. `$1`
 /// tenant, `$2` assessment, `$3` source, then one `text[]` each of external
-/// ids, pupil ids, scores, statuses, completion times and items (`''` for
-/// none). One row per insert or change: `inserted`, `external_id`.
+/// ids, pupil ids, scores, statuses, completion times, items and subtest
+/// scores (`''` for none). One row per insert or change: `inserted`, `external_id`.
 pub const RESULTS_UPSERT_SQL: &str = concat!(
     "INSERT INTO results (",
     result_columns!(),
     ") \
      SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, nullif(x.s, '')::float8, x.st, \
-            nullif(x.c, '')::timestamptz, nullif(x.i, '')::jsonb \
-     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS x(e, p, s, st, c, i) \
+            nullif(x.c, '')::timestamptz, nullif(x.i, '')::jsonb, nullif(x.ss, '')::jsonb \
+     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
+          AS x(e, p, s, st, c, i, ss) \
      ON CONFLICT (source_id, external_id) DO UPDATE SET pupil_id = EXCLUDED.pupil_id, \
          assessment_id = EXCLUDED.assessment_id, score = EXCLUDED.score, status = EXCLUDED.status, \
-         completed_at = EXCLUDED.completed_at, items = EXCLUDED.items, updated_at = now() \
+         completed_at = EXCLUDED.completed_at, items = EXCLUDED.items, subtest_scores = EXCLUDED.subtest_scores, \
+         updated_at = now() \
      WHERE NOT EXISTS (SELECT 1 FROM pupils rp WHERE rp.id = results.pupil_id AND rp.restricted) \
-       AND (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items) \
+       AND (results.pupil_id, results.assessment_id, results.score, results.status, results.completed_at, results.items, \
+            results.subtest_scores) \
            IS DISTINCT FROM (EXCLUDED.pupil_id, EXCLUDED.assessment_id, EXCLUDED.score, EXCLUDED.status, \
-                             EXCLUDED.completed_at, EXCLUDED.items) \
+                             EXCLUDED.completed_at, EXCLUDED.items, EXCLUDED.subtest_scores) \
      RETURNING xmax = 0 AS inserted, external_id"
 );
+
+/// The thresholds of an assessment as stored before a re-send.
+struct StoredThresholds {
+    total: Option<f64>,
+    /// (key, threshold) in stored order.
+    subtests: Vec<(String, Option<f64>)>,
+}
+
+fn parse_stored(subtests: &serde_json::Value) -> Result<Vec<(String, Option<f64>)>, Problem> {
+    let list = subtests.as_array().ok_or_else(Problem::internal)?;
+    list.iter()
+        .map(|st| Ok((st["id"].as_str().ok_or_else(Problem::internal)?.to_owned(), st["threshold"].as_f64())))
+        .collect()
+}
+
+/// One changed threshold: of the total (`subtest` null) or of a subtest
+/// the assessment had before and still has.
+#[derive(Serialize, Debug, PartialEq)]
+struct ThresholdChange {
+    subtest: Option<String>,
+    from: Option<f64>,
+    to: Option<f64>,
+}
+
+/// What a re-sent assessment changes about thresholds and subtests.
+#[derive(Default, Debug, PartialEq)]
+struct Changes {
+    thresholds: Vec<ThresholdChange>,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl Changes {
+    fn between(old: &StoredThresholds, new: &ValidAssessment) -> Changes {
+        let mut c = Changes::default();
+        if old.total != new.threshold {
+            c.thresholds.push(ThresholdChange { subtest: None, from: old.total, to: new.threshold });
+        }
+        for st in &new.subtests {
+            match old.subtests.iter().find(|(k, _)| *k == st.key) {
+                None => c.added.push(st.key.clone()),
+                Some((_, from)) if *from != st.threshold => {
+                    c.thresholds.push(ThresholdChange { subtest: Some(st.key.clone()), from: *from, to: st.threshold })
+                }
+                Some(_) => {}
+            }
+        }
+        c.removed = old
+            .subtests
+            .iter()
+            .filter(|(k, _)| !new.subtests.iter().any(|st| st.key == *k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        c
+    }
+}
 
 #[derive(Serialize)]
 struct Rejected {
@@ -255,6 +418,41 @@ pub async fn apply(
     post: ValidResultsPost,
 ) -> Result<serde_json::Value, Problem> {
     let a = &post.assessment;
+    let before = db.query_opt(ASSESSMENT_BEFORE_SQL, &[uuid(source_id), a.external_id.clone().into()]).await?;
+    let changes = match &before {
+        None => Changes::default(),
+        Some(row) => {
+            let old = StoredThresholds {
+                total: row.opt_float("threshold")?,
+                subtests: parse_stored(&row.json("subtests")?)?,
+            };
+            let changes = Changes::between(&old, a);
+            if !changes.removed.is_empty() {
+                // A subtest that stored results still score may not go: their
+                // scores would then name a subtest the assessment lacks.
+                let all_ext: Vec<String> = post.results.iter().map(|r| r.external_id.clone()).collect();
+                let in_use = db
+                    .query(
+                        SUBTESTS_IN_USE_SQL,
+                        &[
+                            uuid(&row.text("id")?),
+                            Value::text_array(changes.removed.clone()),
+                            uuid(source_id),
+                            Value::text_array(all_ext),
+                        ],
+                    )
+                    .await?;
+                if !in_use.is_empty() {
+                    let keys = in_use.iter().map(|r| r.text("key")).collect::<Result<Vec<_>, _>>()?;
+                    return Err(Problem::validation(vec![tavle_core::problem::field(
+                        "/assessment/subtests",
+                        format!("stored results still have scores for the subtests left out: {}", keys.join(", ")),
+                    )]));
+                }
+            }
+            changes
+        }
+    };
     let assessment_id = db
         .query_one(
             ASSESSMENT_UPSERT_SQL,
@@ -267,10 +465,31 @@ pub async fn apply(
                 a.year_level.into(),
                 Value::Float(a.max_score),
                 a.administered_on.clone().into(),
+                a.family.clone().into(),
+                a.threshold.map(Value::Float).unwrap_or(Value::Null),
             ],
         )
         .await?
         .text("id")?;
+    let keys: Vec<String> = a.subtests.iter().map(|st| st.key.clone()).collect();
+    if before.is_some() {
+        db.execute(SUBTESTS_DROP_SQL, &[uuid(tenant_id), uuid(&assessment_id), Value::text_array(keys.clone())])
+            .await?;
+    }
+    if !a.subtests.is_empty() {
+        db.execute(
+            SUBTESTS_UPSERT_SQL,
+            &[
+                uuid(tenant_id),
+                uuid(&assessment_id),
+                Value::text_array(keys),
+                Value::text_array(a.subtests.iter().map(|st| st.title.clone())),
+                Value::text_array(a.subtests.iter().map(|st| st.max_score.to_string())),
+                Value::text_array(a.subtests.iter().map(|st| st.threshold.map(|t| t.to_string()).unwrap_or_default())),
+            ],
+        )
+        .await?;
+    }
 
     let rows = &post.results;
     let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.pupil).collect();
@@ -285,8 +504,8 @@ pub async fn apply(
         .map(|r| r.text("external_id"))
         .collect::<Result<_, _>>()?;
     let mut rejected = Vec::new();
-    let (mut ext, mut pupil, mut score, mut status, mut completed, mut items) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ext, mut pupil, mut score, mut status, mut completed, mut items, mut subtest_scores) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stored_pupils = HashSet::with_capacity(rows.len());
     for row in rows {
         let reason = match pupils::lookup(&known, &row.pupil) {
@@ -308,6 +527,7 @@ pub async fn apply(
                 status.push(row.status.to_owned());
                 completed.push(row.completed_at.clone().unwrap_or_default());
                 items.push(row.items.clone().unwrap_or_default());
+                subtest_scores.push(row.subtest_scores.clone().unwrap_or_default());
                 None
             }
         };
@@ -331,6 +551,7 @@ pub async fn apply(
                 Value::text_array(status),
                 Value::text_array(completed),
                 Value::text_array(items),
+                Value::text_array(subtest_scores),
             ],
         )
         .await?
@@ -350,6 +571,9 @@ pub async fn apply(
         "rejected": rejected.len(),
         "updated_external_ids": updated_ids,
         "rejected_rows": rejected,
+        "threshold_changes": changes.thresholds,
+        "subtests_added": changes.added,
+        "subtests_removed": changes.removed,
     });
     audit::record(
         db,
@@ -359,6 +583,8 @@ pub async fn apply(
             .details(json!({
                 "assessment_id": summary["assessment_id"], "received": summary["received"], "created": created,
                 "updated": summary["updated"], "unchanged": summary["unchanged"], "rejected": summary["rejected"],
+                "threshold_changes": summary["threshold_changes"], "subtests_added": summary["subtests_added"],
+                "subtests_removed": summary["subtests_removed"],
             })),
     )
     .await?;
@@ -438,6 +664,85 @@ mod tests {
         body["assessment"]["max_score"] = json!(0);
         let p = validate(post(body), &config(), "tenant").err().unwrap();
         assert_eq!(pointers(&p), ["/assessment/max_score", "/results"]);
+    }
+
+    fn with_subtests() -> serde_json::Value {
+        let mut body = good();
+        body["assessment"]["threshold"] = json!(12);
+        body["assessment"]["family"] = json!(" lesing-kartlegging ");
+        body["assessment"]["subtests"] = json!([
+            {"id": "ordlesing", "title": "Ordlesing", "max_score": 20, "threshold": 8},
+            {"id": "forstaelse", "title": "Leseforståelse", "max_score": 20},
+        ]);
+        body["results"][0]["subtests"] = json!([{"id": "ordlesing", "score": 7}, {"id": " forstaelse ", "score": 20}]);
+        body["results"][0]["items"][0]["subtest"] = json!("ordlesing");
+        body
+    }
+
+    #[test]
+    fn subtests_and_thresholds_are_validated_into_their_stored_form() {
+        let valid = validate(post(with_subtests()), &config(), "tenant").unwrap();
+        let a = &valid.assessment;
+        assert_eq!((a.threshold, a.family.as_deref()), (Some(12.0), Some("lesing-kartlegging")));
+        assert_eq!(
+            a.subtests.iter().map(|st| (st.key.as_str(), st.threshold)).collect::<Vec<_>>(),
+            [("ordlesing", Some(8.0)), ("forstaelse", None)]
+        );
+        let scores: serde_json::Value =
+            serde_json::from_str(valid.results[0].subtest_scores.as_deref().unwrap()).unwrap();
+        assert_eq!(scores, json!({"ordlesing": 7.0, "forstaelse": 20.0}));
+        assert_eq!(valid.results[1].subtest_scores, None);
+    }
+
+    #[test]
+    fn bad_subtests_and_thresholds_are_rejected_with_a_pointer_each() {
+        let mut body = with_subtests();
+        body["assessment"]["threshold"] = json!(41);
+        body["assessment"]["subtests"][0]["threshold"] = json!(-1);
+        body["assessment"]["subtests"][1]["threshold"] = json!(21);
+        body["results"][0]["subtests"] = json!([{"id": "ordlesing", "score": 21}, {"id": "staving", "score": 1}]);
+        body["results"][0]["items"][0]["subtest"] = json!("staving");
+        body["results"][1]["subtests"] = json!([{"id": "forstaelse", "score": 1}, {"id": "forstaelse", "score": 2}]);
+        let p = validate(post(body), &config(), "tenant").err().unwrap();
+        assert_eq!(
+            pointers(&p),
+            [
+                "/assessment/threshold",
+                "/assessment/subtests/0/threshold",
+                "/assessment/subtests/1/threshold",
+                "/results/0/subtests/0/score",
+                "/results/0/subtests/1/id",
+                "/results/0/items/0/subtest",
+                "/results/1/subtests/1/id",
+            ]
+        );
+        let mut body = with_subtests();
+        body["assessment"]["subtests"][1]["id"] = json!("ordlesing");
+        let p = validate(post(body), &config(), "tenant").err().unwrap();
+        assert_eq!(pointers(&p), ["/assessment/subtests/1/id", "/results/0/subtests/1/id"]);
+    }
+
+    #[test]
+    fn a_re_sent_assessment_tells_what_changed() {
+        let valid = validate(post(with_subtests()), &config(), "tenant").unwrap();
+        let old = StoredThresholds {
+            total: Some(10.0),
+            subtests: vec![("ordlesing".into(), Some(8.0)), ("forstaelse".into(), Some(5.0)), ("staving".into(), None)],
+        };
+        let c = Changes::between(&old, &valid.assessment);
+        assert_eq!(
+            c.thresholds,
+            [
+                ThresholdChange { subtest: None, from: Some(10.0), to: Some(12.0) },
+                ThresholdChange { subtest: Some("forstaelse".into()), from: Some(5.0), to: None },
+            ]
+        );
+        assert_eq!((c.added, c.removed), (Vec::<String>::new(), vec!["staving".to_owned()]));
+        let same = StoredThresholds {
+            total: Some(12.0),
+            subtests: vec![("ordlesing".into(), Some(8.0)), ("forstaelse".into(), None)],
+        };
+        assert_eq!(Changes::between(&same, &valid.assessment), Changes::default());
     }
 
     #[test]

@@ -13,10 +13,15 @@
 mod scope;
 mod access;
 mod manual;
+mod manual_assessments;
+// Before `pupils` and `follow_up`: its macros are used there.
+#[macro_use]
 mod overview;
+pub mod follow_up;
 pub mod pupils;
 mod structure;
 
+pub use follow_up::{FOLLOW_UP_ACTION, FOLLOW_UP_COUNTS_SQL, FOLLOW_UP_SQL};
 pub use overview::{OVERVIEW_ACTION, OVERVIEW_CONCERNED, OVERVIEW_SQL};
 pub use pupils::{PROFILE_ACTION, PROFILE_CONCERNED, PROFILE_SQL};
 
@@ -105,8 +110,26 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
         return structure::schools(&req, vars, db).await;
     }
     if match_path("/assessments", &path).is_some() {
+        return match method {
+            Method::GET => structure::assessments(&req, vars, db).await,
+            Method::POST => manual_assessments::register(&req, &meta, vars, db).await,
+            _ => Err(Problem::method_not_allowed("GET, POST")),
+        };
+    }
+    if let Some(p) = match_path("/assessments/{id}/thresholds", &path) {
+        return match method {
+            Method::PUT => manual_assessments::set_thresholds(&req, &meta, vars, db, p[0]).await,
+            _ => Err(Problem::method_not_allowed("PUT")),
+        };
+    }
+    if let Some(p) = match_path("/assessments/{id}/follow-up", &path) {
         get_only(&method)?;
-        return structure::assessments(&req, vars, db).await;
+        return follow_up::counts(&req, vars, db, p[0]).await;
+    }
+    if match_path("/follow-up", &path).is_some() {
+        get_only(&method)?;
+        // The clock: "the current school year" is the one today falls in.
+        return follow_up::list(&req, &meta, vars, db, tavle_core::scores::today_utc()).await;
     }
     Err(Problem::not_found())
 }

@@ -467,10 +467,16 @@ pub const PROFILE_SQL: &str = concat!(
                  FROM group_memberships m JOIN groups g ON g.id = m.group_id WHERE m.pupil_id = p.id) END AS groups, \
             r.id AS result_id, r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.source_id IS NULL AS manual, \
             r.recorded_by, ru.display_name AS recorded_by_name, rfc3339(r.updated_at) AS updated_at, \
-            a.id AS assessment_id, a.title, a.subject, a.max_score, a.administered_on::text AS administered_on \
+            a.id AS assessment_id, a.title, a.subject, a.max_score, a.administered_on::text AS administered_on, \
+            a.family, a.threshold, a.source_id AS assessment_source_id, r.subtest_scores, ",
+    result_flags!("r", "a"),
+    ", (SELECT coalesce(jsonb_agg(jsonb_build_object('id', st.key, 'title', st.title, 'max_score', st.max_score, \
+                                                    'threshold', st.threshold) ORDER BY st.position), '[]'::jsonb) \
+        FROM assessment_subtests st WHERE st.assessment_id = a.id) AS subtests \
      FROM pupil p \
      LEFT JOIN (results r \
-                CROSS JOIN LATERAL (SELECT a.id, a.title, a.subject, a.max_score, a.administered_on \
+                CROSS JOIN LATERAL (SELECT a.id, a.title, a.subject, a.max_score, a.administered_on, a.family, \
+                                           a.threshold, a.source_id \
                                     FROM assessments a \
                                     WHERE a.id = r.assessment_id AND a.tenant_id = r.tenant_id \
                                       AND ($5::text IS NULL OR a.subject = $5::text) \
@@ -488,9 +494,20 @@ pub const PROFILE_ACTION: &str = "pupil.viewed";
 /// The pupil a profile read's access record names (over `logged_read`'s `data`).
 pub const PROFILE_CONCERNED: &str = "ARRAY(SELECT pupil_id FROM data LIMIT 1)";
 
-/// One result of a `PROFILE_SQL` row that has one.
+/// One result of a `PROFILE_SQL` row that has one, with its flags: the
+/// total's (`flagged`) and each subtest score's, next to the subtest's
+/// title, maximum and threshold.
 pub fn result_view(row: &Row) -> Result<Json, Problem> {
     let manual = row.bool("manual")?;
+    let definitions = row.json("subtests")?;
+    let mut scores = crate::overview::subtest_scores(row, &definitions)?;
+    for s in &mut scores {
+        if let Some(d) = definitions.as_array().into_iter().flatten().find(|d| d["id"] == s["id"]) {
+            s["title"] = d["title"].clone();
+            s["max_score"] = d["max_score"].clone();
+            s["threshold"] = d["threshold"].clone();
+        }
+    }
     Ok(json!({
         "id": row.text("result_id")?,
         "score": row.opt_float("score")?,
@@ -502,14 +519,91 @@ pub fn result_view(row: &Row) -> Result<Json, Problem> {
             None => Json::Null,
         },
         "updated_at": row.text("updated_at")?,
+        "flagged": row.bool("total_flagged")?,
+        "subtests": scores,
+        "since_last": Json::Null,
         "assessment": {
             "id": row.text("assessment_id")?,
             "title": row.text("title")?,
             "subject": row.text("subject")?,
             "max_score": row.float("max_score")?,
             "administered_on": row.text("administered_on")?,
+            "family": row.opt_text("family")?,
+            "threshold": row.opt_float("threshold")?,
         },
     }))
+}
+
+/// Where a score stands against a threshold, before and now.
+fn movement(before: Option<bool>, now: Option<bool>) -> Json {
+    match (before, now) {
+        (Some(false), Some(true)) => json!("moved_below"),
+        (Some(true), Some(false)) => json!("moved_above"),
+        (Some(true), Some(true)) => json!("still_below"),
+        (Some(false), Some(false)) => json!("still_above"),
+        _ => Json::Null,
+    }
+}
+
+/// A completed result's standing in a test family: whether its total and
+/// each subtest with a threshold is at or below it (`None`: no threshold).
+struct Standing {
+    result_id: Json,
+    administered_on: Json,
+    total: Option<bool>,
+    subtests: Vec<(String, bool)>,
+}
+
+impl Standing {
+    fn of(view: &Json) -> Standing {
+        let a = &view["assessment"];
+        let subtests = view["subtests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| !s["threshold"].is_null())
+            .filter_map(|s| Some((s["id"].as_str()?.to_owned(), s["flagged"].as_bool()?)))
+            .collect();
+        Standing {
+            result_id: view["id"].clone(),
+            administered_on: a["administered_on"].clone(),
+            total: (!a["threshold"].is_null()).then(|| view["flagged"] == true),
+            subtests,
+        }
+    }
+}
+
+/// For every completed result of a test family (the publisher's `family`
+/// key, within that publisher), whether the pupil moved above or below each
+/// threshold since the family's previous completed result (oldest first).
+/// `results` are the views in the profile's order, `families` each one's
+/// (source, family) key.
+fn mark_movements(results: &mut [Json], families: &[Option<(String, String)>]) {
+    let mut last: std::collections::HashMap<&(String, String), Standing> = std::collections::HashMap::new();
+    for (view, family) in results.iter_mut().zip(families) {
+        let Some(family) = family else { continue };
+        if view["status"] != "completed" {
+            continue;
+        }
+        let now = Standing::of(view);
+        if let Some(before) = last.get(family) {
+            let subtests: Vec<Json> = now
+                .subtests
+                .iter()
+                .filter_map(|(id, flagged)| {
+                    let was = before.subtests.iter().find(|(k, _)| k == id)?.1;
+                    Some(json!({"id": id, "change": movement(Some(was), Some(*flagged))}))
+                })
+                .collect();
+            view["since_last"] = json!({
+                "previous_result_id": before.result_id,
+                "previous_administered_on": before.administered_on,
+                "total": movement(before.total, now.total),
+                "subtests": subtests,
+            });
+        }
+        last.insert(family, now);
+    }
 }
 
 pub async fn profile(
@@ -541,11 +635,36 @@ pub async fn profile(
         }
     }
     let mut results = Vec::with_capacity(rows.len());
+    let mut families = Vec::with_capacity(rows.len());
     for row in &rows {
         if !row.is_null("result_id")? {
             results.push(result_view(row)?);
+            // A family is the publisher's, or the tenant's own for manual assessments.
+            let source = row.opt_text("assessment_source_id")?.unwrap_or_else(|| "manual".to_owned());
+            families.push(row.opt_text("family")?.map(|f| (source, f)));
         }
     }
+    mark_movements(&mut results, &families);
+    // Per subject, the results over time (ids, oldest first).
+    let mut subjects: std::collections::BTreeMap<String, Vec<Json>> = std::collections::BTreeMap::new();
+    for r in &results {
+        let subject = r["assessment"]["subject"].as_str().unwrap_or_default().to_owned();
+        subjects.entry(subject).or_default().push(r["id"].clone());
+    }
+    view["subjects"] = subjects
+        .into_iter()
+        .map(|(subject, ids)| {
+            let flagged = results
+                .iter()
+                .filter(|r| ids.contains(&r["id"]))
+                .filter(|r| {
+                    r["flagged"] == true
+                        || r["subtests"].as_array().is_some_and(|s| s.iter().any(|x| x["flagged"] == true))
+                })
+                .count();
+            json!({"subject": subject, "result_ids": ids, "flagged_results": flagged})
+        })
+        .collect();
     view["results"] = Json::Array(results);
     json(StatusCode::OK, &view)
 }

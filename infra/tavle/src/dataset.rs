@@ -12,12 +12,16 @@
 //!   plus the tenant-salted HMAC blind index;
 //! - one group membership per pupil;
 //! - one `publisher` webhook source, and A = ceil(R / P) assessments per year
-//!   level (subjects in turn, spread over three school years);
+//!   level (subjects in turn, spread over three school years), each with a
+//!   concern threshold on the total (30 % of its maximum), its subject as
+//!   test family, and 4 subtests (`d1`..`d4`, a quarter of the maximum each,
+//!   thresholds at 30 % of theirs);
 //! - results: pupil `i` gets one for each of the first `k` assessments of its
 //!   year level, `k` = R / P (plus one for the first R mod P pupils), so R in
 //!   all. They are webhook results (source + external id, as the
 //!   `results_origin` check demands): 95 % completed, 2 % incomplete, 3 %
-//!   absent, scores around a per-pupil ability. They are inserted one
+//!   absent, scores around a per-pupil ability, with a score per subtest
+//!   unless absent (around the same ability). They are inserted one
 //!   assessment after another, as publishers deliver them, so a pupil's
 //!   results are spread over the table as they would be in production.
 //!
@@ -504,8 +508,8 @@ pub async fn generate(
     .await?;
     sqlx::query(
         "INSERT INTO assessments (id, tenant_id, source_id, external_id, title, subject, year_level, max_score, \
-                                  administered_on) \
-         SELECT x.id, $1, $2, x.e, x.t, x.s, x.y, x.m, x.d::date \
+                                  administered_on, family, threshold) \
+         SELECT x.id, $1, $2, x.e, x.t, x.s, x.y, x.m, x.d::date, x.s, round(x.m * 0.3) \
          FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::float8[], $9::text[]) \
          AS x(id, e, t, s, y, m, d)",
     )
@@ -521,6 +525,15 @@ pub async fn generate(
     .execute(&mut *tx)
     .await
     .context("inserting assessments")?;
+    sqlx::query(
+        "INSERT INTO assessment_subtests (tenant_id, assessment_id, key, position, title, max_score, threshold) \
+         SELECT a.tenant_id, a.id, 'd' || k, k - 1, 'Delprøve ' || k, a.max_score / 4, round(a.max_score / 4 * 0.3) \
+         FROM assessments a CROSS JOIN generate_series(1, 4) AS k WHERE a.source_id = $1",
+    )
+    .bind(source)
+    .execute(&mut *tx)
+    .await
+    .context("inserting subtests")?;
     tx.commit().await?;
     timings.push(("schools, groups, pupils, memberships, assessments", t.elapsed()));
     progress(&format!(
@@ -618,7 +631,7 @@ pub async fn generate(
     // Settle: hint bits, visibility map and planner statistics, as a database
     // that has been running a while would have them.
     let t = Instant::now();
-    for table in ["schools", "groups", "pupils", "group_memberships", "assessments", "results"] {
+    for table in ["schools", "groups", "pupils", "group_memberships", "assessments", "assessment_subtests", "results"] {
         if let Err(e) = sqlx::raw_sql(&format!("VACUUM (ANALYZE) {table}")).execute(pool).await {
             progress(&format!("VACUUM {table} failed ({e}); analysing only"));
             sqlx::raw_sql(&format!("ANALYZE {table}")).execute(pool).await?;
@@ -713,19 +726,27 @@ struct ResultsBatch {
 /// Status and score come from a hash of (pupil, assessment), so a rerun of a
 /// statement gives the same values; `u` < 0.03 absent, < 0.05 incomplete.
 const RESULTS_SQL: &str = "\
-INSERT INTO results (tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at)
+INSERT INTO results (tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at,
+                     subtest_scores)
 SELECT $1::uuid, x.pid, x.aid, $2::uuid, x.ext || '-' || x.pn,
        CASE WHEN x.u < 0.03 THEN NULL
             WHEN x.u < 0.05 THEN round(x.max_score * x.ability * x.v * 0.6)
             ELSE least(x.max_score, greatest(0, round(x.max_score * (x.ability + (x.v - 0.5) * 0.3)))) END,
        CASE WHEN x.u < 0.03 THEN 'absent' WHEN x.u < 0.05 THEN 'incomplete' ELSE 'completed' END,
        CASE WHEN x.u < 0.03 THEN NULL
-            ELSE ((x.day::date + time '08:15') AT TIME ZONE 'Europe/Oslo') + x.v * interval '5 hours' END
+            ELSE ((x.day::date + time '08:15') AT TIME ZONE 'Europe/Oslo') + x.v * interval '5 hours' END,
+       CASE WHEN x.u < 0.03 THEN NULL ELSE jsonb_build_object(
+            'd1', least(x.max_score / 4, greatest(0, round(x.max_score / 4 * (x.ability + (x.w1 - 0.5) * 0.4)))),
+            'd2', least(x.max_score / 4, greatest(0, round(x.max_score / 4 * (x.ability + (x.w2 - 0.5) * 0.4)))),
+            'd3', least(x.max_score / 4, greatest(0, round(x.max_score / 4 * (x.ability + (x.w3 - 0.5) * 0.4)))),
+            'd4', least(x.max_score / 4, greatest(0, round(x.max_score / 4 * (x.ability + (x.w4 - 0.5) * 0.4))))) END
+FROM (SELECT y.*, y.v * 7.0 - floor(y.v * 7.0) AS w1, y.v * 31.0 - floor(y.v * 31.0) AS w2,
+             y.v * 127.0 - floor(y.v * 127.0) AS w3, y.u * 61.0 - floor(y.u * 61.0) AS w4
 FROM (SELECT a.aid, a.ext, a.max_score, a.day, a.an, p.pid, p.pn, p.ability,
              (hashint8(p.pn::int8 * 1000003 + a.an)::int8 + 2147483648) / 4294967296.0::float8 AS u,
              (hashint8(p.pn::int8 * 1000033 + a.an + 7777777)::int8 + 2147483648) / 4294967296.0::float8 AS v
       FROM unnest($3::uuid[], $4::text[], $5::float8[], $6::text[], $7::int4[]) AS a(aid, ext, max_score, day, an)
-      JOIN unnest($8::uuid[], $9::int4[], $10::float8[], $11::int4[]) AS p(pid, k, ability, pn) ON a.an < p.k) x
+      JOIN unnest($8::uuid[], $9::int4[], $10::float8[], $11::int4[]) AS p(pid, k, ability, pn) ON a.an < p.k) y) x
 ORDER BY x.an, x.pn";
 
 async fn insert_results(conn: &mut sqlx::PgConnection, tenant: Uuid, source: Uuid, b: &ResultsBatch) -> Result<u64> {

@@ -283,8 +283,12 @@ pub async fn load_demo(pool: &PgPool, identity_key: &str, blind_index_key: &str)
     Ok(logins)
 }
 
-/// Two assessments from a (disabled, keyless) demo publisher, with a result
-/// for every demo pupil, so that profiles and class overviews show something.
+/// Three screenings from a (disabled, keyless) demo publisher, with a result
+/// for every demo pupil, so that profiles, class overviews and follow-up
+/// lists show something: reading in the spring and the autumn of 2026 (one
+/// test family, so profiles show movements across thresholds) and numeracy
+/// in January 2027. Each has a threshold on the total (15 of 40) and two
+/// subtests (20 each, thresholds 7 and 6); every ninth pupil was absent.
 async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) -> Result<(), DbError> {
     let existing = db
         .query_opt(
@@ -303,9 +307,31 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
             .await?
             .text("id")?,
     };
-    for (n, (external_id, title, subject, on)) in [
-        ("demo-lesing", "Kartlegging lesing 5. trinn", "norsk", "2026-09-15"),
-        ("demo-regning", "Kartlegging regning 5. trinn", "matematikk", "2027-01-20"),
+    for (n, (external_id, title, subject, on, family, subtests)) in [
+        (
+            "demo-lesing-v26",
+            "Kartlegging lesing 4. trinn, vår",
+            "norsk",
+            "2026-03-10",
+            "demo-lesing",
+            [("ordlesing", "Ordlesing"), ("forstaelse", "Leseforståelse")],
+        ),
+        (
+            "demo-lesing",
+            "Kartlegging lesing 5. trinn",
+            "norsk",
+            "2026-09-15",
+            "demo-lesing",
+            [("ordlesing", "Ordlesing"), ("forstaelse", "Leseforståelse")],
+        ),
+        (
+            "demo-regning",
+            "Kartlegging regning 5. trinn",
+            "matematikk",
+            "2027-01-20",
+            "demo-regning",
+            [("tallforstaelse", "Tallforståelse"), ("regneoperasjoner", "Regneoperasjoner")],
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -313,24 +339,59 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
         let assessment = db
             .query_one(
                 "INSERT INTO assessments (tenant_id, source_id, external_id, title, subject, year_level, max_score, \
-                                          administered_on) \
-                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, 5, 40, $6::text::date) \
-                 ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title RETURNING id",
-                &[uuid(tenant_id), uuid(&source), external_id.into(), title.into(), subject.into(), on.into()],
+                                          administered_on, family, threshold) \
+                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, 5, 40, $6::text::date, $7::text, 15) \
+                 ON CONFLICT (source_id, external_id) DO UPDATE SET title = EXCLUDED.title, family = EXCLUDED.family, \
+                     threshold = EXCLUDED.threshold RETURNING id",
+                &[
+                    uuid(tenant_id),
+                    uuid(&source),
+                    external_id.into(),
+                    title.into(),
+                    subject.into(),
+                    on.into(),
+                    family.into(),
+                ],
             )
             .await?
             .text("id")?;
-        // Deterministic spread of scores; every ninth pupil was absent.
+        db.execute(
+            "INSERT INTO assessment_subtests (tenant_id, assessment_id, key, position, title, max_score, threshold) \
+             SELECT $1::uuid, $2::uuid, x.k, (x.n - 1)::int, x.t, 20, CASE WHEN x.n = 1 THEN 7 ELSE 6 END \
+             FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS x(k, t, n) \
+             ON CONFLICT (assessment_id, key) DO NOTHING",
+            &[
+                uuid(tenant_id),
+                uuid(&assessment),
+                Value::text_array(subtests.map(|(k, _)| k)),
+                Value::text_array(subtests.map(|(_, t)| t)),
+            ],
+        )
+        .await?;
+        // Deterministic spread of scores; every ninth pupil was absent. The
+        // total splits into the two subtests (each 0..=20).
         let ids: Vec<String> = pupils.iter().map(|p| format!("{external_id}-{p}")).collect();
-        let scores: Vec<String> = (0..pupils.len())
-            .map(|i| if i % 9 == 4 { String::new() } else { ((i * 7 + n * 5) % 41).to_string() })
+        let totals: Vec<Option<i64>> =
+            (0..pupils.len()).map(|i| (i % 9 != 4).then_some(((i * 7 + n * 5) % 41) as i64)).collect();
+        let scores: Vec<String> = totals.iter().map(|t| t.map(|t| t.to_string()).unwrap_or_default()).collect();
+        let subtest_scores: Vec<String> = totals
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                None => String::new(),
+                Some(t) => {
+                    let first = (t / 2 + (i % 5) as i64 - 2).clamp((t - 20).max(0), (*t).min(20));
+                    format!(r#"{{"{}": {first}, "{}": {}}}"#, subtests[0].0, subtests[1].0, t - first)
+                }
+            })
             .collect();
         db.execute(
-            "INSERT INTO results (tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at) \
+            "INSERT INTO results (tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, \
+                                  subtest_scores) \
              SELECT $1::uuid, x.p::uuid, $2::uuid, $3::uuid, x.e, nullif(x.s, '')::float8, \
                     CASE WHEN x.s = '' THEN 'absent' ELSE 'completed' END, \
-                    CASE WHEN x.s = '' THEN NULL ELSE $6::text::timestamptz END \
-             FROM unnest($4::text[], $5::text[], $7::text[]) AS x(p, e, s) \
+                    CASE WHEN x.s = '' THEN NULL ELSE $6::text::timestamptz END, nullif(x.ss, '')::jsonb \
+             FROM unnest($4::text[], $5::text[], $7::text[], $8::text[]) AS x(p, e, s, ss) \
              ON CONFLICT (source_id, external_id) DO NOTHING",
             &[
                 uuid(tenant_id),
@@ -340,6 +401,7 @@ async fn load_demo_results(db: &mut SqlxDb, tenant_id: &str, pupils: &[String]) 
                 Value::text_array(ids),
                 format!("{on}T09:30:00Z").into(),
                 Value::text_array(scores),
+                Value::text_array(subtest_scores),
             ],
         )
         .await?;

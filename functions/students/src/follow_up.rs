@@ -1,0 +1,376 @@
+//! The lists teachers and school leaders act on: who is at or below a
+//! concern threshold (bekymringsgrense) in the assessments of a school year,
+//! and, per assessment, how many pupils that is per group and year level.
+//!
+//! A result is flagged when it is completed and its total, or any subtest
+//! score, is at or below the threshold the publisher set (computed in SQL,
+//! `result_flags!`). Absent, exempt and incomplete results are never
+//! flagged, and a pupil without a result is not a low score.
+//!
+//! A teacher sees the groups they teach; a school leader every group of
+//! their schools (the pupils of it who belong to those schools). The school
+//! year (1 August to 31 July) is the `school_year` parameter, or the one the
+//! handler's clock says is current.
+
+use crate::pupils::uuid_param;
+use crate::scope::Scope;
+use http::StatusCode;
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+use tavle_core::access_log::logged_read_naming;
+use tavle_core::db::{uuid, Db, Row, Value};
+use tavle_core::problem::field;
+use tavle_core::scores::{school_year_bounds, school_year_containing, Date};
+use tavle_core::vars::Variables;
+use tavle_core::web::{json, path_id, query_param, Body, HttpResult, RequestMeta};
+use tavle_core::Problem;
+
+type Request = http::Request<Body>;
+
+/// The groups in scope (`$1..$3`), narrowed to the group and the school
+/// of the two parameters named when given.
+macro_rules! groups_in_scope {
+    ($group:literal, $school:literal) => {
+        concat!(
+            "SELECT g.id, g.name, g.school_id, g.year_level FROM groups g \
+             WHERE g.tenant_id = $1::uuid AND (g.id = ANY($2::text[]::uuid[]) OR g.school_id = ANY($3::text[]::uuid[])) \
+               AND (", $group, "::uuid IS NULL OR g.id = ", $group, "::uuid) \
+               AND (", $school, "::uuid IS NULL OR g.school_id = ", $school, "::uuid)"
+        )
+    };
+}
+
+/// The current members of the groups `grp`, visible as in the class overview.
+macro_rules! members {
+    () => {
+        "SELECT grp.id AS group_id, p.id AS pupil_id, p.year_level FROM grp \
+         JOIN group_memberships m ON m.group_id = grp.id \
+         JOIN pupils p ON p.id = m.pupil_id AND p.tenant_id = $1::uuid AND NOT p.restricted AND p.left_at IS NULL \
+         WHERE grp.id = ANY($2::text[]::uuid[]) OR p.school_id = ANY($3::text[]::uuid[])"
+    };
+}
+
+/// The flagged subtests of result `lr` of assessment `a`, with titles,
+/// scores and thresholds (publisher's order); NULL unless completed.
+macro_rules! flagged_subtest_details {
+    () => {
+        "CASE WHEN lr.status = 'completed' AND lr.subtest_scores IS NOT NULL THEN \
+             (SELECT jsonb_agg(jsonb_build_object('id', fs.key, 'title', fs.title, \
+                                                  'score', (lr.subtest_scores ->> fs.key)::float8, \
+                                                  'threshold', fs.threshold) ORDER BY fs.position) \
+              FROM assessment_subtests fs WHERE fs.assessment_id = lr.assessment_id \
+                AND (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) END AS flagged_subtests"
+    };
+}
+
+/// A pupil's follow-up list for a school year: one row per (group, flagged
+/// pupil, assessment), and one row naming no pupil for a group in scope
+/// without any. `$4` group, `$5` school, `$6`/`$7` the year's first and last
+/// day. Each pupil's latest result per assessment counts, as in the
+/// overview; an assessment without thresholds flags nobody. Per pupil, the
+/// assessments they have results for come from `results_pupil` alone (an
+/// index-only scan), each is probed by key for the school year, and only the
+/// year's results are read: a pupil's other years cost no heap reads, and
+/// the tenant's assessments are never scanned per pupil. Public so the
+/// benchmark can time the bare query behind the route.
+pub const FOLLOW_UP_SQL: &str = concat!(
+    "WITH grp AS MATERIALIZED (",
+    groups_in_scope!("$4", "$5"),
+    "), \
+     mem AS MATERIALIZED (",
+    members!(),
+    "), \
+     flagged AS MATERIALIZED ( \
+         SELECT x.* FROM ( \
+             SELECT mp.pupil_id, lr.id AS result_id, lr.score, lr.assessment_id, lr.title, lr.subject, \
+                    lr.administered_on, lr.max_score, lr.threshold, \
+                    coalesce(lr.status = 'completed' AND lr.score <= lr.threshold, false) AS total_flagged, ",
+    flagged_subtest_details!(),
+    "        FROM (SELECT DISTINCT pupil_id FROM mem) mp \
+             CROSS JOIN LATERAL (SELECT DISTINCT ri.assessment_id FROM results ri WHERE ri.pupil_id = mp.pupil_id) ra \
+             CROSS JOIN LATERAL (SELECT a.title, a.subject, a.administered_on, a.max_score, a.threshold \
+                                 FROM assessments a \
+                                 WHERE a.id = ra.assessment_id AND a.tenant_id = $1::uuid \
+                                   AND a.administered_on BETWEEN $6::text::date AND $7::text::date) a \
+             CROSS JOIN LATERAL (SELECT r.id, r.assessment_id, r.score, r.status, r.subtest_scores, a.title, \
+                                        a.subject, a.administered_on, a.max_score, a.threshold \
+                                 FROM results r WHERE r.pupil_id = mp.pupil_id AND r.assessment_id = ra.assessment_id \
+                                 ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr) x \
+         WHERE x.total_flagged OR x.flagged_subtests IS NOT NULL) \
+     SELECT grp.id AS group_id, grp.name AS group_name, grp.school_id, grp.year_level AS group_year_level, \
+            f.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs, \
+            f.result_id, f.score, f.assessment_id, f.title, f.subject, f.administered_on::text AS administered_on, \
+            f.max_score, f.threshold, f.total_flagged, f.flagged_subtests \
+     FROM grp \
+     LEFT JOIN (mem JOIN flagged f ON f.pupil_id = mem.pupil_id JOIN pupils p ON p.id = mem.pupil_id) \
+            ON mem.group_id = grp.id \
+     ORDER BY grp.name, grp.id, p.family_name, p.given_name, p.id, f.administered_on, f.title, f.result_id"
+);
+
+/// The access-log action of a follow-up list.
+pub const FOLLOW_UP_ACTION: &str = "pupils.follow_up_viewed";
+
+/// Per-group and per-year-level counts of one assessment (`$4`) over the
+/// groups in scope (`$5` group, `$6` school): pupils, results, completed
+/// ones, flagged pupils, flagged totals, and per subtest the flagged ones
+/// (rows with `subtest`). No pupil is named, so no access record. A pupil
+/// in two groups counts in each group, once in their year level. Each
+/// membership's result is probed by (pupil, `$4`) in `results_pupil`, never
+/// through the assessment's results across the tenant, and the counts come
+/// from that one CTE: joining two CTEs, which PostgreSQL estimates at one
+/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms).
+pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
+    "WITH a AS MATERIALIZED (SELECT id, threshold FROM assessments WHERE id = $4::uuid AND tenant_id = $1::uuid), \
+     grp AS MATERIALIZED (SELECT g.* FROM (",
+    groups_in_scope!("$5", "$6"),
+    ") g WHERE EXISTS (SELECT 1 FROM a)), \
+     mem AS MATERIALIZED (",
+    members!(),
+    "), \
+     res AS MATERIALIZED ( \
+         SELECT m.group_id, m.pupil_id, m.year_level, lr.id AS result_id, lr.status, \
+                coalesce(lr.status = 'completed' AND lr.score <= a.threshold, false) AS total_flagged, \
+                CASE WHEN lr.status = 'completed' AND lr.subtest_scores IS NOT NULL THEN \
+                    ARRAY(SELECT fs.key FROM assessment_subtests fs WHERE fs.assessment_id = $4::uuid \
+                            AND (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) \
+                ELSE '{}'::text[] END AS flagged_subtests \
+         FROM mem m CROSS JOIN a \
+         LEFT JOIN LATERAL (SELECT r.id, r.score, r.status, r.subtest_scores FROM results r \
+                            WHERE r.pupil_id = m.pupil_id AND r.assessment_id = $4::uuid \
+                            ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr ON true), \
+     counted AS ( \
+         SELECT 'group' AS kind, r.group_id::text AS key, r.* FROM res r \
+         UNION ALL \
+         SELECT DISTINCT ON (r.pupil_id) 'year_level', coalesce(r.year_level::text, ''), r.* FROM res r) \
+     SELECT c.kind, c.key, NULL::text AS subtest, count(*) AS pupils, count(c.result_id) AS results, \
+            count(*) FILTER (WHERE c.status = 'completed') AS completed, \
+            count(*) FILTER (WHERE c.total_flagged OR cardinality(c.flagged_subtests) > 0) AS flagged, \
+            count(*) FILTER (WHERE c.total_flagged) AS total_flagged \
+     FROM counted c GROUP BY c.kind, c.key \
+     UNION ALL \
+     SELECT c.kind, c.key, s.key, 0, 0, 0, count(*), 0 \
+     FROM counted c CROSS JOIN LATERAL unnest(c.flagged_subtests) AS s(key) GROUP BY c.kind, c.key, s.key"
+);
+
+/// `school_year`: the calendar year the school year starts in (1900–2198),
+/// else the one `today` falls in.
+fn school_year(req: &Request, today: Date) -> Result<i32, Problem> {
+    match query_param(req, "school_year")? {
+        None => Ok(school_year_containing(today)),
+        Some(v) => v.parse::<i32>().ok().filter(|y| (1900..=2198).contains(y)).ok_or_else(|| {
+            Problem::bad_query(vec![field(
+                "/query/school_year",
+                "must be the year the school year starts in (e.g. 2026)",
+            )])
+        }),
+    }
+}
+
+/// `GET /follow-up?school_year&group_id&school_id`: per group in scope, every
+/// pupil flagged in an assessment of the school year, with the assessments
+/// and the subtests they are flagged in. A group or school outside the
+/// caller's scope is unknown (404).
+pub async fn list(
+    req: &Request,
+    meta: &RequestMeta,
+    vars: &impl Variables,
+    db: &mut impl Db,
+    today: Date,
+) -> HttpResult {
+    let start = school_year(req, today)?;
+    let group = uuid_param(req, "group_id")?;
+    let school = uuid_param(req, "school_id")?;
+    let scope = Scope::of(req, vars, db).await?;
+    scope.require_pupil_scope()?;
+    let (from, to) = school_year_bounds(start);
+    let filtered = group.is_some() || school.is_some();
+    let mut params = scope.params();
+    params.extend([
+        group.map(uuid).unwrap_or(Value::Null),
+        school.map(uuid).unwrap_or(Value::Null),
+        from.clone().into(),
+        to.clone().into(),
+    ]);
+    let rows = logged_read_naming(db, &scope.who, meta, FOLLOW_UP_ACTION, FOLLOW_UP_SQL, "pupil_id", params).await?;
+    if rows.is_empty() && filtered {
+        return Err(Problem::not_found());
+    }
+    let mut groups: Vec<Json> = Vec::new();
+    for row in &rows {
+        let group_id = row.text("group_id")?;
+        if groups.last().is_none_or(|g| g["id"] != group_id.as_str()) {
+            groups.push(json!({
+                "id": group_id,
+                "name": row.text("group_name")?,
+                "school_id": row.text("school_id")?,
+                "year_level": row.opt_int("group_year_level")?,
+                "pupils": [],
+            }));
+        }
+        let Some(pupil_id) = row.opt_text("pupil_id")? else { continue };
+        let Some(pupils) = groups.last_mut().and_then(|g| g["pupils"].as_array_mut()) else {
+            return Err(Problem::internal());
+        };
+        if pupils.last().is_none_or(|p| p["id"] != pupil_id.as_str()) {
+            pupils.push(json!({
+                "id": pupil_id,
+                "given_name": row.text("given_name")?,
+                "family_name": row.text("family_name")?,
+                "year_level": row.opt_int("year_level")?,
+                "special_needs": row.bool("special_needs")?,
+                "flags": [],
+            }));
+        }
+        let flagged_subtests = match row.json("flagged_subtests")? {
+            Json::Null => json!([]),
+            list => list,
+        };
+        let flag = json!({
+            "assessment": {
+                "id": row.text("assessment_id")?,
+                "title": row.text("title")?,
+                "subject": row.text("subject")?,
+                "administered_on": row.text("administered_on")?,
+                "max_score": row.float("max_score")?,
+                "threshold": row.opt_float("threshold")?,
+            },
+            "result_id": row.text("result_id")?,
+            "score": row.opt_float("score")?,
+            "flagged": row.bool("total_flagged")?,
+            "flagged_subtests": flagged_subtests,
+        });
+        match pupils.last_mut().and_then(|p| p["flags"].as_array_mut()) {
+            Some(flags) => flags.push(flag),
+            None => return Err(Problem::internal()),
+        }
+    }
+    json(StatusCode::OK, &json!({"school_year": {"start": start, "from": from, "to": to}, "groups": groups}))
+}
+
+/// Counts of one line (a group or a year level).
+#[derive(Default)]
+struct Counts {
+    pupils: i64,
+    results: i64,
+    completed: i64,
+    flagged: i64,
+    total_flagged: i64,
+    subtests: BTreeMap<String, i64>,
+}
+
+impl Counts {
+    /// Shares are of the pupils who completed the assessment.
+    fn view(&self, subtests: &Json) -> Json {
+        let share = |n: i64| (self.completed > 0).then(|| n as f64 / self.completed as f64);
+        let per_subtest: Vec<Json> = subtests
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|st| st["id"].as_str())
+            .map(|id| {
+                let n = self.subtests.get(id).copied().unwrap_or(0);
+                json!({"id": id, "flagged": n, "share": share(n)})
+            })
+            .collect();
+        json!({
+            "pupils": self.pupils,
+            "results": self.results,
+            "completed": self.completed,
+            "flagged": self.flagged,
+            "flagged_share": share(self.flagged),
+            "total_flagged": self.total_flagged,
+            "total_flagged_share": share(self.total_flagged),
+            "subtests": per_subtest,
+        })
+    }
+
+    fn add(&mut self, row: &Row) -> Result<(), Problem> {
+        match row.opt_text("subtest")? {
+            Some(key) => {
+                self.subtests.insert(key, row.int("flagged")?);
+            }
+            None => {
+                self.pupils = row.int("pupils")?;
+                self.results = row.int("results")?;
+                self.completed = row.int("completed")?;
+                self.flagged = row.int("flagged")?;
+                self.total_flagged = row.int("total_flagged")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GET /assessments/{id}/follow-up?group_id&school_id`: for one assessment,
+/// per group in scope and per year level, how many pupils there are, how
+/// many completed it, and how many (and what share of those) are flagged, in
+/// all, on the total and per subtest. No pupil is named.
+pub async fn counts(req: &Request, vars: &impl Variables, db: &mut impl Db, assessment: &str) -> HttpResult {
+    let assessment = path_id(assessment)?;
+    let group = uuid_param(req, "group_id")?;
+    let school = uuid_param(req, "school_id")?;
+    let scope = Scope::of(req, vars, db).await?;
+    scope.require_pupil_scope()?;
+    let a = db
+        .query_opt(
+            "SELECT a.id, a.title, a.subject, a.max_score, a.administered_on::text AS administered_on, a.family, \
+                    a.threshold, \
+                    (SELECT coalesce(jsonb_agg(jsonb_build_object('id', st.key, 'title', st.title, 'max_score', \
+                                     st.max_score, 'threshold', st.threshold) ORDER BY st.position), '[]'::jsonb) \
+                     FROM assessment_subtests st WHERE st.assessment_id = a.id) AS subtests \
+             FROM assessments a WHERE a.id = $1::uuid AND a.tenant_id = $2::uuid",
+            &[uuid(&assessment), uuid(&scope.who.tenant_id)],
+        )
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    let subtests = a.json("subtests")?;
+    let filtered = group.is_some() || school.is_some();
+    let (group, school) = (group.map(uuid).unwrap_or(Value::Null), school.map(uuid).unwrap_or(Value::Null));
+    let mut params = scope.params();
+    params.extend([group.clone(), school.clone()]);
+    let groups = db.query(concat!(groups_in_scope!("$4", "$5"), " ORDER BY g.name, g.id"), &params).await?;
+    if groups.is_empty() && filtered {
+        return Err(Problem::not_found());
+    }
+    let mut params = scope.params();
+    params.extend([uuid(&assessment), group, school]);
+    let rows = db.query(FOLLOW_UP_COUNTS_SQL, &params).await?;
+    let (mut by_group, mut by_year): (BTreeMap<String, Counts>, BTreeMap<String, Counts>) = Default::default();
+    for row in &rows {
+        let target = if row.text("kind")? == "group" { &mut by_group } else { &mut by_year };
+        target.entry(row.text("key")?).or_default().add(row)?;
+    }
+    let empty = Counts::default();
+    let group_lines = groups
+        .iter()
+        .map(|g| {
+            let id = g.text("id")?;
+            let mut line = by_group.get(&id).unwrap_or(&empty).view(&subtests);
+            line["group"] = json!({"id": id, "name": g.text("name")?, "school_id": g.text("school_id")?,
+                                   "year_level": g.opt_int("year_level")?});
+            Ok(line)
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    let mut years: Vec<(Option<i64>, &Counts)> = by_year.iter().map(|(k, c)| (k.parse::<i64>().ok(), c)).collect();
+    years.sort_by_key(|(y, _)| y.unwrap_or(i64::MAX));
+    let year_lines: Vec<Json> = years
+        .into_iter()
+        .map(|(y, c)| {
+            let mut line = c.view(&subtests);
+            line["year_level"] = json!(y);
+            line
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &json!({
+            "assessment": {
+                "id": a.text("id")?, "title": a.text("title")?, "subject": a.text("subject")?,
+                "max_score": a.float("max_score")?, "administered_on": a.text("administered_on")?,
+                "family": a.opt_text("family")?, "threshold": a.opt_float("threshold")?, "subtests": subtests,
+            },
+            "groups": group_lines,
+            "year_levels": year_lines,
+        }),
+    )
+}
