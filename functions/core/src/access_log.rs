@@ -378,9 +378,14 @@ pub fn canonical(r: &Record) -> Vec<u8> {
 }
 
 pub fn chain_hash(prev: &[u8], r: &Record) -> Vec<u8> {
+    hash_after(prev, &canonical(r))
+}
+
+/// SHA-256(prev ‖ canonical): one link of a chain (records or checkpoints).
+fn hash_after(prev: &[u8], canonical: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(prev);
-    h.update(canonical(r));
+    h.update(canonical);
     h.finalize().to_vec()
 }
 
@@ -435,10 +440,7 @@ pub fn checkpoint_canonical(c: &Checkpoint) -> Vec<u8> {
 }
 
 pub fn checkpoint_digest(prev: &[u8], c: &Checkpoint) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(checkpoint_canonical(c));
-    h.finalize().to_vec()
+    hash_after(prev, &checkpoint_canonical(c))
 }
 
 /// Why a log is broken, at the first record (by lane, then sequence) or

@@ -565,6 +565,21 @@ pub fn page(
     json(StatusCode::OK, &serde_json::json!({"items": items, "next_cursor": next_cursor}))
 }
 
+/// The answer of a newest-first page read without a look-ahead row: `items`
+/// (one per row of `rows`, newest first), and a cursor before the last row's
+/// `id` when the first row's `more` says that older ones follow.
+pub fn newest_first_page(rows: &[crate::db::Row], items: Vec<serde_json::Value>, cursors: &Cursors) -> HttpResult {
+    let more = match rows.first() {
+        Some(r) => r.bool("more")?,
+        None => false,
+    };
+    let next_cursor = match (more, rows.last()) {
+        (true, Some(last)) => Some(cursors.seal(&serde_json::json!({"before": last.int("id")?}))),
+        _ => None,
+    };
+    json(StatusCode::OK, &serde_json::json!({"items": items, "next_cursor": next_cursor}))
+}
+
 /// 400 for a cursor that is not one this API handed out to this caller for
 /// this list with these filters (see [`crate::cursor`]): one answer for
 /// every such cursor, whatever is wrong with it.

@@ -8,13 +8,12 @@
 //! (action `pupil_transfers.viewed`), in the same statement as the read.
 
 use crate::roster::TRANSFER_ACTION;
-use http::StatusCode;
 use serde_json::json;
 use tavle_core::access_log::logged_read_naming;
 use tavle_core::auth::{authenticate_as, Role};
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::vars::Variables;
-use tavle_core::web::{before_cursor, cursor_param, json, page_limit, Body, HttpResult, RequestMeta};
+use tavle_core::web::{before_cursor, cursor_param, newest_first_page, page_limit, Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 /// `GET /admin/transfers?limit&cursor`, privacy officers only.
@@ -52,15 +51,7 @@ pub async fn list(
     let mut rows = logged_read_naming(db, &who, meta, "pupil_transfers.viewed", &sql, "pupil_id", params).await?;
     rows.sort_by_key(|r| std::cmp::Reverse(r.int("id").unwrap_or(i64::MIN)));
     let items = rows.iter().map(view).collect::<Result<Vec<_>, Problem>>()?;
-    let more = match rows.first() {
-        Some(r) => r.bool("more")?,
-        None => false,
-    };
-    let next_cursor = match (more, rows.last()) {
-        (true, Some(last)) => Some(cursors.seal(&json!({"before": last.int("id")?}))),
-        _ => None,
-    };
-    json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
+    newest_first_page(&rows, items, &cursors)
 }
 
 fn view(r: &Row) -> Result<serde_json::Value, Problem> {

@@ -9,7 +9,9 @@ use tavle_core::access_log::{logged_read, logged_read_naming};
 use tavle_core::auth::{authenticate_as, Role};
 use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::vars::Variables;
-use tavle_core::web::{before_cursor, cursor_param, json, page_limit, path_id, Body, HttpResult, RequestMeta};
+use tavle_core::web::{
+    before_cursor, cursor_param, json, newest_first_page, page_limit, path_id, Body, HttpResult, RequestMeta,
+};
 use tavle_core::Problem;
 
 pub async fn for_pupil(
@@ -118,15 +120,7 @@ pub async fn searches(
             }))
         })
         .collect::<Result<Vec<_>, Problem>>()?;
-    let more = match rows.first() {
-        Some(r) => r.bool("more")?,
-        None => false,
-    };
-    let next_cursor = match (more, rows.last()) {
-        (true, Some(last)) => Some(cursors.seal(&json!({"before": last.int("id")?}))),
-        _ => None,
-    };
-    json(StatusCode::OK, &json!({"items": items, "next_cursor": next_cursor}))
+    newest_first_page(&rows, items, &cursors)
 }
 
 /// The staff user behind a record (name and username are NULL once the
