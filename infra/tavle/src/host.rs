@@ -18,11 +18,11 @@ use tavle_core::Problem;
 
 /// Components this binary can run natively, by `spin.toml` component id.
 #[cfg(not(feature = "test-fixtures"))]
-pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students"];
+pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "subject-requests"];
 /// Components this binary can run natively, by `spin.toml` component id
 /// (with the tests' fixture component).
 #[cfg(feature = "test-fixtures")]
-pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "probe"];
+pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "subject-requests", "probe"];
 
 struct ComponentRuntime {
     variables: HashMap<String, String>,
@@ -100,6 +100,7 @@ impl Host {
             Some("login") => tavle_login::body_limit(path),
             Some("ingest") => tavle_ingest::body_limit(path),
             Some("students") => tavle_students::body_limit(path),
+            Some("subject-requests") => tavle_subject_requests::body_limit(path),
             #[cfg(feature = "test-fixtures")]
             Some("probe") => tavle_db_probe::body_limit(path),
             _ => 0,
@@ -133,6 +134,7 @@ impl Host {
             "login" => tavle_login::handle(req, &runtime.variables, &mut db).await,
             "ingest" => tavle_ingest::handle(req, &runtime.variables, &mut db).await,
             "students" => tavle_students::handle(req, &runtime.variables, &mut db).await,
+            "subject-requests" => tavle_subject_requests::handle(req, &runtime.variables, &mut db).await,
             #[cfg(feature = "test-fixtures")]
             "probe" => tavle_db_probe::handle(req, &runtime.variables, &mut db).await,
             _ => web::serve(req, &no_vars, async |_, _: RequestMeta| Err(Problem::not_found())).await,
