@@ -101,3 +101,6 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
     }
     Err(Problem::not_found())
 }
+
+// Export building blocks for `fulfil` and the integration tests.
+pub use export::{build, delete_expired, store, Export, Format, DEFAULT_TTL_DAYS};
