@@ -260,6 +260,15 @@ INSERT INTO data_inventory_columns (table_name, column_name, category) VALUES
 ('_sqlx_migrations', 'installed_on', 'none'), ('_sqlx_migrations', 'success', 'none'),
 ('_sqlx_migrations', 'checksum', 'none'), ('_sqlx_migrations', 'execution_time', 'none');
 
+-- The audit-log filters of exports: records that name a pupil in their
+-- details (searches, manual results), and a staff user's own actions. The
+-- other branches use audit_log_target and audit_log_subject_requests; the
+-- access log's use access_log_pupils (GIN, `@>`). A staff user's access
+-- records are found by a scan of the tenant's log: rare, and an index on
+-- the actor would cost every read of pupil data an index update.
+CREATE INDEX audit_log_details_pupil ON audit_log (tenant_id, (details->>'pupil_id'));
+CREATE INDEX audit_log_actor ON audit_log (tenant_id, actor_user_id) WHERE actor_user_id IS NOT NULL;
+
 -- Least privilege: the application role reads the inventory (exports, the
 -- record of processing) and can change none of it: a filter it could
 -- rewrite would be SQL it could make the component run.
