@@ -198,7 +198,8 @@ impl IdentityCipher {
 
     /// A ring of one key given as bytes (a key derived in code, such as the cursor key of
     /// [`crate::cursor`], rather than one configured as base64).
-    pub(crate) fn from_key(key: &[u8; KEY_LEN]) -> Self {
+    /// A cipher over one raw key (derived keys, per-subject keys), with no earlier keys.
+    pub fn from_key(key: &[u8; KEY_LEN]) -> Self {
         Self { current: RingKey::new(key), previous: Vec::new() }
     }
 
@@ -329,6 +330,40 @@ impl BlindIndex {
         mac.update(id.expose().as_bytes());
         mac.finalize().into_bytes().to_vec()
     }
+
+    /// The tombstone of an erased pupil known by the blind index `index`: HMAC-SHA256 under
+    /// this key of a label that no blind-index input can begin with (those begin with a tenant
+    /// uuid), the tenant and the index. It says "was erased" for a number a source sends, and
+    /// nothing else: it is not the index, and finds no row.
+    #[must_use]
+    pub fn tombstone_of_index(&self, tenant_id: &str, index: &[u8]) -> Vec<u8> {
+        self.tombstone(tenant_id, b"index", index)
+    }
+
+    /// The tombstone of an erased pupil known by their Feide username (lower-cased as stored).
+    #[must_use]
+    pub fn tombstone_of_feide(&self, tenant_id: &str, feide_username: &str) -> Vec<u8> {
+        self.tombstone(tenant_id, b"feide", feide_username.as_bytes())
+    }
+
+    fn tombstone(&self, tenant_id: &str, kind: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]).expect("HMAC takes any key size");
+        mac.update(b"tavle erased pupil v1\0");
+        mac.update(tenant_id.as_bytes());
+        mac.update(&[0]);
+        mac.update(kind);
+        mac.update(&[0]);
+        mac.update(value);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// A fresh random 32-byte key (per-subject keys).
+#[must_use]
+pub fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    getrandom::getrandom(&mut key[..]).expect("the system random number generator failed");
+    key
 }
 
 impl fmt::Debug for BlindIndex {

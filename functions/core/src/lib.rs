@@ -8,6 +8,7 @@ pub mod auth;
 pub mod crypto;
 pub mod cursor;
 pub mod db;
+pub mod erasure;
 pub mod identity;
 pub mod names;
 pub mod problem;

@@ -113,6 +113,9 @@ struct ValidPupil {
     special_needs: bool,
     /// External ids of groups of this roster.
     groups: Vec<String>,
+    /// What an erased pupil with these identifiers left behind
+    /// (`erased_pupils`): a roster skips a new pupil who matches one.
+    tombstones: Vec<Vec<u8>>,
 }
 
 struct ValidTeacher {
@@ -172,6 +175,13 @@ pub fn validate(post: RosterPost, cfg: &IngestConfig, tenant_id: &str) -> Result
             }
             let identity_enc =
                 key.identity.take().map(|id| hex(&cfg.identity.encrypt_identity(&id, tenant_id.as_bytes())));
+            let mut tombstones = Vec::new();
+            if let Some(index) = key.index.as_deref().and_then(unhex) {
+                tombstones.push(cfg.blind_index.tombstone_of_index(tenant_id, &index));
+            }
+            if let Some(feide) = &key.feide {
+                tombstones.push(cfg.blind_index.tombstone_of_feide(tenant_id, feide));
+            }
             pupils.push(ValidPupil {
                 key,
                 identity_enc,
@@ -181,6 +191,7 @@ pub fn validate(post: RosterPost, cfg: &IngestConfig, tenant_id: &str) -> Result
                 gender: gender.flatten(),
                 special_needs: p.special_needs,
                 groups: p.groups.clone(),
+                tombstones,
             });
         }
     }
@@ -267,6 +278,12 @@ pub async fn apply(
     // Locked until commit: the school a transfer records is the one the pupil leaves.
     let known = pupils::resolve_for_update(db, tenant_id, &key_refs).await?;
 
+    let erased = erased_among(db, tenant_id, &post.pupils).await?;
+    let corrections = corrections_of(db, tenant_id, &known).await?;
+    let mut erased_skipped = Vec::new();
+    let mut corrections_kept = Vec::new();
+    let mut superseded: Vec<(String, String)> = Vec::new();
+
     // Split into updates of known pupils and inserts of new ones.
     let mut upd: [Vec<String>; 9] = Default::default();
     let mut ins: [Vec<String>; 9] = Default::default();
@@ -292,7 +309,13 @@ pub async fn apply(
                 transfers.insert(k.id.clone(), k.school_id.clone());
             }
         }
-        let cols = [
+        if known_pupil.is_none() && p.tombstones.iter().any(|t| erased.contains(t)) {
+            // Erased on the pupil's (or guardian's) request: not re-created.
+            // The answer names the roster position, so the source can act.
+            erased_skipped.push(i);
+            continue;
+        }
+        let mut cols = [
             known_pupil.map(|k| k.id.clone()).unwrap_or_default(),
             p.identity_enc.clone().unwrap_or_default(),
             key.index.clone().unwrap_or_default(),
@@ -303,6 +326,25 @@ pub async fn apply(
             p.gender.unwrap_or_default().to_owned(),
             p.special_needs.to_string(),
         ];
+        if let Some(k) = known_pupil {
+            // A rectified field keeps its correction while the source sends
+            // the value it sent before; any other value supersedes it.
+            for c in corrections.iter().filter(|c| c.pupil_id == k.id) {
+                let at = match c.field.as_str() {
+                    "given_name" => 4,
+                    "family_name" => 5,
+                    "year_level" => 6,
+                    "gender" => 7,
+                    _ => continue,
+                };
+                if cols[at] == c.source_value {
+                    cols[at] = c.current.clone();
+                    corrections_kept.push(json!({"position": i, "field": c.field}));
+                } else {
+                    superseded.push((k.id.clone(), c.field.clone()));
+                }
+            }
+        }
         let target = if known_pupil.is_some() { &mut upd } else { &mut ins };
         for (col, v) in target.iter_mut().zip(cols) {
             col.push(v);
@@ -370,6 +412,15 @@ pub async fn apply(
     }
 
     record_transfers(db, meta, tenant_id, source_id, &school_id, &transfers).await?;
+    if !superseded.is_empty() {
+        let (ids, fields): (Vec<String>, Vec<String>) = superseded.iter().cloned().unzip();
+        db.execute(
+            "DELETE FROM pupil_corrections c USING unnest($2::text[], $3::text[]) AS x(p, f) \
+             WHERE c.tenant_id = $1::uuid AND c.pupil_id = x.p::uuid AND c.field = x.f",
+            &[uuid(tenant_id), Value::text_array(ids), Value::text_array(fields)],
+        )
+        .await?;
+    }
 
     let left = db
         .execute(
@@ -462,10 +513,20 @@ pub async fn apply(
             "received": post.pupils.len(),
             "created": created.len(),
             "updated": updated,
-            "unchanged": post.pupils.len().saturating_sub(created.len() + updated as usize + restricted_skipped),
+            "unchanged": post
+                .pupils
+                .len()
+                .saturating_sub(created.len() + updated as usize + restricted_skipped + erased_skipped.len()),
             "left": left,
             "restricted_unchanged": restricted_skipped,
+            "erased_skipped": erased_skipped.len(),
         },
+        // Positions in this roster: pupils erased on request (not
+        // re-created), and fields whose correction by the controller was
+        // kept over the value sent (the source should correct its record).
+        "erased_skipped": erased_skipped,
+        "corrections_kept": corrections_kept,
+        "corrections_superseded": superseded.len(),
         "memberships": memberships,
         "teachers": teachers,
     });
@@ -478,6 +539,67 @@ pub async fn apply(
     )
     .await?;
     Ok(summary)
+}
+
+/// Bytes of a hex string (the blind index as `PupilKey` carries it).
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
+}
+
+/// The tombstones among the roster's pupils' that erased pupils left.
+async fn erased_among(db: &mut impl Db, tenant_id: &str, pupils: &[ValidPupil]) -> Result<HashSet<Vec<u8>>, Problem> {
+    let all: Vec<String> = pupils.iter().flat_map(|p| p.tombstones.iter().map(|t| hex(t))).collect();
+    if all.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = db
+        .query(
+            "SELECT tombstone FROM erased_pupils \
+             WHERE tenant_id = $1::uuid AND tombstone IN (SELECT decode(x, 'hex') FROM unnest($2::text[]) AS x)",
+            &[uuid(tenant_id), Value::text_array(all)],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(r.bytes("tombstone")?)).collect()
+}
+
+/// A correction that the controller made to a field a roster supplies
+/// (`pupil_corrections`), with the value the source sent before it and the
+/// corrected value now held (text as the roster's columns carry it, "" for NULL).
+struct HeldCorrection {
+    pupil_id: String,
+    field: String,
+    source_value: String,
+    current: String,
+}
+
+async fn corrections_of(
+    db: &mut impl Db,
+    tenant_id: &str,
+    known: &HashMap<String, pupils::Known>,
+) -> Result<Vec<HeldCorrection>, Problem> {
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db
+        .query(
+            "SELECT c.pupil_id, c.field, coalesce(c.source_value, '') AS source_value, \
+                    coalesce(CASE c.field WHEN 'given_name' THEN p.given_name WHEN 'family_name' THEN p.family_name \
+                         WHEN 'year_level' THEN p.year_level::text WHEN 'gender' THEN p.gender END, '') AS current \
+             FROM pupil_corrections c JOIN pupils p ON p.id = c.pupil_id AND p.tenant_id = c.tenant_id \
+             WHERE c.tenant_id = $1::uuid AND c.pupil_id IN (SELECT x::uuid FROM unnest($2::text[]) AS x)",
+            &[uuid(tenant_id), Value::text_array(known.values().map(|k| k.id.clone()).collect::<HashSet<_>>())],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HeldCorrection {
+                pupil_id: r.text("pupil_id")?,
+                field: r.text("field")?,
+                source_value: r.text("source_value")?,
+                current: r.text("current")?,
+            })
+        })
+        .collect()
 }
 
 /// One `pupil.transferred` audit record per pupil who moved here (in the
