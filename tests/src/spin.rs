@@ -262,6 +262,10 @@ fn probe(addr: SocketAddr, timeout: Duration) -> std::io::Result<()> {
 
 impl Drop for SpinApp {
     fn drop(&mut self) {
+        // A failing test shows what Spin and the components said.
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
         // SIGTERM first so Spin can close its database connections.
         // SAFETY: kill(2) on our own child's pid.
         unsafe {

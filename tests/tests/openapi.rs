@@ -1392,3 +1392,303 @@ async fn subtests_flags_and_follow_up_lists_answer_as_documented() {
 fn t_kari(s: &tavle_tests::Session) -> Option<&str> {
     Some(s.token.as_str())
 }
+
+#[test]
+fn subject_requests_answer_as_documented() {
+    // One long tour: in debug builds the stack frame that polls it outgrows
+    // a test thread's stack (2 MiB), so it runs on a thread of its own.
+    let tour = std::thread::Builder::new()
+        .name("subject_requests_tour".into())
+        .stack_size(64 * 1024 * 1024)
+        .spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            rt.block_on(subject_requests_tour())
+        })
+        .expect("a thread for the tour");
+    if let Err(panic) = tour.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn subject_requests_tour() {
+    let c = &Contract { doc: load_doc() };
+    let w = tavle_tests::subjects::world().await;
+    let app = &w.app;
+    let t = Some(w.privacy.token.as_str());
+    let kari = Some(w.kari_session.token.as_str());
+    let bergen = Some(w.bergen_privacy.token.as_str());
+    let missing = uuid::Uuid::new_v4().to_string();
+    let id_of = |r: &TestResponse| r.json()["id"].as_str().unwrap_or_else(|| panic!("no id: {}", r.text())).to_owned();
+    let step_path = |id: &str, step: &str| format!("/subject-requests/{id}/{step}");
+    let list_op = "/subject-requests";
+    let show_op = "/subject-requests/{id}";
+    let (start_op, extend_op, reject_op, fulfil_op) = (
+        "/subject-requests/{id}/start",
+        "/subject-requests/{id}/extend",
+        "/subject-requests/{id}/reject",
+        "/subject-requests/{id}/fulfil",
+    );
+    let by_pupil = |kind: &str, pupil: &str| json!({"kind": kind, "subject": {"pupil_id": pupil}, "identity_verification": "BankID, mother"});
+    let by_user =
+        |kind: &str| json!({"kind": kind, "subject": {"user_id": w.kari.user_id}, "identity_verification": "HR"});
+    let register = |body: Value| app.post("/subject-requests", t, body);
+    let registered = |body: Value| async move {
+        let r = register(body).await;
+        assert_eq!(c.check("POST", list_op, &r), 201, "{}", r.text());
+        id_of(&r)
+    };
+    let fulfilled = |id: String, body: Option<Value>| async move {
+        let r = app.send(Method::POST, &step_path(&id, "fulfil"), t, body).await;
+        assert_eq!(c.check("POST", fulfil_op, &r), 200, "{}", r.text());
+        r.json()
+    };
+
+    // Registration: by pupil id, by identity number (in the body), of a staff user.
+    let received: String = sqlx::query_scalar("SELECT (current_date - 45)::text").fetch_one(&app.pool).await.unwrap();
+    let access = registered(by_pupil("access", &w.pupil)).await;
+    let mut body = json!({"kind": "portability", "subject": {"identity_number": synthetic_id(0)},
+                          "received_on": received, "identity_verification": "Passport at the school office"});
+    let r = register(body.clone()).await;
+    assert_eq!(c.check("POST", list_op, &r), 201, "{}", r.text());
+    assert_eq!(r.json()["overdue"], true, "{}", r.text());
+    let portability = id_of(&r);
+    let objection = registered(by_pupil("objection", &w.other)).await;
+    let user_objection = registered(by_user("objection")).await;
+    // Refusals: wrong role, no token, malformed, wrong media type, the rules, unknown subjects.
+    let r = app.post("/subject-requests", kari, by_pupil("access", &w.pupil)).await;
+    assert_eq!(c.check("POST", list_op, &r), 403);
+    let r = app.post("/subject-requests", None, by_pupil("access", &w.pupil)).await;
+    assert_eq!(c.check("POST", list_op, &r), 401);
+    let auth = format!("Bearer {}", w.privacy.token);
+    for (content_type, raw, want) in [
+        ("application/json", &b"{\"kind\":"[..], 400),
+        ("text/plain", b"{}", 415),
+        ("application/json", &[b' '; 17 * 1024][..], 413),
+    ] {
+        let headers = [("authorization", auth.as_str()), ("content-type", content_type)];
+        let r = app.call(request(Method::POST, "/subject-requests", &headers, raw)).await;
+        assert_eq!(c.check("POST", list_op, &r), want, "{content_type} {}", r.text());
+    }
+    body["received_on"] = json!("2999-01-01");
+    for bad in [
+        body,
+        json!({"kind": "forget", "subject": {"pupil_id": w.pupil}, "identity_verification": "x"}),
+        json!({"kind": "access", "subject": {"identity_number": "12345678901"}, "identity_verification": "x"}),
+        json!({"kind": "access", "subject": {"pupil_id": w.pupil, "user_id": w.kari.user_id},
+               "identity_verification": "x"}),
+        json!({"kind": "access", "subject": {}, "identity_verification": "x"}),
+        json!({"kind": "access", "subject": {"pupil_id": w.pupil}, "identity_verification": " "}),
+        json!({"kind": "access", "subject": {"pupil_id": w.pupil}, "identity_verification": "x",
+               "corrections": [{"field": "given_name", "value": "A"}]}),
+        json!({"kind": "rectification", "subject": {"pupil_id": w.pupil}, "identity_verification": "x"}),
+        json!({"kind": "rectification", "subject": {"pupil_id": w.pupil}, "identity_verification": "x",
+               "corrections": [{"field": "email", "value": "a@b.no"}, {"field": "year_level", "value": 14}]}),
+        json!({"kind": "restriction", "subject": {"user_id": w.kari.user_id}, "identity_verification": "x"}),
+        json!({"kind": "access", "subject": {"pupil_id": w.pupil}, "identity_verification": "x", "extra": 1}),
+        json!({"kind": "access", "subject": {"pupil_id": 7}, "identity_verification": "x"}),
+    ] {
+        assert_eq!(c.check("POST", list_op, &register(bad.clone()).await), 422, "{bad}");
+    }
+    for bad in [
+        by_pupil("access", &missing),
+        json!({"kind": "access", "subject": {"identity_number": synthetic_id(7)}, "identity_verification": "x"}),
+        json!({"kind": "access", "subject": {"user_id": missing}, "identity_verification": "x"}),
+    ] {
+        assert_eq!(c.check("POST", list_op, &register(bad.clone()).await), 404, "{bad}");
+    }
+    let r = app.post("/subject-requests", bergen, by_pupil("access", &w.pupil)).await;
+    assert_eq!(c.check("POST", list_op, &r), 404, "another tenant's pupil");
+
+    // Lists: filters, pages, refusals.
+    for path in [
+        "/subject-requests".to_owned(),
+        "/subject-requests?status=received&kind=access".to_owned(),
+        "/subject-requests?overdue=true".to_owned(),
+        "/subject-requests?overdue=false&limit=200".to_owned(),
+        format!("/subject-requests?subject_id={}", w.pupil),
+        format!("/subject-requests?subject_id={}", w.kari.user_id),
+    ] {
+        let r = app.get(&path, &w.privacy.token).await;
+        assert_eq!(c.check("GET", list_op, &r), 200, "{path}");
+        assert!(!r.json()["items"].as_array().unwrap().is_empty(), "{path}: {}", r.text());
+    }
+    let first = app.get("/subject-requests?limit=1", &w.privacy.token).await;
+    assert_eq!(c.check("GET", list_op, &first), 200);
+    let cursor = first.json()["next_cursor"].as_str().expect("four requests, pages of one").to_owned();
+    let r = app.get(&format!("/subject-requests?limit=1&cursor={cursor}"), &w.privacy.token).await;
+    assert_eq!(c.check("GET", list_op, &r), 200);
+    for path in [
+        "/subject-requests?status=done".to_owned(),
+        "/subject-requests?kind=forget".to_owned(),
+        "/subject-requests?subject_id=x".to_owned(),
+        "/subject-requests?overdue=1".to_owned(),
+        "/subject-requests?limit=0".to_owned(),
+        "/subject-requests?cursor=x".to_owned(),
+        format!("/subject-requests?limit=1&kind=access&cursor={cursor}"),
+    ] {
+        assert_eq!(c.check("GET", list_op, &app.get(&path, &w.privacy.token).await), 400, "{path}");
+    }
+    assert_eq!(c.check("GET", list_op, &app.get("/subject-requests", &w.kari_session.token).await), 403);
+    assert_eq!(c.check("GET", list_op, &app.send(Method::GET, "/subject-requests", None, None).await), 401);
+
+    // One request: a pupil's, a staff user's; refusals.
+    for id in [&access, &user_objection] {
+        let r = app.get(&format!("/subject-requests/{id}"), &w.privacy.token).await;
+        assert_eq!(c.check("GET", show_op, &r), 200, "{}", r.text());
+    }
+    for id in [missing.as_str(), "not-a-uuid"] {
+        assert_eq!(c.check("GET", show_op, &app.get(&format!("/subject-requests/{id}"), &w.privacy.token).await), 404);
+    }
+    let path = format!("/subject-requests/{access}");
+    assert_eq!(c.check("GET", show_op, &app.get(&path, &w.bergen_privacy.token).await), 404);
+    assert_eq!(c.check("GET", show_op, &app.get(&path, &w.kari_session.token).await), 403);
+    assert_eq!(c.check("GET", show_op, &app.send(Method::GET, &path, None, None).await), 401);
+
+    // Start (idempotent), extend once, reject; closed requests refuse steps.
+    for _ in 0..2 {
+        let r = app.send(Method::POST, &step_path(&portability, "start"), t, None).await;
+        assert_eq!(c.check("POST", start_op, &r), 200, "{}", r.text());
+        assert_eq!(r.json()["status"], "in_progress");
+    }
+    let extend = |id: &str, body: Value| {
+        let path = step_path(id, "extend");
+        async move { app.post(&path, t, body).await }
+    };
+    for bad in [
+        json!({"months": 3, "reason": "many sources"}),
+        json!({"months": 0, "reason": "x"}),
+        json!({"months": 1, "reason": " "}),
+        json!({"months": 1}),
+        json!({"months": "1", "reason": "x"}),
+    ] {
+        assert_eq!(c.check("POST", extend_op, &extend(&portability, bad.clone()).await), 422, "{bad}");
+    }
+    let r = extend(&portability, json!({"months": 2, "reason": "Results from three publishers to collect"})).await;
+    assert_eq!(c.check("POST", extend_op, &r), 200, "{}", r.text());
+    assert_eq!(r.json()["extension"]["months"], 2);
+    let r = extend(&portability, json!({"months": 1, "reason": "again"})).await;
+    assert_eq!(c.check("POST", extend_op, &r), 409, "extended once only");
+    for (content_type, raw, want) in [("application/json", &b"{\"months\":"[..], 400), ("text/plain", b"{}", 415)] {
+        let headers = [("authorization", auth.as_str()), ("content-type", content_type)];
+        let r = app.call(request(Method::POST, &step_path(&portability, "extend"), &headers, raw)).await;
+        assert_eq!(c.check("POST", extend_op, &r), want, "{content_type}");
+    }
+    let r = extend(&missing, json!({"months": 1, "reason": "x"})).await;
+    assert_eq!(c.check("POST", extend_op, &r), 404);
+    let r = app.post(&step_path(&portability, "extend"), kari, json!({"months": 1, "reason": "x"})).await;
+    assert_eq!(c.check("POST", extend_op, &r), 403);
+
+    let reject = |id: &str, body: Value| {
+        let path = step_path(id, "reject");
+        async move { app.post(&path, t, body).await }
+    };
+    let rejected = registered(by_pupil("objection", &w.other)).await;
+    assert_eq!(c.check("POST", reject_op, &reject(&rejected, json!({"reason": " "})).await), 422);
+    let r = reject(&rejected, json!({"reason": "The requester is not the guardian"})).await;
+    assert_eq!(c.check("POST", reject_op, &r), 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "rejected");
+    assert_eq!(c.check("POST", reject_op, &reject(&rejected, json!({"reason": "again"})).await), 409);
+    assert_eq!(c.check("POST", reject_op, &reject(&missing, json!({"reason": "x"})).await), 404);
+    let r = app.send(Method::POST, &step_path(&rejected, "start"), t, None).await;
+    assert_eq!(c.check("POST", start_op, &r), 409);
+    let r = extend(&rejected, json!({"months": 1, "reason": "x"})).await;
+    assert_eq!(c.check("POST", extend_op, &r), 409);
+    let r = app.post(&step_path(&rejected, "fulfil"), t, json!({"decision": "upheld", "reason": "x"})).await;
+    assert_eq!(c.check("POST", fulfil_op, &r), 409, "a rejected request is closed");
+    for id in [missing.as_str(), "not-a-uuid"] {
+        let r = app.send(Method::POST, &step_path(id, "start"), t, None).await;
+        assert_eq!(c.check("POST", start_op, &r), 404);
+        let r = app.send(Method::POST, &step_path(id, "fulfil"), t, None).await;
+        assert_eq!(c.check("POST", fulfil_op, &r), 404);
+    }
+    let r = app.send(Method::POST, &step_path(&access, "start"), kari, None).await;
+    assert_eq!(c.check("POST", start_op, &r), 403);
+    let r = app.send(Method::POST, &step_path(&access, "start"), bergen, None).await;
+    assert_eq!(c.check("POST", start_op, &r), 404);
+    let r = app.send(Method::POST, &step_path(&access, "start"), None, None).await;
+    assert_eq!(c.check("POST", start_op, &r), 401);
+
+    // Fulfilment, kind by kind. Access (without a body) and portability: exports to download.
+    let r = app.post(&step_path(&access, "fulfil"), t, json!({"decision": "upheld", "reason": "x"})).await;
+    assert_eq!(c.check("POST", fulfil_op, &r), 422, "a decision is for objections only");
+    let r = app.post(&step_path(&access, "fulfil"), kari, json!({})).await;
+    assert_eq!(c.check("POST", fulfil_op, &r), 403);
+    let r = app.post(&step_path(&access, "fulfil"), bergen, json!({})).await;
+    assert_eq!(c.check("POST", fulfil_op, &r), 404);
+    for (content_type, raw, want) in [("application/json", &b"{\"decision\":"[..], 400), ("text/plain", b"{}", 415)] {
+        let headers = [("authorization", auth.as_str()), ("content-type", content_type)];
+        let r = app.call(request(Method::POST, &step_path(&access, "fulfil"), &headers, raw)).await;
+        assert_eq!(c.check("POST", fulfil_op, &r), want, "{content_type}");
+    }
+    let done = fulfilled(access.clone(), None).await;
+    assert_eq!(done["outcome"]["exports"], json!(["json"]), "{done}");
+    assert_eq!(fulfilled(access.clone(), Some(json!({}))).await, done, "fulfilling again: the same answer");
+    let r = app.get(&step_path(&access, "export"), &w.privacy.token).await;
+    assert_eq!(c.check("GET", "/subject-requests/{id}/export", &r), 200, "{}", r.text());
+    let done = fulfilled(portability.clone(), Some(json!({}))).await;
+    assert_eq!(done["outcome"]["exports"], json!(["json", "csv"]), "{done}");
+    let r = app.get(&step_path(&portability, "export"), &w.privacy.token).await;
+    assert_eq!(c.check("GET", "/subject-requests/{id}/export", &r), 200);
+    let csv = app.get(&step_path(&portability, "export.csv"), &w.privacy.token).await;
+    assert_eq!(csv.status, 200, "{}", csv.text());
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    let r = app.get(&format!("/subject-requests/{portability}"), &w.privacy.token).await;
+    assert_eq!(c.check("GET", show_op, &r), 200);
+    assert_eq!(r.json()["exports"].as_array().unwrap().len(), 2, "{}", r.text());
+    let r = app.get(&step_path(&access, "export.csv"), &w.privacy.token).await;
+    assert_eq!(c.check("GET", "/subject-requests/{id}/export.csv", &r), 404, "no CSV for access");
+
+    // Rectification, of a pupil and of a staff user.
+    let mut rect = by_pupil("rectification", &w.pupil);
+    rect["corrections"] = json!([{"field": "given_name", "value": "Åsa"}, {"field": "year_level", "value": 6},
+                                 {"field": "gender", "value": null}]);
+    let done = fulfilled(registered(rect).await, None).await;
+    assert_eq!(done["outcome"]["fields"], json!(["given_name", "year_level", "gender"]), "{done}");
+    let mut rect = by_user("rectification");
+    rect["corrections"] = json!([{"field": "display_name", "value": "Kari L."}, {"field": "email", "value": null}]);
+    let done = fulfilled(registered(rect).await, None).await;
+    assert_eq!(done["outcome"]["recipients"], json!([]), "{done}");
+
+    // Restriction and its lifting; objections (the decision is required).
+    let done = fulfilled(registered(by_pupil("restriction", &w.other)).await, None).await;
+    assert_eq!((done["outcome"]["restricted"].clone(), done["outcome"]["changed"].clone()), (json!(true), json!(true)));
+    let done = fulfilled(registered(by_pupil("restriction_lifted", &w.other)).await, None).await;
+    assert_eq!(done["outcome"]["restricted"], false, "{done}");
+    for bad in
+        [None, Some(json!({})), Some(json!({"decision": "maybe", "reason": "x"})), Some(json!({"decision": "upheld"}))]
+    {
+        let r = app.send(Method::POST, &step_path(&objection, "fulfil"), t, bad.clone()).await;
+        assert_eq!(c.check("POST", fulfil_op, &r), 422, "{bad:?}");
+    }
+    let upheld = json!({"decision": "upheld", "reason": "Particular situation"});
+    let done = fulfilled(objection.clone(), Some(upheld.clone())).await;
+    assert_eq!(done["outcome"]["restricted"], true, "{done}");
+    assert_eq!(done["decision"], upheld);
+    let dismissed = json!({"decision": "dismissed", "reason": "Statutory duty"});
+    assert_eq!(fulfilled(objection.clone(), Some(dismissed.clone())).await, done, "the recorded decision stays");
+    let done = fulfilled(user_objection.clone(), Some(dismissed)).await;
+    assert_eq!(done["outcome"], json!({"decision": "dismissed"}));
+
+    // Erasure: a pupil (then her other request is a 409, a new one a 404), a staff user.
+    let second = registered(by_pupil("erasure", &w.pupil)).await;
+    let erasure = registered(by_pupil("erasure", &w.pupil)).await;
+    let done = fulfilled(erasure.clone(), None).await;
+    assert_eq!(done["outcome"]["results_anonymised"], 2, "{done}");
+    let r = app.send(Method::POST, &step_path(&second, "fulfil"), t, None).await;
+    assert_eq!(c.check("POST", fulfil_op, &r), 409, "the subject was erased");
+    assert_eq!(c.check("POST", list_op, &register(by_pupil("access", &w.pupil)).await), 404);
+    let r = app.get(&format!("/subject-requests/{erasure}"), &w.privacy.token).await;
+    assert_eq!(c.check("GET", show_op, &r), 200);
+    assert_eq!(r.json()["subject"]["erased"], true, "{}", r.text());
+    assert_eq!(r.json()["subject"]["given_name"], Value::Null, "{}", r.text());
+    let r = app.get(&format!("/subject-requests?subject_id={}", w.pupil), &w.privacy.token).await;
+    assert_eq!(c.check("GET", list_op, &r), 200, "the requests stay as proof, by id");
+    let staff = registered(by_user("erasure")).await;
+    let done = fulfilled(staff.clone(), None).await;
+    assert_eq!(done["outcome"]["pseudonymised"], true, "{done}");
+    let r = app.get(&format!("/subject-requests/{staff}"), &w.privacy.token).await;
+    assert_eq!(c.check("GET", show_op, &r), 200);
+    assert_eq!(r.json()["subject"]["erased"], false, "{}", r.text());
+    let r = app.send(Method::POST, &step_path(&registered(by_user("access")).await, "fulfil"), t, None).await;
+    assert_eq!(c.check("POST", fulfil_op, &r), 409, "a pseudonymised account has nothing left to export");
+}

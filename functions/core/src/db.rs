@@ -621,10 +621,11 @@ mod native {
                 if end > start {
                     let n: usize = sql[start..end].parse().unwrap_or(0);
                     if sql[end..].starts_with("::") {
-                        let ty: String = sql[end + 2..]
-                            .chars()
-                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '[' || *c == ']')
-                            .collect();
+                        let rest = &sql[end + 2..];
+                        let mut ty: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+                        if rest[ty.len()..].starts_with("[]") {
+                            ty.push_str("[]");
+                        }
                         if (1..=count).contains(&n) && casts[n - 1].is_empty() {
                             casts[n - 1] = ty;
                         }
@@ -647,7 +648,30 @@ mod native {
     fn arguments(sql: &str, params: &[Value]) -> Result<PgArguments, DbError> {
         let casts = param_casts(sql, params.len())?;
         let mut args = PgArguments::default();
-        for (p, cast) in params.iter().zip(&casts) {
+        for (n, (p, cast)) in params.iter().zip(&casts).enumerate() {
+            // As Spin's client does: it sends each value with the type the
+            // server infers from the first cast, and refuses a value of
+            // another type (a text bound to `$1::date`, an int8 to
+            // `$1::int`). Cast to the bound type first: `$1::text::date`.
+            let bound = match p {
+                Value::Null => None,
+                Value::Bool(_) => Some("bool"),
+                Value::Int(_) => Some("int8"),
+                Value::Float(_) => Some("float8"),
+                Value::Text(_) => Some("text"),
+                Value::Uuid(_) => Some("uuid"),
+                Value::Bytes(_) => Some("bytea"),
+                Value::Json(_) => Some("jsonb"),
+                Value::TextArray(_) => Some("text[]"),
+                Value::IntArray(_) => Some("int8[]"),
+            };
+            if let Some(ty) = bound.filter(|ty| !cast.eq_ignore_ascii_case(ty)) {
+                return Err(DbError::Query(format!(
+                    "parameter ${} is bound as {ty} but first cast to {cast}, which Spin refuses: write ${}::{ty}::{cast}",
+                    n + 1,
+                    n + 1
+                )));
+            }
             let r = match p {
                 Value::Null => match cast.as_str() {
                     "uuid" => args.add(Option::<uuid::Uuid>::None),

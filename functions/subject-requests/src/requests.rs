@@ -395,7 +395,7 @@ pub async fn register(
         let sql = format!(
             "WITH r AS (INSERT INTO subject_requests (tenant_id, kind, subject_kind, subject_id, received_on, due_on, \
                  identity_verification, corrections, registered_by) \
-             VALUES ($1::uuid, $2::text, $3::text, $4::uuid, $5::date, $6::date, $7::text, $8::jsonb, $9::uuid) \
+             VALUES ($1::uuid, $2::text, $3::text, $4::uuid, $5::text::date, $6::text::date, $7::text, $8::jsonb, $9::uuid) \
              RETURNING *) SELECT {REQUEST_COLUMNS} FROM r"
         );
         let row = db
@@ -539,8 +539,8 @@ pub async fn list(
         "SELECT {REQUEST_COLUMNS} FROM subject_requests r \
          WHERE r.tenant_id = $1::uuid AND ($2::text IS NULL OR r.status = $2::text) \
            AND ($3::text IS NULL OR r.kind = $3::text) AND ($4::uuid IS NULL OR r.subject_id = $4::uuid) \
-           AND (NOT $5::bool OR (r.status IN ('received', 'in_progress') AND r.due_on < $6::date)) \
-           AND ($7::date IS NULL OR (r.received_on, r.id) < ($7::date, $8::uuid)) \
+           AND (NOT $5::bool OR (r.status IN ('received', 'in_progress') AND r.due_on < $6::text::date)) \
+           AND ($7::text IS NULL OR (r.received_on, r.id) < ($7::text::date, $8::uuid)) \
          ORDER BY r.received_on DESC, r.id DESC LIMIT $9::int8"
     );
     let params = vec![
@@ -759,8 +759,8 @@ pub async fn step(
                 }
                 let due = add_months(stored.received_on, 1 + months);
                 db.execute(
-                    "UPDATE subject_requests SET extended_months = $3::int, extension_reason = $4::text, \
-                         due_on = $5::date, updated_at = now() WHERE tenant_id = $1::uuid AND id = $2::uuid",
+                    "UPDATE subject_requests SET extended_months = $3::int8::int, extension_reason = $4::text, \
+                         due_on = $5::text::date, updated_at = now() WHERE tenant_id = $1::uuid AND id = $2::uuid",
                     &[tenant, uuid(&id), i64::from(*months).into(), reason.clone().into(), iso(due).into()],
                 )
                 .await?;
