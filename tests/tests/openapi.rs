@@ -1644,6 +1644,11 @@ async fn subject_requests_tour() {
                                  {"field": "gender", "value": null}]);
     let done = fulfilled(registered(rect).await, None).await;
     assert_eq!(done["outcome"]["fields"], json!(["given_name", "year_level", "gender"]), "{done}");
+    // The school system sends the old values again: the corrections are kept, and its answer says so.
+    let sorby = || tavle_tests::subjects::roster("sorby", "6A", &[(0, "Åse", "Ødegård")]);
+    let r = app.deliver(&w.sas, "roster", "r-kept", &sorby()).await;
+    assert_eq!(c.check("POST", "/ingest/{source}/roster", &r), 200);
+    assert_eq!(r.json()["corrections_kept"].as_array().map(Vec::len), Some(3), "{}", r.text());
     let mut rect = by_user("rectification");
     rect["corrections"] = json!([{"field": "display_name", "value": "Kari L."}, {"field": "email", "value": null}]);
     let done = fulfilled(registered(rect).await, None).await;
@@ -1674,6 +1679,9 @@ async fn subject_requests_tour() {
     let erasure = registered(by_pupil("erasure", &w.pupil)).await;
     let done = fulfilled(erasure.clone(), None).await;
     assert_eq!(done["outcome"]["results_anonymised"], 2, "{done}");
+    let r = app.deliver(&w.sas, "roster", "r-erased", &sorby()).await;
+    assert_eq!(c.check("POST", "/ingest/{source}/roster", &r), 200);
+    assert_eq!(r.json()["erased_skipped"], json!([0]), "an erased pupil is not re-created: {}", r.text());
     let r = app.send(Method::POST, &step_path(&second, "fulfil"), t, None).await;
     assert_eq!(c.check("POST", fulfil_op, &r), 409, "the subject was erased");
     assert_eq!(c.check("POST", list_op, &register(by_pupil("access", &w.pupil)).await), 404);

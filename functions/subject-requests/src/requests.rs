@@ -469,7 +469,11 @@ async fn resolve(
             Value::Bytes(index.ok_or_else(Problem::internal)?.to_vec()),
             true,
         ),
-        Named::User(id) => ("SELECT id FROM users WHERE tenant_id = $1::uuid AND id = $2::uuid", uuid(id), false),
+        Named::User(id) => (
+            "SELECT id FROM users WHERE tenant_id = $1::uuid AND id = $2::uuid AND username NOT LIKE 'erased-%'",
+            uuid(id),
+            false,
+        ),
     };
     let row = db.query_opt(&format!("{sql} FOR SHARE"), &[tenant, key]).await?.ok_or_else(Problem::not_found)?;
     let id = row.text("id")?;
