@@ -90,16 +90,18 @@ CREATE TABLE pupil_corrections (
 );
 
 -- Erased pupils, so that a roster that still lists one does not re-create
--- them: a keyed hash (HMAC under a key derived from the blind-index key,
--- another purpose than the index) of the identity number or the Feide
+-- them: a keyed hash (HMAC under the blind-index key with its own label,
+-- see BlindIndex::tombstone_of_index) of the blind index or the Feide
 -- username. It is not the blind index, which erasure destroys, and finds
 -- nothing: it only answers "was erased" for a number a source sends. A
 -- roster skips such pupils and reports them (`erased_skipped`).
+-- No request id and only the date: nothing leads from a tombstone (which
+-- whoever holds the key and an identity number can recompute) to the
+-- request, and from there to the pupil's old id in the logs.
 CREATE TABLE erased_pupils (
     tenant_id  uuid NOT NULL REFERENCES tenants (id),
     tombstone  bytea NOT NULL CHECK (octet_length(tombstone) = 32),
-    request_id uuid NOT NULL,
-    erased_at  timestamptz NOT NULL DEFAULT now(),
+    erased_on  date NOT NULL DEFAULT current_date,
     PRIMARY KEY (tenant_id, tombstone)
 );
 
@@ -119,7 +121,8 @@ CREATE TABLE anonymised_results (
     score           float8,
     subtest_scores  jsonb,
     completed_month date,
-    anonymised_at   timestamptz NOT NULL DEFAULT now(),
+    -- The date only: the rows of one erasure are not told apart from others by time.
+    anonymised_on   date NOT NULL DEFAULT current_date,
     FOREIGN KEY (tenant_id, assessment_id) REFERENCES assessments (tenant_id, id)
 );
 CREATE INDEX anonymised_results_assessment ON anonymised_results (tenant_id, assessment_id);

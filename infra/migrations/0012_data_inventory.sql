@@ -94,7 +94,10 @@ INSERT INTO data_inventory_tables (table_name, purpose, legal_basis, retention, 
 ('results', 'Pupils'' results: scores, status, items and answers, subtest scores, from publishers or registered manually by staff.',
  'GDPR Art. 6(1)(e): the controller''s duty to follow up pupils'' learning (Education Act).',
  'While the pupil attends a school of the controller; at erasure or after leaving, anonymised (anonymised_results).',
- 't.tenant_id = $1::uuid AND t.pupil_id = $2::uuid', 't.tenant_id = $1::uuid AND t.recorded_by = $2::uuid'),
+ 't.tenant_id = $1::uuid AND t.pupil_id = $2::uuid',
+ -- Not for staff: the results a teacher recorded are the pupils' data (Art. 15(4)); the audit log
+ -- holds the teacher's registrations as their own actions.
+ NULL),
 ('access_log', 'Tamper-evident log of every access to pupil data: who, when, from where, which pupils.',
  'GDPR Art. 6(1)(c) with Art. 5(2) and 32; the customer''s logging requirement (seed 004 3.4.3.3.10).',
  'At least 6 months, then pruned (access_log_prune).',
@@ -237,14 +240,14 @@ INSERT INTO data_inventory_columns (table_name, column_name, category) VALUES
 ('pupil_corrections', 'request_id', 'none'), ('pupil_corrections', 'corrected_at', 'personal'),
 
 ('erased_pupils', 'tenant_id', 'none'), ('erased_pupils', 'tombstone', 'pseudonymous'),
-('erased_pupils', 'request_id', 'none'), ('erased_pupils', 'erased_at', 'none'),
+('erased_pupils', 'erased_on', 'none'),
 
 ('anonymised_results', 'id', 'none'), ('anonymised_results', 'tenant_id', 'none'),
 ('anonymised_results', 'assessment_id', 'none'), ('anonymised_results', 'school_id', 'none'),
 ('anonymised_results', 'year_level', 'none'), ('anonymised_results', 'gender', 'none'),
 ('anonymised_results', 'status', 'none'), ('anonymised_results', 'score', 'none'),
 ('anonymised_results', 'subtest_scores', 'none'), ('anonymised_results', 'completed_month', 'none'),
-('anonymised_results', 'anonymised_at', 'none'),
+('anonymised_results', 'anonymised_on', 'none'),
 
 ('subject_keys', 'tenant_id', 'none'), ('subject_keys', 'subject_id', 'pseudonymous'),
 ('subject_keys', 'key_enc', 'credential'), ('subject_keys', 'created_at', 'personal'),

@@ -12,8 +12,8 @@
 //!     BENCH_SMOKE=1 cargo bench -p tavle-tests --bench subject_requests  # smoke run (CI)
 //!
 //! Knobs (environment): `BENCH_SAMPLES` (exports and erasures per host,
-//! default 15; smoke 2), `BENCH_RESULTS` (per pupil, default 1,000; smoke
-//! 50), `BENCH_RECORDS` (access records per pupil, default 500; smoke 20).
+//! default 15; smoke 2), `BENCH_RESULTS` (per pupil, in whole hundreds, default 1,000;
+//! smoke 100), `BENCH_RECORDS` (access records per pupil, default 500; smoke 20).
 
 #[allow(dead_code)] // shared by the benches; this one uses only a few of its helpers
 mod common;
@@ -43,25 +43,33 @@ async fn loaded_pupil(
     });
     let r = app.deliver(sas, "roster", &format!("r-{n}"), &roster).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    // Results in posts of 500, over assessments of 100 results each.
-    let rows: Vec<serde_json::Value> = (0..results)
-        .map(|i| {
-            let items: Vec<serde_json::Value> = (0..10)
-                .map(|q| json!({"item": format!("q{q}"), "score": q % 2, "max_score": 1, "answer": format!("svar {q}")}))
-                .collect();
-            json!({"external_id": format!("p{n}-r{i}"), "pupil": {"identity_number": synthetic_id(n)},
-                   "score": (i % 40) as f64, "status": "completed", "completed_at": "2026-09-15T09:30:00Z", "items": items})
-        })
-        .collect();
-    for (c, chunk) in rows.chunks(100).enumerate() {
+    // One result per assessment through the webhook (a post holds one result
+    // per pupil), then the rest alike by SQL: 100 results per assessment.
+    let assessments = results.div_ceil(100);
+    for c in 0..assessments {
+        let items: Vec<serde_json::Value> = (0..10)
+            .map(|q| json!({"item": format!("q{q}"), "score": q % 2, "max_score": 1, "answer": format!("svar {q}")}))
+            .collect();
         let post = json!({
             "assessment": {"external_id": format!("a{c}"), "title": format!("Prøve {c}"), "subject": "norsk",
                            "year_level": 5, "max_score": 40, "administered_on": "2026-09-15"},
-            "results": chunk,
+            "results": [{"external_id": format!("p{n}-a{c}-0"), "pupil": {"identity_number": synthetic_id(n)},
+                         "score": 20, "status": "completed", "completed_at": "2026-09-15T09:30:00Z", "items": items}],
         });
         let r = app.deliver(publisher, "results", &format!("p{n}-post{c}"), &post).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    sqlx::query(
+        "INSERT INTO results (tenant_id, pupil_id, assessment_id, source_id, external_id, score, status, completed_at, items) \
+         SELECT r.tenant_id, r.pupil_id, r.assessment_id, r.source_id, r.external_id || '-' || i, (i % 40)::float8, \
+                r.status, r.completed_at, r.items \
+         FROM results r JOIN pupils p ON p.id = r.pupil_id, generate_series(1, 99) AS i \
+         WHERE p.family_name = $1",
+    )
+    .bind(format!("Family{n}"))
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let pupil: uuid::Uuid = sqlx::query_scalar("SELECT id FROM pupils WHERE family_name = $1")
         .bind(format!("Family{n}"))
         .fetch_one(&app.pool)
@@ -115,7 +123,8 @@ fn line(host: &str, what: &str, samples: &[Duration]) {
 fn main() {
     print_panics();
     let samples = size("BENCH_SAMPLES", 15, 2);
-    let results = size("BENCH_RESULTS", 1_000, 50);
+    // Whole assessments of 100 results each.
+    let results = size("BENCH_RESULTS", 1_000, 100).div_ceil(100) * 100;
     let records = size("BENCH_RECORDS", 500, 20);
     if smoke() {
         println!("{}", smoke_banner(&format!("{samples} samples, {results} results, {records} records")));

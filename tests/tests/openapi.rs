@@ -1563,10 +1563,13 @@ async fn subject_requests_tour() {
     ] {
         assert_eq!(c.check("POST", extend_op, &extend(&portability, bad.clone()).await), 422, "{bad}");
     }
-    let r = extend(&portability, json!({"months": 2, "reason": "Results from three publishers to collect"})).await;
+    // Received 45 days ago, so overdue: too late to extend (Art. 12(3)).
+    let r = extend(&portability, json!({"months": 1, "reason": "late"})).await;
+    assert_eq!(c.check("POST", extend_op, &r), 409, "an overdue request is not extended");
+    let r = extend(&access, json!({"months": 2, "reason": "Results from three publishers to collect"})).await;
     assert_eq!(c.check("POST", extend_op, &r), 200, "{}", r.text());
     assert_eq!(r.json()["extension"]["months"], 2);
-    let r = extend(&portability, json!({"months": 1, "reason": "again"})).await;
+    let r = extend(&access, json!({"months": 1, "reason": "again"})).await;
     assert_eq!(c.check("POST", extend_op, &r), 409, "extended once only");
     for (content_type, raw, want) in [("application/json", &b"{\"months\":"[..], 400), ("text/plain", b"{}", 415)] {
         let headers = [("authorization", auth.as_str()), ("content-type", content_type)];
@@ -1692,11 +1695,14 @@ async fn subject_requests_tour() {
     let r = app.get(&format!("/subject-requests?subject_id={}", w.pupil), &w.privacy.token).await;
     assert_eq!(c.check("GET", list_op, &r), 200, "the requests stay as proof, by id");
     let staff = registered(by_user("erasure")).await;
+    let late_access = registered(by_user("access")).await;
     let done = fulfilled(staff.clone(), None).await;
     assert_eq!(done["outcome"]["pseudonymised"], true, "{done}");
     let r = app.get(&format!("/subject-requests/{staff}"), &w.privacy.token).await;
     assert_eq!(c.check("GET", show_op, &r), 200);
-    assert_eq!(r.json()["subject"]["erased"], false, "{}", r.text());
-    let r = app.send(Method::POST, &step_path(&registered(by_user("access")).await, "fulfil"), t, None).await;
+    assert_eq!(r.json()["subject"]["erased"], true, "{}", r.text());
+    let r = app.send(Method::POST, &step_path(&late_access, "fulfil"), t, None).await;
     assert_eq!(c.check("POST", fulfil_op, &r), 409, "a pseudonymised account has nothing left to export");
+    let r = register(by_user("access")).await;
+    assert_eq!(c.check("POST", list_op, &r), 404, "a pseudonymised account is no subject any more");
 }

@@ -39,13 +39,11 @@ async fn a_request_is_registered_followed_to_its_due_date_extended_once_and_its_
     let w = world().await;
     // Received 45 days ago: overdue by now. Due dates are calendar months,
     // clipped to the month's end as PostgreSQL's interval arithmetic does.
-    let (received, due, extended): (String, String, String) = sqlx::query_as(
-        "SELECT (current_date - 45)::text, ((current_date - 45) + interval '1 month')::date::text, \
-                ((current_date - 45) + interval '3 months')::date::text",
-    )
-    .fetch_one(&w.app.pool)
-    .await
-    .unwrap();
+    let (received, due): (String, String) =
+        sqlx::query_as("SELECT (current_date - 45)::text, ((current_date - 45) + interval '1 month')::date::text")
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap();
     // By identity number (in the body, never in the URL).
     let r = register(
         &w,
@@ -75,17 +73,30 @@ async fn a_request_is_registered_followed_to_its_due_date_extended_once_and_its_
 
     let r = step(&w, &id, "start", json!({})).await;
     assert_eq!(r.json()["status"], "in_progress", "{}", r.text());
-    step(&w, &id, "extend", json!({"months": 3, "reason": "many sources"}))
+    // Too late to extend an overdue request (Art. 12(3): the subject is told
+    // within the month): 409, and nothing changes.
+    let before = w.app.snapshot(true).await;
+    step(&w, &id, "extend", json!({"months": 1, "reason": "late"})).await.assert_problem(409, "conflict");
+    assert_eq!(w.app.snapshot(true).await, before, "a refused extension changes nothing");
+
+    // One received 20 days ago is extended, once, by up to two further months.
+    let (received, extended): (String, String) =
+        sqlx::query_as("SELECT (current_date - 20)::text, ((current_date - 20) + interval '3 months')::date::text")
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap();
+    let recent = registered(&w, "access", json!({"received_on": received})).await;
+    step(&w, &recent, "extend", json!({"months": 3, "reason": "many sources"}))
         .await
         .assert_problem(422, "validation-failed");
-    let r = step(&w, &id, "extend", json!({"months": 2, "reason": "Results from three publishers to collect"})).await;
+    let r =
+        step(&w, &recent, "extend", json!({"months": 2, "reason": "Results from three publishers to collect"})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["due_on"], json!(extended));
     assert_eq!(r.json()["overdue"], false);
-    let r = w.app.get("/subject-requests?overdue=true", &w.privacy.token).await;
-    assert_eq!(r.json()["items"], json!([]), "extended: no longer overdue");
+    assert_eq!(r.json()["extension"]["months"], 2);
     let before = w.app.snapshot(true).await;
-    step(&w, &id, "extend", json!({"months": 1, "reason": "again"})).await.assert_problem(409, "conflict");
+    step(&w, &recent, "extend", json!({"months": 1, "reason": "again"})).await.assert_problem(409, "conflict");
     assert_eq!(w.app.snapshot(true).await, before, "a refused second extension changes nothing");
 
     // Lists filter by status, kind and subject.
@@ -107,14 +118,25 @@ async fn a_request_is_registered_followed_to_its_due_date_extended_once_and_its_
     assert_eq!(list("kind=objection").await, vec![other.clone()]);
     assert_eq!(list("status=completed").await, Vec::<String>::new());
     let by_subject = w.app.get(&format!("/subject-requests?subject_id={}", w.pupil), &w.privacy.token).await;
-    assert_eq!(by_subject.json()["items"].as_array().unwrap().len(), 2);
-    // Pages of one: the cursor carries on, and is bound to the caller.
-    let r = w.app.get("/subject-requests?limit=1", &w.privacy.token).await;
-    let cursor = r.json()["next_cursor"].as_str().unwrap().to_owned();
-    let r2 = w.app.get(&format!("/subject-requests?limit=1&cursor={cursor}"), &w.privacy.token).await;
-    assert_eq!(r2.status, 200, "{}", r2.text());
-    assert_ne!(r.json()["items"][0]["id"], r2.json()["items"][0]["id"]);
-    assert!(r2.json()["next_cursor"].is_null());
+    assert_eq!(by_subject.json()["items"].as_array().unwrap().len(), 3);
+    // Pages of one: the cursor carries on to the end, each request once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let r = w.app.get(&format!("/subject-requests?limit=1{q}"), &w.privacy.token).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.push(r.json()["items"][0]["id"].as_str().unwrap().to_owned());
+        match r.json()["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+    let first = w.app.get("/subject-requests?limit=1", &w.privacy.token).await;
+    let cursor = first.json()["next_cursor"].as_str().unwrap().to_owned();
     let bad = w.app.get(&format!("/subject-requests?limit=1&status=received&cursor={cursor}"), &w.privacy.token).await;
     bad.assert_problem(400, "malformed-request");
 
@@ -129,7 +151,7 @@ async fn a_request_is_registered_followed_to_its_due_date_extended_once_and_its_
     let shown = r.json();
     let actions: Vec<&str> =
         shown["history"].as_array().unwrap().iter().map(|h| h["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["subject_request.registered", "subject_request.started", "subject_request.extended"]);
+    assert_eq!(actions, ["subject_request.registered", "subject_request.started"]);
     assert!(shown["history"].as_array().unwrap().iter().all(|h| h["actor_user_id"] == w.per.user_id));
     assert_eq!(shown["subject"]["given_name"], "Åse");
     // Views that name the pupil are accesses to her data.
@@ -253,7 +275,11 @@ async fn an_erased_pupil_is_in_no_column_of_any_table_and_a_roster_does_not_brin
     let access = registered(&w, "access", json!({})).await;
     assert_eq!(fulfil(&w, &access, json!({})).await.status, 200);
     let second = registered(&w, "erasure", json!({})).await;
-    let id = registered(&w, "erasure", json!({})).await;
+    // Free text that names her, by her name before the rectification and her
+    // identity number (spaced): scrubbed at erasure.
+    let number = synthetic_id(0);
+    let text = format!("Mother of Åse Ødegård came with ID; fnr {} {}", &number[..6], &number[6..]);
+    let id = registered(&w, "erasure", json!({"identity_verification": text})).await;
 
     let (index, enc): (Vec<u8>, Vec<u8>) =
         sqlx::query_as("SELECT identity_index, identity_enc FROM pupils WHERE id = $1::uuid")
@@ -262,7 +288,6 @@ async fn an_erased_pupil_is_in_no_column_of_any_table_and_a_roster_does_not_brin
             .await
             .unwrap();
     let index_hex: String = index.iter().map(|b| format!("{b:02x}")).collect();
-    let number = synthetic_id(0);
     let needles = ["Åse", "Åsa", "Ødegård", number.as_str(), "pupil0@skole.no", index_hex.as_str()];
     let bytes = [index.clone(), enc.clone()];
     assert!(!scan(&w.app, &needles, &bytes).await.is_empty(), "the scan finds her before the erasure");
@@ -277,6 +302,14 @@ async fn an_erased_pupil_is_in_no_column_of_any_table_and_a_roster_does_not_brin
 
     let left = scan(&w.app, &needles, &bytes).await;
     assert!(left.is_empty(), "after erasure: {left:?}");
+    let spaced = format!("{} {}", &number[..6], &number[6..]);
+    assert!(scan(&w.app, &[spaced.as_str()], &[]).await.is_empty(), "the spaced number is scrubbed too");
+    let scrubbed: String = sqlx::query_scalar("SELECT identity_verification FROM subject_requests WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(scrubbed, "Mother of [erased] [erased] came with ID; fnr [erased]");
     assert_eq!(w.app.count("SELECT count(*) FROM results").await, results_before - 2);
     assert_eq!(w.app.count("SELECT count(*) FROM anonymised_results").await, 2);
     assert_eq!(w.app.count("SELECT count(*) FROM subject_keys").await, 0, "rectified values shredded");

@@ -24,6 +24,10 @@ use crate::db::{uuid, Db, Value};
 use crate::Problem;
 use serde_json::{json, Value as Json};
 
+/// The username prefix of pseudonymised staff accounts (`username LIKE
+/// 'erased-%'` in SQL): reserved, no account can be given such a name.
+pub const PSEUDONYM_PREFIX: &str = "erased-";
+
 /// What an erasure did, for the completion record and the retention report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Erased {
@@ -54,15 +58,23 @@ pub async fn pupil_sources(db: &mut impl Db, tenant_id: &str, pupil_id: &str) ->
     Ok(row.json("sources")?)
 }
 
+/// Why a pupil is erased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The subject asked (Art. 17): tombstones keep rosters from re-creating them.
+    Request,
+    /// Retention: no tombstone, so a pupil who enrols again is a pupil again.
+    Retention,
+}
+
 /// Erases the tenant's pupil `pupil_id` (see the module comment) in the
-/// caller's transaction. `request_id` is the request (or retention run)
-/// that erased them. `None` when there is no such pupil (already erased).
+/// caller's transaction. `None` when there is no such pupil (already erased).
 pub async fn erase_pupil(
     db: &mut impl Db,
     index: &BlindIndex,
     tenant_id: &str,
     pupil_id: &str,
-    request_id: &str,
+    reason: Reason,
 ) -> Result<Option<Erased>, Problem> {
     let tenant = || uuid(tenant_id);
     let pupil = || uuid(pupil_id);
@@ -79,17 +91,16 @@ pub async fn erase_pupil(
     let sources = pupil_sources(db, tenant_id, pupil_id).await?;
 
     let mut tombstones = Vec::new();
-    if !row.is_null("identity_index")? {
+    if reason == Reason::Request && !row.is_null("identity_index")? {
         tombstones.push(index.tombstone_of_index(tenant_id, &row.bytes("identity_index")?));
     }
-    if let Some(feide) = row.opt_text("feide_username")? {
+    if let (Reason::Request, Some(feide)) = (reason, row.opt_text("feide_username")?) {
         tombstones.push(index.tombstone_of_feide(tenant_id, &feide));
     }
     for t in tombstones {
         db.execute(
-            "INSERT INTO erased_pupils (tenant_id, tombstone, request_id) VALUES ($1::uuid, $2::bytea, $3::uuid) \
-             ON CONFLICT DO NOTHING",
-            &[tenant(), Value::Bytes(t), uuid(request_id)],
+            "INSERT INTO erased_pupils (tenant_id, tombstone) VALUES ($1::uuid, $2::bytea) ON CONFLICT DO NOTHING",
+            &[tenant(), Value::Bytes(t)],
         )
         .await?;
     }
@@ -114,13 +125,10 @@ pub async fn erase_pupil(
         )
         .await? as i64;
 
-    scrub_requests(
-        db,
-        tenant_id,
-        pupil_id,
-        &[row.text("given_name")?, row.text("family_name")?, row.opt_text("feide_username")?.unwrap_or_default()],
-    )
-    .await?;
+    let mut words =
+        vec![row.text("given_name")?, row.text("family_name")?, row.opt_text("feide_username")?.unwrap_or_default()];
+    words.extend(earlier_values(db, tenant_id, pupil_id).await?);
+    scrub_requests(db, tenant_id, pupil_id, &words).await?;
     forget_subject(db, tenant_id, pupil_id).await?;
     db.execute("DELETE FROM pupils WHERE tenant_id = $1::uuid AND id = $2::uuid", &[tenant(), pupil()]).await?;
     Ok(Some(Erased { results_anonymised, memberships_removed, sources }))
@@ -143,12 +151,48 @@ async fn forget_subject(db: &mut impl Db, tenant_id: &str, subject_id: &str) -> 
     Ok(())
 }
 
-/// Replaces every non-empty `words` (names) in the free text of the
-/// subject's own requests by `[erased]`, case-insensitively (`***=`: the
-/// word is matched as a literal string, never as a pattern), and drops the
-/// corrected values (the fields stay).
+/// The values a subject's data held before rectifications (what the school
+/// system had sent) and the values asked for: free text may name them too.
+async fn earlier_values(db: &mut impl Db, tenant_id: &str, subject_id: &str) -> Result<Vec<String>, Problem> {
+    let rows = db
+        .query(
+            "SELECT source_value AS v FROM pupil_corrections \
+              WHERE tenant_id = $1::uuid AND pupil_id = $2::uuid AND source_value IS NOT NULL \
+             UNION SELECT c->>'value' FROM subject_requests r, jsonb_array_elements(r.corrections) c \
+              WHERE r.tenant_id = $1::uuid AND r.subject_id = $2::uuid AND c->>'value' IS NOT NULL",
+            &[uuid(tenant_id), uuid(subject_id)],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(r.text("v")?)).collect()
+}
+
+/// Replaces, in the free text of the subject's own requests, every one of
+/// `words` (names, usernames) and each of their parts by `[erased]`,
+/// case-insensitively (`***=`: matched as a literal string, never as a
+/// pattern), and every run of eleven digits (an identity number, however
+/// spaced); drops the corrected values (the fields stay).
 async fn scrub_requests(db: &mut impl Db, tenant_id: &str, subject_id: &str, words: &[String]) -> Result<(), Problem> {
-    for word in words.iter().map(|w| w.trim()).filter(|w| !w.is_empty()) {
+    let mut all: Vec<String> = Vec::new();
+    for word in words.iter().map(|w| crate::names::nfc(w.trim())).filter(|w| !w.is_empty()) {
+        all.extend(
+            word.split(|c: char| c.is_whitespace() || c == '-').filter(|p| p.chars().count() > 1).map(str::to_owned),
+        );
+        all.push(word);
+    }
+    // Longest first, so that a whole name goes before its parts.
+    all.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    all.dedup();
+    db.execute(
+        "UPDATE subject_requests SET \
+             identity_verification = regexp_replace(identity_verification, '[0-9]{6}[ .-]?[0-9]{5}', '[erased]', 'g'), \
+             extension_reason = regexp_replace(extension_reason, '[0-9]{6}[ .-]?[0-9]{5}', '[erased]', 'g'), \
+             rejection_reason = regexp_replace(rejection_reason, '[0-9]{6}[ .-]?[0-9]{5}', '[erased]', 'g'), \
+             decision_reason = regexp_replace(decision_reason, '[0-9]{6}[ .-]?[0-9]{5}', '[erased]', 'g') \
+         WHERE tenant_id = $1::uuid AND subject_id = $2::uuid",
+        &[uuid(tenant_id), uuid(subject_id)],
+    )
+    .await?;
+    for word in &all {
         db.execute(
             "UPDATE subject_requests SET \
                  identity_verification = regexp_replace(identity_verification, '***=' || $3::text, '[erased]', 'gi'), \
@@ -156,7 +200,7 @@ async fn scrub_requests(db: &mut impl Db, tenant_id: &str, subject_id: &str, wor
                  rejection_reason = regexp_replace(rejection_reason, '***=' || $3::text, '[erased]', 'gi'), \
                  decision_reason = regexp_replace(decision_reason, '***=' || $3::text, '[erased]', 'gi') \
              WHERE tenant_id = $1::uuid AND subject_id = $2::uuid",
-            &[uuid(tenant_id), uuid(subject_id), word.into()],
+            &[uuid(tenant_id), uuid(subject_id), word.as_str().into()],
         )
         .await?;
     }

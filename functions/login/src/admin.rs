@@ -136,7 +136,9 @@ pub fn normalise_username(raw: &str) -> Option<String> {
     let u = raw.trim().to_lowercase();
     let ok = (2..=64).contains(&u.len())
         && u.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._@-".contains(c));
+        && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._@-".contains(c))
+        // Reserved for pseudonymised accounts (`tavle_core::erasure`).
+        && !u.starts_with(tavle_core::erasure::PSEUDONYM_PREFIX);
     ok.then_some(u)
 }
 
@@ -248,7 +250,10 @@ fn validate_new_user(body: NewUser) -> Result<ValidNewUser, Problem> {
     let mut checks = Checks::default();
     let username = normalise_username(&body.username);
     if username.is_none() {
-        checks.fail("/username", "must be 2 to 64 characters: a-z, 0-9 and . _ @ -, starting with a letter or digit");
+        checks.fail(
+            "/username",
+            "must be 2 to 64 characters: a-z, 0-9 and . _ @ -, starting with a letter or digit, not with `erased-`",
+        );
     }
     check_display_name(&mut checks, "/display_name", &body.display_name);
     let email = body.email.as_deref().map(str::trim).filter(|e| !e.is_empty());

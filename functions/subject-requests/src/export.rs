@@ -11,7 +11,9 @@
 //! - `pupils.identity_enc` by the decrypted identity number (only here),
 //!   `pupils.identity_index` by a description of the blind index;
 //! - in a pupil's export, access records name only that pupil (`pupil_ids`
-//!   of a class overview also names the rest of the class);
+//!   of a class overview also names the rest of the class); in a staff
+//!   user's, they carry only how many pupils a read named (Art. 15(4): the
+//!   pupils' data is not the user's);
 //! - everything else as stored.
 //!
 //! The document also carries the controller, the purposes, legal bases and
@@ -253,6 +255,9 @@ fn disclose(table: &Table, data: &mut Map<String, Json>, subject: &Subject, iden
             (_, "pupil_ids", _) if matches!(subject, Subject::Pupil(_)) => {
                 *value = json!([subject.id()]);
             }
+            // A staff user's own reads name pupils: their data, not the
+            // user's (Art. 15(4)). The user learns how many, not whom.
+            (_, "pupil_ids", _) => *value = json!(value.as_array().map_or(0, Vec::len)),
             _ => {}
         }
     }

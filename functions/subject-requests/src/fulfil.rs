@@ -78,7 +78,7 @@ fn decision(kind: Kind, body: FulfilBody) -> Result<Option<Decision>, Problem> {
                     None
                 }
             };
-            let reason = body.reason.unwrap_or_default().trim().to_owned();
+            let reason = tavle_core::names::nfc(body.reason.unwrap_or_default().trim());
             check_text(&mut checks, "/reason", &reason, 2000);
             upheld.map(|upheld| Decision { upheld, reason })
         }
@@ -93,17 +93,8 @@ fn decision(kind: Kind, body: FulfilBody) -> Result<Option<Decision>, Problem> {
     Ok(out)
 }
 
+/// `POST /subject-requests/{id}/fulfil`; `today` dates the answer's `overdue`.
 pub async fn fulfil(
-    req: &Request,
-    meta: &RequestMeta,
-    vars: &impl Variables,
-    db: &mut impl Db,
-    id: &str,
-) -> HttpResult {
-    fulfil_on(req, meta, vars, db, id, tavle_core::scores::today_utc()).await
-}
-
-async fn fulfil_on(
     req: &Request,
     meta: &RequestMeta,
     vars: &impl Variables,
@@ -115,27 +106,41 @@ async fn fulfil_on(
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
     let body = parse_body(req)?;
     // The kind decides what the body must hold: read it first (no lock;
-    // the kind never changes), so the body is checked before the transaction.
-    let kind = db
+    // kind and subject never change), so the body is checked before the
+    // transaction.
+    let first = db
         .query_opt(
-            "SELECT kind FROM subject_requests WHERE tenant_id = $1::uuid AND id = $2::uuid",
+            "SELECT kind, subject_kind, subject_id, status FROM subject_requests \
+             WHERE tenant_id = $1::uuid AND id = $2::uuid",
             &[uuid(&who.tenant_id), uuid(&id)],
         )
         .await?
-        .ok_or_else(Problem::not_found)?
-        .text("kind")?;
-    let kind = Kind::parse(&kind).ok_or_else(Problem::internal)?;
+        .ok_or_else(Problem::not_found)?;
+    let kind = Kind::parse(&first.text("kind")?).ok_or_else(Problem::internal)?;
     let decision = decision(kind, body)?;
+    if first.text("status")? == Status::Completed.as_str() {
+        // Fulfilled already: the same answer, no second effect.
+        return requests::answer(db, &who, &id, today).await;
+    }
     let index = blind_index(vars)?;
     let identity = identity_cipher(vars)?;
-    if matches!(kind, Kind::Access | Kind::Portability) {
+    let export = matches!(kind, Kind::Access | Kind::Portability);
+    if export {
         // Housekeeping before the export: expired exports go (audited).
         export::delete_expired(db, Some(meta), &who.tenant_id).await?;
     }
+    let exported_pupil =
+        (export && first.text("subject_kind")? == "pupil").then(|| first.text("subject_id")).transpose()?;
     transaction(db, async |db| {
-        if matches!(kind, Kind::Access | Kind::Portability) {
-            // One consistent picture for the whole export.
+        if export {
+            // One consistent picture for the whole export. Its access
+            // record is the first statement: the snapshot is then taken
+            // holding the record's lane, so no later append can conflict
+            // with it (which REPEATABLE READ would answer with 40001).
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", &[]).await?;
+            if let Some(p) = &exported_pupil {
+                tavle_core::access_log::append(db, &who, meta, "subject_export.built", vec![p.clone()]).await?;
+            }
         }
         let stored = load_for_update(db, &who, &id).await?;
         match stored.status {
@@ -145,9 +150,7 @@ async fn fulfil_on(
             Status::Received | Status::InProgress => {}
         }
         let outcome = match stored.kind {
-            Kind::Access | Kind::Portability => {
-                export_for(db, vars, meta, &who, &stored, kind == Kind::Portability).await?
-            }
+            Kind::Access | Kind::Portability => export_for(db, vars, &who, &stored, kind == Kind::Portability).await?,
             Kind::Rectification => rectify(db, meta, &who, &identity, &stored).await?,
             Kind::Erasure => erase(db, &who, &index, &stored).await?,
             Kind::Restriction => restrict(db, &who, &stored, true).await?,
@@ -211,7 +214,6 @@ async fn subject_exists(db: &mut impl Db, who: &Principal, subject: &Subject) ->
 async fn export_for(
     db: &mut impl Db,
     vars: &impl Variables,
-    meta: &RequestMeta,
     who: &Principal,
     stored: &Stored,
     portability: bool,
@@ -222,10 +224,8 @@ async fn export_for(
     let built = export::build(db, vars, &who.tenant_id, &stored.subject, portability).await?;
     let expires_at =
         export::store(db, vars, &who.tenant_id, &stored.id, &who.user_id, &built, DEFAULT_TTL_DAYS).await?;
-    if let Subject::Pupil(p) = &stored.subject {
-        // Building the export read all of the pupil's data.
-        tavle_core::access_log::append(db, who, meta, "subject_export.built", vec![p.clone()]).await?;
-    }
+    // Its access record (building it read all of the pupil's data) was the
+    // transaction's first statement (see `fulfil`).
     let mut formats = vec!["json"];
     if built.csv.is_some() {
         formats.push("csv");
@@ -300,9 +300,13 @@ async fn rectify(
         )
         .await?;
     let mut changes = serde_json::Map::new();
+    let fields: &[&'static str] =
+        if matches!(stored.subject, Subject::Pupil(_)) { &requests::PUPIL_FIELDS } else { &requests::USER_FIELDS };
     for Correction { field, value } in &stored.corrections {
+        // Checked again here: the name goes into the statement's text.
+        let field: &'static str = fields.iter().copied().find(|f| f == field).ok_or_else(Problem::internal)?;
         let old = before.opt_text(field)?;
-        changes.insert(field.clone(), json!({"before": old, "after": value}));
+        changes.insert(field.to_owned(), json!({"before": old, "after": value}));
         // The field names are the validated, fixed list (`requests::PUPIL_FIELDS`, `USER_FIELDS`).
         let cast = if field == "year_level" { "::int" } else { "" };
         db.execute(
@@ -320,7 +324,7 @@ async fn rectify(
                 "INSERT INTO pupil_corrections (tenant_id, pupil_id, field, source_value, request_id) \
                  VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::uuid) \
                  ON CONFLICT (pupil_id, field) DO UPDATE SET request_id = EXCLUDED.request_id, corrected_at = now()",
-                &[tenant(), subject(), field.clone().into(), old.into(), uuid(&stored.id)],
+                &[tenant(), subject(), field.into(), old.into(), uuid(&stored.id)],
             )
             .await?;
         }
@@ -355,8 +359,9 @@ async fn erase(
 ) -> Result<Json, Problem> {
     match &stored.subject {
         Subject::Pupil(p) => {
-            let erased =
-                erasure::erase_pupil(db, index, &who.tenant_id, p, &stored.id).await?.ok_or_else(subject_gone)?;
+            let erased = erasure::erase_pupil(db, index, &who.tenant_id, p, erasure::Reason::Request)
+                .await?
+                .ok_or_else(subject_gone)?;
             Ok(json!({
                 "results_anonymised": erased.results_anonymised,
                 "memberships_removed": erased.memberships_removed,

@@ -82,7 +82,7 @@ async fn route(req: Request<Body>, meta: RequestMeta, vars: &impl Variables, db:
             }
             "fulfil" => {
                 only(Method::POST, "POST")?;
-                fulfil::fulfil(&req, &meta, vars, db, id).await
+                fulfil::fulfil(&req, &meta, vars, db, id, tavle_core::scores::today_utc()).await
             }
             "export" => {
                 only(Method::GET, "GET")?;

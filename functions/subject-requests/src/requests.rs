@@ -219,7 +219,8 @@ fn validate(body: NewRequest, today: Date, synthetic: SyntheticPolicy) -> Result
             }
         },
     };
-    let verification = body.identity_verification.trim().to_owned();
+    // Free text in NFC, as names are: erasure finds the subject's names in it.
+    let verification = names::nfc(body.identity_verification.trim());
     check_text(&mut checks, "/identity_verification", &verification, 2000);
     let corrections = match (kind, body.corrections) {
         (Some(Kind::Rectification), Some(list)) => Some(validate_corrections(&mut checks, subject_kind, list)),
@@ -586,7 +587,8 @@ pub async fn show(
     let who = authenticate_as(req, db, vars, Role::PrivacyOfficer).await?;
     let sql = format!(
         "SELECT {REQUEST_COLUMNS}, p.given_name, p.family_name, p.school_id, u.display_name AS user_name, \
-                (r.subject_kind = 'pupil' AND p.id IS NULL) OR (r.subject_kind = 'user' AND u.id IS NULL) AS gone, \
+                (r.subject_kind = 'pupil' AND p.id IS NULL) \
+                    OR (r.subject_kind = 'user' AND (u.id IS NULL OR u.username LIKE 'erased-%')) AS gone, \
                 (SELECT coalesce(jsonb_agg(jsonb_build_object('format', e.format, 'bytes', e.bytes, \
                      'expires_at', rfc3339(e.expires_at)) ORDER BY e.format), '[]'::jsonb) \
                    FROM subject_exports e WHERE e.request_id = r.id AND e.expires_at > now()) AS exports, \
@@ -655,13 +657,13 @@ fn parse_step(req: &Request, step: &str) -> Result<Step, Problem> {
             if !(1..=2).contains(&e.months) {
                 checks.fail("/months", "an extension is one or two further months (Art. 12(3))");
             }
-            let reason = e.reason.trim().to_owned();
+            let reason = names::nfc(e.reason.trim());
             check_text(&mut checks, "/reason", &reason, 2000);
             Step::Extend { months: e.months.clamp(1, 2) as u8, reason }
         }
         "reject" => {
             let r: Rejection = read_json(req, BODY_LIMIT)?;
-            let reason = r.reason.trim().to_owned();
+            let reason = names::nfc(r.reason.trim());
             check_text(&mut checks, "/reason", &reason, 2000);
             Step::Reject { reason }
         }
@@ -679,6 +681,7 @@ pub(crate) struct Stored {
     pub subject: Subject,
     pub status: Status,
     pub received_on: Date,
+    pub due_on: Date,
     pub extended: bool,
     pub corrections: Vec<Correction>,
 }
@@ -688,7 +691,7 @@ pub(crate) async fn load_for_update(db: &mut impl Db, who: &Principal, id: &str)
     let row = db
         .query_opt(
             "SELECT id, kind, subject_kind, subject_id, status, received_on::text AS received_on, \
-                    extended_months, corrections FROM subject_requests \
+                    due_on::text AS due_on, extended_months, corrections FROM subject_requests \
              WHERE tenant_id = $1::uuid AND id = $2::uuid FOR UPDATE",
             &[uuid(&who.tenant_id), uuid(id)],
         )
@@ -709,6 +712,7 @@ pub(crate) async fn load_for_update(db: &mut impl Db, who: &Principal, id: &str)
         },
         status: Status::parse(&row.text("status")?).ok_or_else(Problem::internal)?,
         received_on: parse_date(&row.text("received_on")?).ok_or_else(Problem::internal)?,
+        due_on: parse_date(&row.text("due_on")?).ok_or_else(Problem::internal)?,
         extended: !row.is_null("extended_months")?,
         corrections,
     })
@@ -760,6 +764,11 @@ pub async fn step(
                 }
                 if stored.extended {
                     return Err(Problem::conflict("this request was already extended; it can be extended only once"));
+                }
+                if today > stored.due_on {
+                    // Art. 12(3): the subject is told of an extension within
+                    // the month; an overdue request cannot be extended after the fact.
+                    return Err(Problem::conflict("the request is overdue; an extension is decided within its month"));
                 }
                 let due = add_months(stored.received_on, 1 + months);
                 db.execute(
