@@ -199,6 +199,12 @@ async fn a_rectification_is_applied_kept_against_the_old_roster_value_and_the_so
     assert_eq!(details["fields"], json!(["given_name", "year_level"]));
     assert!(details["values_enc"].as_str().is_some_and(|v| v.len() > 40));
     assert!(!details.to_string().contains("Ås"), "{details}");
+    // The privacy officer reads them with the request, opened with her key.
+    let shown = w.app.get(&format!("/subject-requests/{id}"), &w.privacy.token).await.json();
+    assert_eq!(
+        shown["rectified_values"],
+        json!({"given_name": {"before": "Åse", "after": "Åsa"}, "year_level": {"before": "5", "after": "6"}})
+    );
 
     // Fulfilling again: the same answer, no second effect.
     let before = w.app.snapshot(true).await;
@@ -313,6 +319,9 @@ async fn an_erased_pupil_is_in_no_column_of_any_table_and_a_roster_does_not_brin
     assert_eq!(w.app.count("SELECT count(*) FROM results").await, results_before - 2);
     assert_eq!(w.app.count("SELECT count(*) FROM anonymised_results").await, 2);
     assert_eq!(w.app.count("SELECT count(*) FROM subject_keys").await, 0, "rectified values shredded");
+    let shown = w.app.get(&format!("/subject-requests/{rect}"), &w.privacy.token).await.json();
+    assert_eq!(shown["rectified_values"], Value::Null, "unreadable after the erasure");
+    assert_eq!(shown["subject"]["erased"], true);
     assert_eq!(w.app.count("SELECT count(*) FROM subject_exports").await, 0, "her export deleted");
     // The classmate is untouched.
     assert_eq!(w.app.count("SELECT count(*) FROM pupils").await, 1);

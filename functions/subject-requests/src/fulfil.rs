@@ -240,34 +240,25 @@ async fn subject_key(
     tenant_id: &str,
     subject_id: &str,
 ) -> Result<IdentityCipher, Problem> {
-    let aad = format!("tavle subject key v1|{tenant_id}|{subject_id}");
     let row = db
         .query_opt(
             "SELECT key_enc FROM subject_keys WHERE tenant_id = $1::uuid AND subject_id = $2::uuid",
             &[uuid(tenant_id), uuid(subject_id)],
         )
         .await?;
-    let key = match row {
-        Some(r) => {
-            let raw = identity.decrypt(&r.bytes("key_enc")?, aad.as_bytes()).map_err(|_| Problem::internal())?;
-            let mut key = [0u8; 32];
-            if raw.len() != key.len() {
-                return Err(Problem::internal());
-            }
-            key.copy_from_slice(&raw);
-            key
-        }
+    match row {
+        Some(r) => unwrap_key(identity, tenant_id, subject_id, &r.bytes("key_enc")?),
         None => {
+            let aad = format!("tavle subject key v1|{tenant_id}|{subject_id}");
             let key = random_key();
             db.execute(
                 "INSERT INTO subject_keys (tenant_id, subject_id, key_enc) VALUES ($1::uuid, $2::uuid, $3::bytea)",
                 &[uuid(tenant_id), uuid(subject_id), Value::Bytes(identity.encrypt(&key[..], aad.as_bytes()))],
             )
             .await?;
-            *key
+            Ok(IdentityCipher::from_key(&key))
         }
-    };
-    Ok(IdentityCipher::from_key(&key))
+    }
 }
 
 /// The before and after values of a rectification, as the audit log keeps
@@ -275,6 +266,54 @@ async fn subject_key(
 pub fn seal_values(key: &IdentityCipher, request_id: &str, values: &Json) -> String {
     let aad = format!("tavle rectification v1|{request_id}");
     STANDARD.encode(key.encrypt(values.to_string().as_bytes(), aad.as_bytes()))
+}
+
+/// The before and after values sealed by [`seal_values`]; `None` if they
+/// cannot be opened (the key was deleted at erasure: crypto-shredded).
+pub fn open_values(key: &IdentityCipher, request_id: &str, sealed: &str) -> Option<Json> {
+    let aad = format!("tavle rectification v1|{request_id}");
+    let blob = STANDARD.decode(sealed).ok()?;
+    serde_json::from_slice(&key.decrypt(&blob, aad.as_bytes()).ok()?).ok()
+}
+
+/// The before and after values of a completed rectification, as its audit
+/// record holds them, for the privacy officer: `{field: {before, after}}`,
+/// or `null` once the subject was erased (the key is gone).
+pub(crate) async fn rectified_values(
+    db: &mut impl Db,
+    vars: &impl Variables,
+    who: &Principal,
+    subject_id: &str,
+    request_id: &str,
+) -> Result<Json, Problem> {
+    let Some(row) = db
+        .query_opt(
+            "SELECT a.details->>'values_enc' AS sealed, k.key_enc FROM audit_log a \
+             LEFT JOIN subject_keys k ON k.tenant_id = a.tenant_id AND k.subject_id = $2::uuid \
+             WHERE a.tenant_id = $1::uuid AND a.action IN ('pupil.rectified', 'user.rectified') \
+               AND a.target_id = $2::uuid::text AND a.details->>'request_id' = $3::uuid::text",
+            &[uuid(&who.tenant_id), uuid(subject_id), uuid(request_id)],
+        )
+        .await?
+    else {
+        return Ok(Json::Null);
+    };
+    let (Some(sealed), false) = (row.opt_text("sealed")?, row.is_null("key_enc")?) else { return Ok(Json::Null) };
+    let identity = identity_cipher(vars)?;
+    let key = unwrap_key(&identity, &who.tenant_id, subject_id, &row.bytes("key_enc")?)?;
+    Ok(open_values(&key, request_id, &sealed).unwrap_or(Json::Null))
+}
+
+fn unwrap_key(
+    identity: &IdentityCipher,
+    tenant_id: &str,
+    subject_id: &str,
+    key_enc: &[u8],
+) -> Result<IdentityCipher, Problem> {
+    let aad = format!("tavle subject key v1|{tenant_id}|{subject_id}");
+    let raw = identity.decrypt(key_enc, aad.as_bytes()).map_err(|_| Problem::internal())?;
+    let key: [u8; 32] = raw.as_slice().try_into().map_err(|_| Problem::internal())?;
+    Ok(IdentityCipher::from_key(&key))
 }
 
 async fn rectify(
@@ -413,4 +452,20 @@ async fn object(db: &mut impl Db, who: &Principal, stored: &Stored, decision: &D
         out["recipients"] = erasure::pupil_sources(db, &who.tenant_id, p).await?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rectified_values_open_only_with_their_key_and_request() {
+        let key = IdentityCipher::from_key(&[7; 32]);
+        let values = json!({"given_name": {"before": "Åse", "after": "Åsa"}});
+        let sealed = seal_values(&key, "r-1", &values);
+        assert!(!sealed.contains("Åse"));
+        assert_eq!(open_values(&key, "r-1", &sealed), Some(values));
+        assert_eq!(open_values(&key, "r-2", &sealed), None, "bound to its request");
+        assert_eq!(open_values(&IdentityCipher::from_key(&[8; 32]), "r-1", &sealed), None, "another key");
+    }
 }

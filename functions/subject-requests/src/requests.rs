@@ -625,6 +625,11 @@ pub async fn show(
     }
     answer["exports"] = row.json("exports")?;
     answer["history"] = row.json("history")?;
+    if row.text("kind")? == Kind::Rectification.as_str() && row.text("status")? == Status::Completed.as_str() {
+        // Null once the subject is erased: their key is gone.
+        answer["rectified_values"] =
+            crate::fulfil::rectified_values(db, vars, &who, &row.text("subject_id")?, &id).await?;
+    }
     json(StatusCode::OK, &answer)
 }
 
