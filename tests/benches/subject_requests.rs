@@ -130,13 +130,16 @@ fn main() {
         println!("{}", smoke_banner(&format!("{samples} samples, {results} results, {records} records")));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // Pools dropped at the end need the runtime.
+    let _runtime = rt.enter();
     let app = rt.block_on(TestApp::spawn());
     println!("PostgreSQL {}", rt.block_on(server_version(&app)));
     let oslo: Staff = rt.block_on(app.seed_tenant("oslo"));
-    let (officer, sas, publisher) = rt.block_on(async {
+    let (officer, per, sas, publisher) = rt.block_on(async {
         let admin = app.login(&oslo).await;
         let per = app.create_user(&admin, &oslo, "per", json!([{"role": "privacy_officer"}])).await;
-        (app.login(&per).await, app.create_source(&admin, "sas").await, app.create_source(&admin, "publisher").await)
+        let officer = app.login(&per).await;
+        (officer, per, app.create_source(&admin, "sas").await, app.create_source(&admin, "publisher").await)
     });
     // One pupil to export per host, and one pupil per erasure sample.
     let started = Instant::now();
@@ -172,6 +175,62 @@ fn main() {
             erased[h].iter().map(|p| rt.block_on(fulfil(&api, &officer, "erasure", p))).collect();
         line(host, "erase", &erase);
     }
+    // Where an export's time goes: building the document (the inventory's
+    // queries and the JSON), and storing it (serialising, AES-256-GCM, the
+    // INSERT of the ciphertext), called in process on the app role.
+    let pool =
+        rt.block_on(sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&app.variables["db_url"])).unwrap();
+    let mut db = tavle_core::db::SqlxDb::new(pool);
+    let subject = tavle_subject_requests::Subject::Pupil(exported[0].clone());
+    let (mut builds, mut stores, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..samples {
+        let started = Instant::now();
+        let export = rt
+            .block_on(tavle_subject_requests::build(&mut db, &app.variables, &oslo.tenant_id, &subject, false))
+            .unwrap();
+        builds.push(started.elapsed());
+        bytes = serde_json::to_vec(&export.json).unwrap().len();
+        let request = rt.block_on(async {
+            let api = HttpClient::new(native_addr);
+            let body =
+                json!({"kind": "access", "subject": {"pupil_id": exported[0]}, "identity_verification": "bench"});
+            api.post("/subject-requests", Some(&officer.token), body).await.json()["id"].as_str().unwrap().to_owned()
+        });
+        let started = Instant::now();
+        rt.block_on(tavle_subject_requests::store(
+            &mut db,
+            &app.variables,
+            &oslo.tenant_id,
+            &request,
+            &per.user_id,
+            &export,
+            7,
+        ))
+        .unwrap();
+        stores.push(started.elapsed());
+    }
+    println!("in process: the document is {} kB", bytes / 1024);
+    // Each inventory query of a pupil's export alone, fetched as text.
+    let filters: Vec<(String, String)> = rt
+        .block_on(
+            sqlx::query_as(
+                "SELECT table_name, pupil_filter FROM data_inventory_tables WHERE pupil_filter IS NOT NULL ORDER BY 1",
+            )
+            .fetch_all(&app.pool),
+        )
+        .unwrap();
+    let (tenant, pupil) =
+        (uuid::Uuid::parse_str(&oslo.tenant_id).unwrap(), uuid::Uuid::parse_str(&exported[0]).unwrap());
+    for (table, filter) in filters {
+        let sql = format!("SELECT to_jsonb(t)::text FROM \"{table}\" t WHERE {filter}");
+        let started = Instant::now();
+        let rows: Vec<String> =
+            rt.block_on(sqlx::query_scalar(&sql).bind(tenant).bind(pupil).fetch_all(&app.pool)).unwrap();
+        println!("  {table:<20} {:>5} rows {:>7.1} ms", rows.len(), ms(started.elapsed()));
+    }
+    line("native", "build", &builds);
+    line("native", "store", &stores);
+
     // The erased pupils are gone, their results kept only anonymised.
     let left: i64 = rt.block_on(sqlx::query_scalar("SELECT count(*) FROM results").fetch_one(&app.pool)).unwrap();
     assert_eq!(left as usize, hosts.len() * results, "only the exported pupils' results remain");
