@@ -2292,6 +2292,137 @@ async fn a_pupil_who_changes_school_keeps_their_results_and_only_the_new_schools
 }
 
 #[tokio::test]
+async fn manual_results_carry_subtest_scores_checked_as_the_ingest_checks_them() {
+    // The spring screening (subtests ordlesing and forstaelse, 20 each,
+    // thresholds 8 and 6): pupil 2 (5A) has no result for it yet.
+    let (w, _, v26) = screened_world().await;
+    let pupil = &w.pupils[&2];
+    let path = format!("/pupils/{pupil}/results");
+    let body =
+        |scores: Value| json!({"assessment_id": v26, "score": 20, "status": "completed", "subtest_scores": scores});
+    let stored = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM results WHERE pupil_id = $1::uuid AND source_id IS NULL")
+            .bind(pupil)
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap();
+        n
+    };
+
+    // Bad subtest scores: 422 with a pointer each, and nothing changes.
+    let before = w.app.snapshot(true).await;
+    for (what, scores, pointer, message) in [
+        ("an unknown subtest", json!({"ordlesing": 5, "rettskriving": 3}), "/subtest_scores", "is not a subtest"),
+        ("a score above its maximum", json!({"ordlesing": 20.5}), "/subtest_scores/ordlesing", "max_score"),
+        ("a negative score", json!({"forstaelse": -1}), "/subtest_scores/forstaelse", "max_score"),
+        ("a score that is not a number", json!({"forstaelse": "7"}), "/subtest_scores/forstaelse", "wrong type"),
+    ] {
+        let r = w.app.post(&path, Some(&w.teacher.token), body(scores)).await;
+        let p = r.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"].as_array().unwrap().len(), 1, "{what}: {p}");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{what}: {p}");
+        assert!(p["errors"][0]["message"].as_str().unwrap().contains(message), "{what}: {p}");
+        assert!(!p.to_string().contains("rettskriving"), "{what}: an unknown key is never echoed: {p}");
+    }
+    // Another assessment's subtests are unknown here: the first one has none.
+    let r = w
+        .app
+        .post(
+            &path,
+            Some(&w.teacher.token),
+            json!({"assessment_id": w.assessment, "score": 20, "status": "completed", "subtest_scores": {"ordlesing": 5}}),
+        )
+        .await;
+    assert_eq!(r.assert_problem(422, "validation-failed")["errors"][0]["pointer"], "/subtest_scores");
+    assert_eq!(before, w.app.snapshot(true).await, "refused subtest scores changed something");
+    assert_eq!(stored().await, 0);
+
+    // Accepted: ordlesing 5 is at or below 8, forstaelse 15 above 6, the total 20 above 15.
+    let r = w.app.post(&path, Some(&w.teacher.token), body(json!({"ordlesing": 5, " forstaelse ": 15}))).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let created = r.json();
+    assert_eq!(created["subtest_scores"], json!({"ordlesing": 5.0, "forstaelse": 15.0}));
+    let result_id = created["id"].as_str().unwrap().to_owned();
+    let details: Value = sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'result.registered'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(details["new"]["subtest_scores"], json!({"ordlesing": 5.0, "forstaelse": 15.0}));
+
+    let overview = format!("/groups/{}/overview?assessment_id={v26}", w.groups["5A"]);
+    let o = w.app.get(&overview, &w.teacher.token).await;
+    assert_eq!(o.status, 200, "{}", o.text());
+    let o = o.json();
+    let r2 = &line(&o, pupil)["result"];
+    assert_eq!((line(&o, pupil)["flagged"].as_bool(), r2["flagged"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        r2["subtests"],
+        json!([{"id": "ordlesing", "score": 5.0, "flagged": true}, {"id": "forstaelse", "score": 15.0, "flagged": false}])
+    );
+    let flagged: Vec<u64> =
+        o["assessment"]["subtests"].as_array().unwrap().iter().map(|s| s["flagged_count"].as_u64().unwrap()).collect();
+    // Pupil 0's spring scores (12, 12) are above both thresholds.
+    assert_eq!(flagged, [1, 0]);
+    let profile = w.app.get(&format!("/pupils/{pupil}"), &w.teacher.token).await.json();
+    let spring = profile["results"].as_array().unwrap().iter().find(|r| r["id"] == result_id.as_str()).unwrap();
+    assert_eq!(spring["source"], "manual");
+    let subtests: Vec<(&str, f64, bool)> = spring["subtests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["score"].as_f64().unwrap(), s["flagged"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(subtests, [("ordlesing", 5.0, true), ("forstaelse", 15.0, false)]);
+
+    // A correction is checked alike, and keeps the previous scores in the audit log.
+    let put = format!("/pupils/{pupil}/results/{result_id}");
+    let before = w.app.snapshot(true).await;
+    for (scores, pointer) in [
+        (json!({"ordlesing": 21}), "/subtest_scores/ordlesing"),
+        (json!({"ordlesing": -0.5}), "/subtest_scores/ordlesing"),
+        (json!({"d9": 1}), "/subtest_scores"),
+    ] {
+        let r = w
+            .app
+            .send(
+                Method::PUT,
+                &put,
+                Some(&w.teacher.token),
+                Some(json!({"score": 20, "status": "completed", "subtest_scores": scores})),
+            )
+            .await;
+        assert_eq!(r.assert_problem(422, "validation-failed")["errors"][0]["pointer"], pointer);
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "refused corrections changed something");
+    let r = w
+        .app
+        .send(
+            Method::PUT,
+            &put,
+            Some(&w.leader.token),
+            Some(json!({"score": 20, "status": "completed", "subtest_scores": {"ordlesing": 9, "forstaelse": 6}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["subtest_scores"], json!({"ordlesing": 9.0, "forstaelse": 6.0}));
+    let details: Value = sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'result.corrected'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(details["previous"]["subtest_scores"], json!({"ordlesing": 5.0, "forstaelse": 15.0}));
+    assert_eq!(details["new"]["subtest_scores"], json!({"ordlesing": 9.0, "forstaelse": 6.0}));
+    let o = w.app.get(&overview, &w.teacher.token).await.json();
+    let flags: Vec<bool> =
+        line(&o, pupil)["result"]["subtests"].as_array().unwrap().iter().map(|s| s["flagged"] == true).collect();
+    assert_eq!(flags, [false, true], "9 is above 8 now, 6 at 6");
+    // Left out of a correction, the subtest scores go, as a score does.
+    let r =
+        w.app.send(Method::PUT, &put, Some(&w.teacher.token), Some(json!({"score": 20, "status": "completed"}))).await;
+    assert_eq!((r.status, &r.json()["subtest_scores"]), (200, &Value::Null));
+    assert_eq!(stored().await, 1);
+}
+
+#[tokio::test]
 async fn a_tenant_admin_registers_an_assessment_with_thresholds_and_changes_them_later() {
     let (w, h26, _) = screened_world().await;
     let body = json!({"title": "Kommunens leseprøve", "subject": "norsk", "year_level": 5, "max_score": 30,
