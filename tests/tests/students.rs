@@ -2221,6 +2221,119 @@ async fn the_follow_up_list_names_the_flagged_pupils_of_each_group_for_a_school_
     assert_eq!(teacher["groups"].as_array().unwrap().len(), 1, "the teacher's own group");
 }
 
+/// The entries of a follow-up page: (group id, pupil id or none, flagged
+/// result ids), in order.
+fn follow_up_entries(body: &Value) -> Vec<(String, Option<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    for g in body["groups"].as_array().unwrap() {
+        let group = g["id"].as_str().unwrap().to_owned();
+        let pupils = g["pupils"].as_array().unwrap();
+        if pupils.is_empty() {
+            out.push((group.clone(), None, vec![]));
+        }
+        for p in pupils {
+            let flags = p["flags"].as_array().unwrap().iter().map(|f| f["result_id"].as_str().unwrap().to_owned());
+            out.push((group.clone(), Some(p["id"].as_str().unwrap().to_owned()), flags.collect()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_follow_up_list_pages_with_a_sealed_cursor_and_logs_each_page_for_its_own_pupils() {
+    let (w, _, _) = screened_world().await;
+    // A second screening in 2026/27 in which pupils 0 to 3 are all below:
+    // the leader's list has 5A (Berg, Ødegård with two flags) and 5B (Aasen, Dahl).
+    let late = screening(
+        "kart-x26",
+        "2026-11-02",
+        &[(0, Some((1.0, 1.0))), (1, Some((1.0, 1.0))), (2, Some((1.0, 1.0))), (3, Some((1.0, 1.0)))],
+    );
+    let r = w.app.deliver(&w.publisher, "results", "kart-x26", &late).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let full = w.app.get("/follow-up?school_year=2026&limit=500", &w.leader.token).await;
+    assert_eq!(full.status, 200, "{}", full.text());
+    let full = full.json();
+    assert_eq!(full["next_cursor"], Value::Null);
+    let all = follow_up_entries(&full);
+    let p = |n: u32| Some(w.pupils[&n].clone());
+    let (g5a, g5b) = (w.groups["5A"].clone(), w.groups["5B"].clone());
+    let order: Vec<(String, Option<String>)> = all.iter().map(|(g, p, _)| (g.clone(), p.clone())).collect();
+    assert_eq!(order, [(g5a.clone(), p(2)), (g5a.clone(), p(0)), (g5b.clone(), p(1)), (g5b.clone(), p(3))]);
+    assert_eq!(all[1].2.len(), 2, "Åse is flagged in both screenings");
+
+    for limit in [1, 2, 3] {
+        let mut pages = Vec::new();
+        let mut path = format!("/follow-up?school_year=2026&limit={limit}");
+        loop {
+            let records = access_records(&w.app).await.len();
+            let r = w.app.get(&path, &w.leader.token).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let body = r.json();
+            let entries = follow_up_entries(&body);
+            assert!(!entries.is_empty() && entries.len() <= limit, "{path}: {} entries", entries.len());
+            // One record per page, naming exactly the pupils it shows.
+            let log = access_records(&w.app).await;
+            assert_eq!(log.len(), records + 1, "{path}");
+            let (action, named, _, _) = log.last().unwrap();
+            let mut shown: Vec<String> = entries.iter().filter_map(|(_, p, _)| p.clone()).collect();
+            shown.sort();
+            shown.dedup();
+            let mut named: Vec<String> = named.iter().map(|u| u.to_string()).collect();
+            named.sort();
+            assert_eq!((action.as_str(), named), ("pupils.follow_up_viewed", shown), "{path}");
+            pages.extend(entries);
+            match body["next_cursor"].as_str() {
+                Some(c) => path = cursors::with_cursor(&format!("/follow-up?school_year=2026&limit={limit}"), c),
+                None => break,
+            }
+        }
+        assert_eq!(pages, all, "pages of {limit} concatenate to the whole list, without duplicates");
+    }
+
+    // An empty group is an entry of its own: 2025/26 has 5A (no one) and 5B (Aasen).
+    let first = w.app.get("/follow-up?school_year=2025&limit=1", &w.leader.token).await.json();
+    assert_eq!(follow_up_entries(&first), [(g5a.clone(), None, vec![])]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = w.app.get(&cursors::with_cursor("/follow-up?school_year=2025&limit=1", cursor), &w.leader.token).await;
+    let second = second.json();
+    assert_eq!(
+        follow_up_entries(&second).iter().map(|(g, p, _)| (g.clone(), p.clone())).collect::<Vec<_>>(),
+        [(g5b.clone(), p(1))]
+    );
+    assert_eq!(second["next_cursor"], Value::Null);
+
+    // Bad limits are 400s; cursors of another user, list, filter or tampered are
+    // answered as malformed ones, and none of them is logged.
+    let before = w.app.snapshot(true).await;
+    for limit in ["0", "501", "x", "-1"] {
+        let r = w.app.get(&format!("/follow-up?school_year=2026&limit={limit}"), &w.leader.token).await;
+        assert_eq!(r.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/limit", "{limit}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "bad limits changed something");
+    let leaders = cursors::next_cursor(&w.app, "/follow-up?school_year=2026&limit=1", &w.leader.token).await;
+    let teachers = cursors::next_cursor(&w.app, "/follow-up?school_year=2026&limit=1", &w.teacher.token).await;
+    let in_2025 = cursors::next_cursor(&w.app, "/follow-up?school_year=2025&limit=1", &w.leader.token).await;
+    let of_5a =
+        cursors::next_cursor(&w.app, &format!("/follow-up?school_year=2026&limit=1&group_id={g5a}"), &w.leader.token)
+            .await;
+    let pupils_list = cursors::next_cursor(&w.app, "/pupils?limit=1", &w.leader.token).await;
+    cursors::assert_opaque(&leaders, &[&w.pupils[&2], &g5a, "Cecilie", "Berg", &w.oslo.tenant_id]);
+    let mut foreign = vec![
+        ("the teacher's cursor".to_owned(), teachers),
+        ("another school year's".to_owned(), in_2025),
+        ("another group filter's".to_owned(), of_5a),
+        ("the pupil list's".to_owned(), pupils_list),
+    ];
+    foreign.extend(cursors::tampered(&leaders, &json!({"group": g5a, "pupil": w.pupils[&2]})));
+    refused_everywhere(&w, "/follow-up?school_year=2026&limit=1", &w.leader.token, &foreign).await;
+    // And the leader's own cursor, in the teacher's hands.
+    let foreign = [("the leader's cursor".to_owned(), leaders.clone())];
+    refused_everywhere(&w, "/follow-up?school_year=2026&limit=1", &w.teacher.token, &foreign).await;
+    let own = w.app.get(&cursors::with_cursor("/follow-up?school_year=2026&limit=1", &leaders), &w.leader.token).await;
+    assert_eq!(own.status, 200, "{}", own.text());
+}
+
 #[tokio::test]
 async fn follow_up_lists_for_another_teachers_group_another_school_or_tenant_are_unknown_and_change_nothing() {
     let (w, h26, _) = screened_world().await;
