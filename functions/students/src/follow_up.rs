@@ -137,9 +137,19 @@ pub const FOLLOW_UP_ACTION: &str = "pupils.follow_up_viewed";
 /// membership's result is probed by (pupil, `$4`) in `results_pupil`, never
 /// through the assessment's results across the tenant, and the counts come
 /// from that one CTE: joining two CTEs, which PostgreSQL estimates at one
-/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms).
+/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms). The
+/// subtests' keys and thresholds are read once, into `a`, not per result
+/// (which was an index and a heap probe of `assessment_subtests` for each
+/// completed result); each member's year level comes from the index
+/// `pupils_current` alone (migration 0013), without a heap visit per pupil.
 pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
-    "WITH a AS MATERIALIZED (SELECT id, threshold FROM assessments WHERE id = $4::uuid AND tenant_id = $1::uuid), \
+    "WITH a AS MATERIALIZED ( \
+         SELECT a.id, a.threshold, \
+                ARRAY(SELECT st.key FROM assessment_subtests st \
+                      WHERE st.assessment_id = a.id AND st.threshold IS NOT NULL ORDER BY st.position) AS st_keys, \
+                ARRAY(SELECT st.threshold FROM assessment_subtests st \
+                      WHERE st.assessment_id = a.id AND st.threshold IS NOT NULL ORDER BY st.position) AS st_thresholds \
+         FROM assessments a WHERE a.id = $4::uuid AND a.tenant_id = $1::uuid), \
      grp AS MATERIALIZED (SELECT g.* FROM (",
     groups_in_scope!("$5", "$6"),
     ") g WHERE EXISTS (SELECT 1 FROM a)), \
@@ -150,8 +160,8 @@ pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
          SELECT m.group_id, m.pupil_id, m.year_level, lr.id AS result_id, lr.status, \
                 coalesce(lr.status = 'completed' AND lr.score <= a.threshold, false) AS total_flagged, \
                 CASE WHEN lr.status = 'completed' AND lr.subtest_scores IS NOT NULL THEN \
-                    ARRAY(SELECT fs.key FROM assessment_subtests fs WHERE fs.assessment_id = $4::uuid \
-                            AND (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) \
+                    ARRAY(SELECT fs.key FROM unnest(a.st_keys, a.st_thresholds) AS fs(key, threshold) \
+                          WHERE (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) \
                 ELSE '{}'::text[] END AS flagged_subtests \
          FROM mem m CROSS JOIN a \
          LEFT JOIN LATERAL (SELECT r.id, r.score, r.status, r.subtest_scores FROM results r \
