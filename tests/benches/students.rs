@@ -772,7 +772,12 @@ async fn diagnostics(
     for (name, sql, types, t) in [
         ("PROFILE_SQL", tavle_students::PROFILE_SQL, "uuid, text[], text[], uuid, text, uuid, text, text", profile),
         ("OVERVIEW_SQL", tavle_students::OVERVIEW_SQL, "uuid, text[], text[], uuid, uuid", overview),
-        ("FOLLOW_UP_SQL", tavle_students::FOLLOW_UP_SQL, "uuid, text[], text[], uuid, uuid, text, text", follow_up),
+        (
+            "FOLLOW_UP_SQL",
+            tavle_students::FOLLOW_UP_SQL,
+            "uuid, text[], text[], uuid, uuid, text, text, uuid, uuid, int8",
+            follow_up,
+        ),
         (
             "FOLLOW_UP_COUNTS_SQL",
             tavle_students::FOLLOW_UP_COUNTS_SQL,
@@ -786,7 +791,9 @@ async fn diagnostics(
         match (name, &t.assessment) {
             ("FOLLOW_UP_SQL", _) => {
                 let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
-                args.push_str(&format!(", NULL, NULL, '{from}', '{to}'"));
+                // The first page, of the route's default size.
+                let limit = tavle_students::FOLLOW_UP_DEFAULT_LIMIT;
+                args.push_str(&format!(", NULL, NULL, '{from}', '{to}', NULL, NULL, {limit}"));
             }
             ("FOLLOW_UP_COUNTS_SQL", _) => {
                 args.push_str(&format!(", '{}', NULL, '{}'", t.id, t.school.as_deref().unwrap()))
