@@ -543,6 +543,9 @@ async fn follow_up_rows(pool: &PgPool, tenant: &str, caller: &Caller, year: i32)
         .bind(None::<Uuid>)
         .bind(from)
         .bind(to)
+        .bind(None::<Uuid>)
+        .bind(None::<Uuid>)
+        .bind(tavle_students::FOLLOW_UP_DEFAULT_LIMIT)
         .fetch_all(pool)
         .await
         .expect("follow-up query")
@@ -641,7 +644,16 @@ impl Bench<'_> {
             Endpoint::Overview => params.extend([uuid(&t.id), uuid(t.assessment.as_deref().unwrap())]),
             Endpoint::FollowUp => {
                 let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
-                params.extend([Value::Null, Value::Null, from.into(), to.into()]);
+                // The first page, of the route's default size (a teacher's group is one page).
+                params.extend([
+                    Value::Null,
+                    Value::Null,
+                    from.into(),
+                    to.into(),
+                    Value::Null,
+                    Value::Null,
+                    tavle_students::FOLLOW_UP_DEFAULT_LIMIT.into(),
+                ]);
             }
             Endpoint::Counts => params.extend([uuid(&t.id), Value::Null, uuid(t.school.as_deref().unwrap())]),
         }
@@ -694,7 +706,13 @@ impl Bench<'_> {
                 Endpoint::Overview => q.bind(id).bind(Uuid::parse_str(t.assessment.as_deref().unwrap()).unwrap()),
                 Endpoint::FollowUp => {
                     let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
-                    q.bind(None::<Uuid>).bind(None::<Uuid>).bind(from).bind(to)
+                    q.bind(None::<Uuid>)
+                        .bind(None::<Uuid>)
+                        .bind(from)
+                        .bind(to)
+                        .bind(None::<Uuid>)
+                        .bind(None::<Uuid>)
+                        .bind(tavle_students::FOLLOW_UP_DEFAULT_LIMIT)
                 }
                 Endpoint::Counts => {
                     q.bind(id).bind(None::<Uuid>).bind(Uuid::parse_str(t.school.as_deref().unwrap()).unwrap())
@@ -754,7 +772,12 @@ async fn diagnostics(
     for (name, sql, types, t) in [
         ("PROFILE_SQL", tavle_students::PROFILE_SQL, "uuid, text[], text[], uuid, text, uuid, text, text", profile),
         ("OVERVIEW_SQL", tavle_students::OVERVIEW_SQL, "uuid, text[], text[], uuid, uuid", overview),
-        ("FOLLOW_UP_SQL", tavle_students::FOLLOW_UP_SQL, "uuid, text[], text[], uuid, uuid, text, text", follow_up),
+        (
+            "FOLLOW_UP_SQL",
+            tavle_students::FOLLOW_UP_SQL,
+            "uuid, text[], text[], uuid, uuid, text, text, uuid, uuid, int8",
+            follow_up,
+        ),
         (
             "FOLLOW_UP_COUNTS_SQL",
             tavle_students::FOLLOW_UP_COUNTS_SQL,
@@ -768,7 +791,9 @@ async fn diagnostics(
         match (name, &t.assessment) {
             ("FOLLOW_UP_SQL", _) => {
                 let (from, to) = tavle_core::scores::school_year_bounds(t.year.unwrap());
-                args.push_str(&format!(", NULL, NULL, '{from}', '{to}'"));
+                // The first page, of the route's default size.
+                let limit = tavle_students::FOLLOW_UP_DEFAULT_LIMIT;
+                args.push_str(&format!(", NULL, NULL, '{from}', '{to}', NULL, NULL, {limit}"));
             }
             ("FOLLOW_UP_COUNTS_SQL", _) => {
                 args.push_str(&format!(", '{}', NULL, '{}'", t.id, t.school.as_deref().unwrap()))

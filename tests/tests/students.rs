@@ -2221,6 +2221,119 @@ async fn the_follow_up_list_names_the_flagged_pupils_of_each_group_for_a_school_
     assert_eq!(teacher["groups"].as_array().unwrap().len(), 1, "the teacher's own group");
 }
 
+/// The entries of a follow-up page: (group id, pupil id or none, flagged
+/// result ids), in order.
+fn follow_up_entries(body: &Value) -> Vec<(String, Option<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    for g in body["groups"].as_array().unwrap() {
+        let group = g["id"].as_str().unwrap().to_owned();
+        let pupils = g["pupils"].as_array().unwrap();
+        if pupils.is_empty() {
+            out.push((group.clone(), None, vec![]));
+        }
+        for p in pupils {
+            let flags = p["flags"].as_array().unwrap().iter().map(|f| f["result_id"].as_str().unwrap().to_owned());
+            out.push((group.clone(), Some(p["id"].as_str().unwrap().to_owned()), flags.collect()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_follow_up_list_pages_with_a_sealed_cursor_and_logs_each_page_for_its_own_pupils() {
+    let (w, _, _) = screened_world().await;
+    // A second screening in 2026/27 in which pupils 0 to 3 are all below:
+    // the leader's list has 5A (Berg, Ødegård with two flags) and 5B (Aasen, Dahl).
+    let late = screening(
+        "kart-x26",
+        "2026-11-02",
+        &[(0, Some((1.0, 1.0))), (1, Some((1.0, 1.0))), (2, Some((1.0, 1.0))), (3, Some((1.0, 1.0)))],
+    );
+    let r = w.app.deliver(&w.publisher, "results", "kart-x26", &late).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let full = w.app.get("/follow-up?school_year=2026&limit=500", &w.leader.token).await;
+    assert_eq!(full.status, 200, "{}", full.text());
+    let full = full.json();
+    assert_eq!(full["next_cursor"], Value::Null);
+    let all = follow_up_entries(&full);
+    let p = |n: u32| Some(w.pupils[&n].clone());
+    let (g5a, g5b) = (w.groups["5A"].clone(), w.groups["5B"].clone());
+    let order: Vec<(String, Option<String>)> = all.iter().map(|(g, p, _)| (g.clone(), p.clone())).collect();
+    assert_eq!(order, [(g5a.clone(), p(2)), (g5a.clone(), p(0)), (g5b.clone(), p(1)), (g5b.clone(), p(3))]);
+    assert_eq!(all[1].2.len(), 2, "Åse is flagged in both screenings");
+
+    for limit in [1, 2, 3] {
+        let mut pages = Vec::new();
+        let mut path = format!("/follow-up?school_year=2026&limit={limit}");
+        loop {
+            let records = access_records(&w.app).await.len();
+            let r = w.app.get(&path, &w.leader.token).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let body = r.json();
+            let entries = follow_up_entries(&body);
+            assert!(!entries.is_empty() && entries.len() <= limit, "{path}: {} entries", entries.len());
+            // One record per page, naming exactly the pupils it shows.
+            let log = access_records(&w.app).await;
+            assert_eq!(log.len(), records + 1, "{path}");
+            let (action, named, _, _) = log.last().unwrap();
+            let mut shown: Vec<String> = entries.iter().filter_map(|(_, p, _)| p.clone()).collect();
+            shown.sort();
+            shown.dedup();
+            let mut named: Vec<String> = named.iter().map(|u| u.to_string()).collect();
+            named.sort();
+            assert_eq!((action.as_str(), named), ("pupils.follow_up_viewed", shown), "{path}");
+            pages.extend(entries);
+            match body["next_cursor"].as_str() {
+                Some(c) => path = cursors::with_cursor(&format!("/follow-up?school_year=2026&limit={limit}"), c),
+                None => break,
+            }
+        }
+        assert_eq!(pages, all, "pages of {limit} concatenate to the whole list, without duplicates");
+    }
+
+    // An empty group is an entry of its own: 2025/26 has 5A (no one) and 5B (Aasen).
+    let first = w.app.get("/follow-up?school_year=2025&limit=1", &w.leader.token).await.json();
+    assert_eq!(follow_up_entries(&first), [(g5a.clone(), None, vec![])]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = w.app.get(&cursors::with_cursor("/follow-up?school_year=2025&limit=1", cursor), &w.leader.token).await;
+    let second = second.json();
+    assert_eq!(
+        follow_up_entries(&second).iter().map(|(g, p, _)| (g.clone(), p.clone())).collect::<Vec<_>>(),
+        [(g5b.clone(), p(1))]
+    );
+    assert_eq!(second["next_cursor"], Value::Null);
+
+    // Bad limits are 400s; cursors of another user, list, filter or tampered are
+    // answered as malformed ones, and none of them is logged.
+    let before = w.app.snapshot(true).await;
+    for limit in ["0", "501", "x", "-1"] {
+        let r = w.app.get(&format!("/follow-up?school_year=2026&limit={limit}"), &w.leader.token).await;
+        assert_eq!(r.assert_problem(400, "malformed-request")["errors"][0]["pointer"], "/query/limit", "{limit}");
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "bad limits changed something");
+    let leaders = cursors::next_cursor(&w.app, "/follow-up?school_year=2026&limit=1", &w.leader.token).await;
+    let teachers = cursors::next_cursor(&w.app, "/follow-up?school_year=2026&limit=1", &w.teacher.token).await;
+    let in_2025 = cursors::next_cursor(&w.app, "/follow-up?school_year=2025&limit=1", &w.leader.token).await;
+    let of_5a =
+        cursors::next_cursor(&w.app, &format!("/follow-up?school_year=2026&limit=1&group_id={g5a}"), &w.leader.token)
+            .await;
+    let pupils_list = cursors::next_cursor(&w.app, "/pupils?limit=1", &w.leader.token).await;
+    cursors::assert_opaque(&leaders, &[&w.pupils[&2], &g5a, "Cecilie", "Berg", &w.oslo.tenant_id]);
+    let mut foreign = vec![
+        ("the teacher's cursor".to_owned(), teachers),
+        ("another school year's".to_owned(), in_2025),
+        ("another group filter's".to_owned(), of_5a),
+        ("the pupil list's".to_owned(), pupils_list),
+    ];
+    foreign.extend(cursors::tampered(&leaders, &json!({"group": g5a, "pupil": w.pupils[&2]})));
+    refused_everywhere(&w, "/follow-up?school_year=2026&limit=1", &w.leader.token, &foreign).await;
+    // And the leader's own cursor, in the teacher's hands.
+    let foreign = [("the leader's cursor".to_owned(), leaders.clone())];
+    refused_everywhere(&w, "/follow-up?school_year=2026&limit=1", &w.teacher.token, &foreign).await;
+    let own = w.app.get(&cursors::with_cursor("/follow-up?school_year=2026&limit=1", &leaders), &w.leader.token).await;
+    assert_eq!(own.status, 200, "{}", own.text());
+}
+
 #[tokio::test]
 async fn follow_up_lists_for_another_teachers_group_another_school_or_tenant_are_unknown_and_change_nothing() {
     let (w, h26, _) = screened_world().await;
@@ -2289,6 +2402,137 @@ async fn a_pupil_who_changes_school_keeps_their_results_and_only_the_new_schools
     let names: Vec<String> =
         follow_up_view(&body).into_iter().flat_map(|(_, p)| p.into_iter().map(|(n, _)| n)).collect();
     assert_eq!(names, ["Bjørn", "Frida"]);
+}
+
+#[tokio::test]
+async fn manual_results_carry_subtest_scores_checked_as_the_ingest_checks_them() {
+    // The spring screening (subtests ordlesing and forstaelse, 20 each,
+    // thresholds 8 and 6): pupil 2 (5A) has no result for it yet.
+    let (w, _, v26) = screened_world().await;
+    let pupil = &w.pupils[&2];
+    let path = format!("/pupils/{pupil}/results");
+    let body =
+        |scores: Value| json!({"assessment_id": v26, "score": 20, "status": "completed", "subtest_scores": scores});
+    let stored = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM results WHERE pupil_id = $1::uuid AND source_id IS NULL")
+            .bind(pupil)
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap();
+        n
+    };
+
+    // Bad subtest scores: 422 with a pointer each, and nothing changes.
+    let before = w.app.snapshot(true).await;
+    for (what, scores, pointer, message) in [
+        ("an unknown subtest", json!({"ordlesing": 5, "rettskriving": 3}), "/subtest_scores", "is not a subtest"),
+        ("a score above its maximum", json!({"ordlesing": 20.5}), "/subtest_scores/ordlesing", "max_score"),
+        ("a negative score", json!({"forstaelse": -1}), "/subtest_scores/forstaelse", "max_score"),
+        ("a score that is not a number", json!({"forstaelse": "7"}), "/subtest_scores/forstaelse", "wrong type"),
+    ] {
+        let r = w.app.post(&path, Some(&w.teacher.token), body(scores)).await;
+        let p = r.assert_problem(422, "validation-failed");
+        assert_eq!(p["errors"].as_array().unwrap().len(), 1, "{what}: {p}");
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{what}: {p}");
+        assert!(p["errors"][0]["message"].as_str().unwrap().contains(message), "{what}: {p}");
+        assert!(!p.to_string().contains("rettskriving"), "{what}: an unknown key is never echoed: {p}");
+    }
+    // Another assessment's subtests are unknown here: the first one has none.
+    let r = w
+        .app
+        .post(
+            &path,
+            Some(&w.teacher.token),
+            json!({"assessment_id": w.assessment, "score": 20, "status": "completed", "subtest_scores": {"ordlesing": 5}}),
+        )
+        .await;
+    assert_eq!(r.assert_problem(422, "validation-failed")["errors"][0]["pointer"], "/subtest_scores");
+    assert_eq!(before, w.app.snapshot(true).await, "refused subtest scores changed something");
+    assert_eq!(stored().await, 0);
+
+    // Accepted: ordlesing 5 is at or below 8, forstaelse 15 above 6, the total 20 above 15.
+    let r = w.app.post(&path, Some(&w.teacher.token), body(json!({"ordlesing": 5, " forstaelse ": 15}))).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let created = r.json();
+    assert_eq!(created["subtest_scores"], json!({"ordlesing": 5.0, "forstaelse": 15.0}));
+    let result_id = created["id"].as_str().unwrap().to_owned();
+    let details: Value = sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'result.registered'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(details["new"]["subtest_scores"], json!({"ordlesing": 5.0, "forstaelse": 15.0}));
+
+    let overview = format!("/groups/{}/overview?assessment_id={v26}", w.groups["5A"]);
+    let o = w.app.get(&overview, &w.teacher.token).await;
+    assert_eq!(o.status, 200, "{}", o.text());
+    let o = o.json();
+    let r2 = &line(&o, pupil)["result"];
+    assert_eq!((line(&o, pupil)["flagged"].as_bool(), r2["flagged"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        r2["subtests"],
+        json!([{"id": "ordlesing", "score": 5.0, "flagged": true}, {"id": "forstaelse", "score": 15.0, "flagged": false}])
+    );
+    let flagged: Vec<u64> =
+        o["assessment"]["subtests"].as_array().unwrap().iter().map(|s| s["flagged_count"].as_u64().unwrap()).collect();
+    // Pupil 0's spring scores (12, 12) are above both thresholds.
+    assert_eq!(flagged, [1, 0]);
+    let profile = w.app.get(&format!("/pupils/{pupil}"), &w.teacher.token).await.json();
+    let spring = profile["results"].as_array().unwrap().iter().find(|r| r["id"] == result_id.as_str()).unwrap();
+    assert_eq!(spring["source"], "manual");
+    let subtests: Vec<(&str, f64, bool)> = spring["subtests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["score"].as_f64().unwrap(), s["flagged"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(subtests, [("ordlesing", 5.0, true), ("forstaelse", 15.0, false)]);
+
+    // A correction is checked alike, and keeps the previous scores in the audit log.
+    let put = format!("/pupils/{pupil}/results/{result_id}");
+    let before = w.app.snapshot(true).await;
+    for (scores, pointer) in [
+        (json!({"ordlesing": 21}), "/subtest_scores/ordlesing"),
+        (json!({"ordlesing": -0.5}), "/subtest_scores/ordlesing"),
+        (json!({"d9": 1}), "/subtest_scores"),
+    ] {
+        let r = w
+            .app
+            .send(
+                Method::PUT,
+                &put,
+                Some(&w.teacher.token),
+                Some(json!({"score": 20, "status": "completed", "subtest_scores": scores})),
+            )
+            .await;
+        assert_eq!(r.assert_problem(422, "validation-failed")["errors"][0]["pointer"], pointer);
+    }
+    assert_eq!(before, w.app.snapshot(true).await, "refused corrections changed something");
+    let r = w
+        .app
+        .send(
+            Method::PUT,
+            &put,
+            Some(&w.leader.token),
+            Some(json!({"score": 20, "status": "completed", "subtest_scores": {"ordlesing": 9, "forstaelse": 6}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["subtest_scores"], json!({"ordlesing": 9.0, "forstaelse": 6.0}));
+    let details: Value = sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'result.corrected'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(details["previous"]["subtest_scores"], json!({"ordlesing": 5.0, "forstaelse": 15.0}));
+    assert_eq!(details["new"]["subtest_scores"], json!({"ordlesing": 9.0, "forstaelse": 6.0}));
+    let o = w.app.get(&overview, &w.teacher.token).await.json();
+    let flags: Vec<bool> =
+        line(&o, pupil)["result"]["subtests"].as_array().unwrap().iter().map(|s| s["flagged"] == true).collect();
+    assert_eq!(flags, [false, true], "9 is above 8 now, 6 at 6");
+    // Left out of a correction, the subtest scores go, as a score does.
+    let r =
+        w.app.send(Method::PUT, &put, Some(&w.teacher.token), Some(json!({"score": 20, "status": "completed"}))).await;
+    assert_eq!((r.status, &r.json()["subtest_scores"]), (200, &Value::Null));
+    assert_eq!(stored().await, 1);
 }
 
 #[tokio::test]

@@ -532,11 +532,17 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Page size from `?limit=`: default 50, 1..=200, otherwise 400.
 pub fn page_limit(req: &Request<Body>) -> Result<i64, Problem> {
+    limit_param(req, 50, 200)
+}
+
+/// The `limit` query parameter of a list whose pages hold 1 to `max` items
+/// (`default` without it); anything else is a 400 with pointer `/query/limit`.
+pub fn limit_param(req: &Request<Body>, default: i64, max: i64) -> Result<i64, Problem> {
     match query_param(req, "limit")? {
-        None => Ok(50),
+        None => Ok(default),
         Some(v) => match v.parse::<i64>() {
-            Ok(n) if (1..=200).contains(&n) => Ok(n),
-            _ => Err(Problem::bad_query(vec![field("/query/limit", "must be an integer from 1 to 200")])),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Problem::bad_query(vec![field("/query/limit", format!("must be an integer from 1 to {max}"))])),
         },
     }
 }

@@ -14,8 +14,8 @@ use serde_json::json;
 use std::collections::HashSet;
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::db::{uuid, Db, Value};
-use tavle_core::scores::{canonical_date, canonical_datetime, check_outcome, finite_in, STATUSES};
-use tavle_core::subtests::{check_threshold, validate_subtests, SubtestIn, ValidSubtest};
+use tavle_core::scores::{canonical_datetime, check_outcome, finite_in, STATUSES};
+use tavle_core::subtests::{parse_assessment, AssessmentFields, AssessmentSent, ScoreIn, SubtestIn, UNKNOWN_SUBTEST};
 use tavle_core::web::{Checks, RequestMeta};
 use tavle_core::Problem;
 
@@ -96,15 +96,9 @@ pub struct ValidResultsPost {
 
 struct ValidAssessment {
     external_id: String,
-    title: String,
-    subject: String,
-    year_level: Option<i64>,
-    max_score: f64,
-    /// `YYYY-MM-DD`, formatted from the parsed date.
-    administered_on: String,
-    family: Option<String>,
-    threshold: Option<f64>,
-    subtests: Vec<ValidSubtest>,
+    /// Title, subject, maximum, date, family, thresholds and subtests
+    /// (`tavle_core::subtests::parse_assessment`, as tenant admins' are).
+    fields: AssessmentFields,
 }
 
 struct ValidResult {
@@ -129,23 +123,17 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
     let mut checks = Checks::default();
     let a = &post.assessment;
     check_text(&mut checks, "/assessment/external_id", &a.external_id, 200);
-    check_text(&mut checks, "/assessment/title", &a.title, 300);
-    check_text(&mut checks, "/assessment/subject", &a.subject, 100);
-    if a.year_level.is_some_and(|y| !(1..=13).contains(&y)) {
-        checks.fail("/assessment/year_level", "must be from 1 to 13");
-    }
-    if !finite_in(a.max_score, f64::MIN_POSITIVE, 1e6) {
-        checks.fail("/assessment/max_score", "must be greater than 0 and at most 1000000");
-    }
-    let administered_on = canonical_date(&a.administered_on);
-    if administered_on.is_none() {
-        checks.fail("/assessment/administered_on", "must be a date (YYYY-MM-DD)");
-    }
-    if let Some(f) = &a.family {
-        check_text(&mut checks, "/assessment/family", f, 200);
-    }
-    check_threshold(&mut checks, "/assessment/threshold", a.threshold, a.max_score, "assessment");
-    let subtests = validate_subtests(&mut checks, "/assessment/subtests", &a.subtests);
+    let sent = AssessmentSent {
+        title: &a.title,
+        subject: &a.subject,
+        year_level: a.year_level,
+        max_score: a.max_score,
+        administered_on: &a.administered_on,
+        family: a.family.as_deref(),
+        threshold: a.threshold,
+        subtests: &a.subtests,
+    };
+    let (fields, subtests) = parse_assessment(&mut checks, "/assessment", &sent);
     if post.results.is_empty() || post.results.len() > MAX_RESULTS {
         checks.fail("/results", format!("must hold 1 to {MAX_RESULTS} results"));
         return Err(Problem::validation(checks.0));
@@ -163,11 +151,21 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
         if r.items.len() > MAX_ITEMS {
             checks.fail(&format!("{p}/items"), format!("at most {MAX_ITEMS} items"));
         }
-        let subtest_scores = validate_subtest_scores(&mut checks, &p, &r.subtests, &subtests);
+        let subtest_scores = subtests
+            .parse_scores(
+                &mut checks,
+                r.subtests.iter().enumerate().map(|(j, s)| ScoreIn {
+                    key: &s.id,
+                    score: s.score,
+                    key_pointer: format!("{p}/subtests/{j}/id"),
+                    score_pointer: format!("{p}/subtests/{j}/score"),
+                }),
+            )
+            .to_text();
         for (j, item) in r.items.iter().enumerate() {
             check_text(&mut checks, &format!("{p}/items/{j}/item"), &item.item, 100);
-            if item.subtest.as_deref().is_some_and(|k| !subtests.iter().any(|st| st.key == k.trim())) {
-                checks.fail(&format!("{p}/items/{j}/subtest"), "is not a subtest of the assessment");
+            if item.subtest.as_deref().is_some_and(|k| subtests.get(k).is_none()) {
+                checks.fail(&format!("{p}/items/{j}/subtest"), UNKNOWN_SUBTEST);
             }
             for (name, v) in [("score", item.score), ("max_score", item.max_score)] {
                 if v.is_some_and(|v| !finite_in(v, 0.0, 1e6)) {
@@ -213,50 +211,14 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
         }
     }
     checks.finish()?;
-    let Some(administered_on) = administered_on else { return Err(Problem::internal()) };
+    // Whatever did not parse has failed a check above.
+    let Some(fields) = fields else { return Err(Problem::internal()) };
     if results.len() != post.results.len() {
         // A row that did not parse but failed no check: a bug here, not the sender's.
         return Err(Problem::internal());
     }
-    let assessment = ValidAssessment {
-        external_id: a.external_id.trim().to_owned(),
-        title: a.title.trim().to_owned(),
-        subject: a.subject.trim().to_owned(),
-        year_level: a.year_level,
-        max_score: a.max_score,
-        administered_on,
-        family: a.family.as_deref().map(|f| f.trim().to_owned()),
-        threshold: a.threshold,
-        subtests,
-    };
+    let assessment = ValidAssessment { external_id: a.external_id.trim().to_owned(), fields };
     Ok(ValidResultsPost { assessment, results })
-}
-
-/// A result's subtest scores under `prefix`: each names one of the
-/// assessment's subtests, once, and stays within its maximum. The stored
-/// form is a JSON object by subtest key (`None` without scores).
-fn validate_subtest_scores(
-    checks: &mut Checks,
-    prefix: &str,
-    scores: &[SubtestScoreIn],
-    subtests: &[ValidSubtest],
-) -> Option<String> {
-    let mut stored = serde_json::Map::new();
-    for (j, s) in scores.iter().enumerate() {
-        let p = format!("{prefix}/subtests/{j}");
-        let key = s.id.trim();
-        match subtests.iter().find(|st| st.key == key) {
-            None => checks.fail(&format!("{p}/id"), "is not a subtest of the assessment"),
-            Some(_) if stored.contains_key(key) => checks.fail(&format!("{p}/id"), "duplicate subtest in this result"),
-            Some(st) if !finite_in(s.score, 0.0, st.max_score) => {
-                checks.fail(&format!("{p}/score"), "must be from 0 to the subtest's max_score")
-            }
-            Some(_) => {
-                stored.insert(key.to_owned(), json!(s.score));
-            }
-        }
-    }
-    (!stored.is_empty()).then(|| serde_json::Value::Object(stored).to_string())
 }
 
 /// The assessment of a results post as stored before it, locked until
@@ -377,12 +339,12 @@ struct Changes {
 }
 
 impl Changes {
-    fn between(old: &StoredThresholds, new: &ValidAssessment) -> Changes {
+    fn between(old: &StoredThresholds, new: &AssessmentFields) -> Changes {
         let mut c = Changes::default();
         if old.total != new.threshold {
             c.thresholds.push(ThresholdChange { subtest: None, from: old.total, to: new.threshold });
         }
-        for st in &new.subtests {
+        for st in new.subtests.as_slice() {
             match old.subtests.iter().find(|(k, _)| *k == st.key) {
                 None => c.added.push(st.key.clone()),
                 Some((_, from)) if *from != st.threshold => {
@@ -394,7 +356,7 @@ impl Changes {
         c.removed = old
             .subtests
             .iter()
-            .filter(|(k, _)| !new.subtests.iter().any(|st| st.key == *k))
+            .filter(|(k, _)| !new.subtests.as_slice().iter().any(|st| st.key == *k))
             .map(|(k, _)| k.clone())
             .collect();
         c
@@ -426,7 +388,7 @@ pub async fn apply(
                 total: row.opt_float("threshold")?,
                 subtests: parse_stored(&row.json("subtests")?)?,
             };
-            let changes = Changes::between(&old, a);
+            let changes = Changes::between(&old, &a.fields);
             if !changes.removed.is_empty() {
                 // A subtest that stored results still score may not go: their
                 // scores would then name a subtest the assessment lacks.
@@ -460,32 +422,38 @@ pub async fn apply(
                 uuid(tenant_id),
                 uuid(source_id),
                 a.external_id.clone().into(),
-                a.title.clone().into(),
-                a.subject.clone().into(),
-                a.year_level.into(),
-                Value::Float(a.max_score),
-                a.administered_on.clone().into(),
-                a.family.clone().into(),
-                a.threshold.map(Value::Float).unwrap_or(Value::Null),
+                a.fields.title.clone().into(),
+                a.fields.subject.clone().into(),
+                a.fields.year_level.into(),
+                Value::Float(a.fields.max_score),
+                a.fields.administered_on.clone().into(),
+                a.fields.family.clone().into(),
+                a.fields.threshold.map(Value::Float).unwrap_or(Value::Null),
             ],
         )
         .await?
         .text("id")?;
-    let keys: Vec<String> = a.subtests.iter().map(|st| st.key.clone()).collect();
+    let keys: Vec<String> = a.fields.subtests.as_slice().iter().map(|st| st.key.clone()).collect();
     if before.is_some() {
         db.execute(SUBTESTS_DROP_SQL, &[uuid(tenant_id), uuid(&assessment_id), Value::text_array(keys.clone())])
             .await?;
     }
-    if !a.subtests.is_empty() {
+    if !a.fields.subtests.is_empty() {
         db.execute(
             SUBTESTS_UPSERT_SQL,
             &[
                 uuid(tenant_id),
                 uuid(&assessment_id),
                 Value::text_array(keys),
-                Value::text_array(a.subtests.iter().map(|st| st.title.clone())),
-                Value::text_array(a.subtests.iter().map(|st| st.max_score.to_string())),
-                Value::text_array(a.subtests.iter().map(|st| st.threshold.map(|t| t.to_string()).unwrap_or_default())),
+                Value::text_array(a.fields.subtests.as_slice().iter().map(|st| st.title.clone())),
+                Value::text_array(a.fields.subtests.as_slice().iter().map(|st| st.max_score.to_string())),
+                Value::text_array(
+                    a.fields
+                        .subtests
+                        .as_slice()
+                        .iter()
+                        .map(|st| st.threshold.map(|t| t.to_string()).unwrap_or_default()),
+                ),
             ],
         )
         .await?;
@@ -622,7 +590,7 @@ mod tests {
         let valid = validate(post(good()), &config(), "tenant").unwrap();
         let a = &valid.assessment;
         assert_eq!(
-            (a.external_id.as_str(), a.administered_on.as_str(), a.max_score),
+            (a.external_id.as_str(), a.fields.administered_on.as_str(), a.fields.max_score),
             ("lesing-h26", "2026-09-15", 40.0)
         );
         let [r1, r2] = &valid.results[..] else { panic!("two results") };
@@ -683,9 +651,9 @@ mod tests {
     fn subtests_and_thresholds_are_validated_into_their_stored_form() {
         let valid = validate(post(with_subtests()), &config(), "tenant").unwrap();
         let a = &valid.assessment;
-        assert_eq!((a.threshold, a.family.as_deref()), (Some(12.0), Some("lesing-kartlegging")));
+        assert_eq!((a.fields.threshold, a.fields.family.as_deref()), (Some(12.0), Some("lesing-kartlegging")));
         assert_eq!(
-            a.subtests.iter().map(|st| (st.key.as_str(), st.threshold)).collect::<Vec<_>>(),
+            a.fields.subtests.as_slice().iter().map(|st| (st.key.as_str(), st.threshold)).collect::<Vec<_>>(),
             [("ordlesing", Some(8.0)), ("forstaelse", None)]
         );
         let scores: serde_json::Value =
@@ -729,7 +697,7 @@ mod tests {
             total: Some(10.0),
             subtests: vec![("ordlesing".into(), Some(8.0)), ("forstaelse".into(), Some(5.0)), ("staving".into(), None)],
         };
-        let c = Changes::between(&old, &valid.assessment);
+        let c = Changes::between(&old, &valid.assessment.fields);
         assert_eq!(
             c.thresholds,
             [
@@ -742,7 +710,7 @@ mod tests {
             total: Some(12.0),
             subtests: vec![("ordlesing".into(), Some(8.0)), ("forstaelse".into(), None)],
         };
-        assert_eq!(Changes::between(&same, &valid.assessment), Changes::default());
+        assert_eq!(Changes::between(&same, &valid.assessment.fields), Changes::default());
     }
 
     #[test]
@@ -751,7 +719,7 @@ mod tests {
             let mut body = good();
             body["assessment"]["administered_on"] = json!(date);
             if let Ok(valid) = validate(post(body), &config(), "tenant") {
-                assert_eq!(valid.assessment.administered_on, "2026-09-15", "{date}");
+                assert_eq!(valid.assessment.fields.administered_on, "2026-09-15", "{date}");
             }
         }
     }

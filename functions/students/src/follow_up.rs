@@ -15,6 +15,7 @@
 use crate::pupils::uuid_param;
 use crate::scope::Scope;
 use http::StatusCode;
+use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 use tavle_core::access_log::logged_read_naming;
@@ -22,7 +23,8 @@ use tavle_core::db::{uuid, Db, Row, Value};
 use tavle_core::problem::field;
 use tavle_core::scores::{school_year_bounds, school_year_containing, Date};
 use tavle_core::vars::Variables;
-use tavle_core::web::{json, path_id, query_param, Body, HttpResult, RequestMeta};
+use tavle_core::web::{cursor_param, json, limit_param, malformed_cursor, open_cursor, path_id, query_param};
+use tavle_core::web::{Body, HttpResult, RequestMeta};
 use tavle_core::Problem;
 
 type Request = http::Request<Body>;
@@ -63,10 +65,15 @@ macro_rules! flagged_subtest_details {
     };
 }
 
-/// A pupil's follow-up list for a school year: one row per (group, flagged
-/// pupil, assessment), and one row naming no pupil for a group in scope
-/// without any. `$4` group, `$5` school, `$6`/`$7` the year's first and last
-/// day. Each pupil's latest result per assessment counts, as in the
+/// One page of the follow-up list for a school year: one row per (group,
+/// flagged pupil, assessment), and one row naming no pupil for a group in
+/// scope without any. `$4` group, `$5` school, `$6`/`$7` the year's first
+/// and last day; the page: `$8`/`$9` the group and pupil it continues after
+/// (both NULL on the first page; the pupil NULL after a group without any),
+/// `$10` its size in entries (a group's flagged pupil, or a group without
+/// any), numbered in `entry`; `more` says whether an entry follows. Rows
+/// come for the page's entries only, so the access record names exactly
+/// the pupils shown. Each pupil's latest result per assessment counts, as in the
 /// overview; an assessment without thresholds flags nobody. Per pupil, the
 /// assessments they have results for come from `results_pupil` alone (an
 /// index-only scan), each is probed by key for the school year, and only the
@@ -96,15 +103,27 @@ pub const FOLLOW_UP_SQL: &str = concat!(
                                         a.subject, a.administered_on, a.max_score, a.threshold \
                                  FROM results r WHERE r.pupil_id = mp.pupil_id AND r.assessment_id = ra.assessment_id \
                                  ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr) x \
-         WHERE x.total_flagged OR x.flagged_subtests IS NOT NULL) \
-     SELECT grp.id AS group_id, grp.name AS group_name, grp.school_id, grp.year_level AS group_year_level, \
-            f.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs, \
-            f.result_id, f.score, f.assessment_id, f.title, f.subject, f.administered_on::text AS administered_on, \
-            f.max_score, f.threshold, f.total_flagged, f.flagged_subtests \
-     FROM grp \
-     LEFT JOIN (mem JOIN flagged f ON f.pupil_id = mem.pupil_id JOIN pupils p ON p.id = mem.pupil_id) \
-            ON mem.group_id = grp.id \
-     ORDER BY grp.name, grp.id, p.family_name, p.given_name, p.id, f.administered_on, f.title, f.result_id"
+         WHERE x.total_flagged OR x.flagged_subtests IS NOT NULL), \
+     listed AS ( \
+         SELECT grp.id AS group_id, grp.name AS group_name, grp.school_id, grp.year_level AS group_year_level, \
+                f.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs, \
+                f.result_id, f.score, f.assessment_id, f.title, f.subject, f.administered_on::text AS administered_on, \
+                f.max_score, f.threshold, f.total_flagged, f.flagged_subtests \
+         FROM grp \
+         LEFT JOIN (mem JOIN flagged f ON f.pupil_id = mem.pupil_id JOIN pupils p ON p.id = mem.pupil_id) \
+                ON mem.group_id = grp.id), \
+     page AS MATERIALIZED ( \
+         SELECT l.*, dense_rank() OVER (ORDER BY l.group_name, l.group_id, l.family_name, l.given_name, l.pupil_id) \
+                AS entry \
+         FROM listed l \
+         WHERE $8::uuid IS NULL \
+            OR (l.group_name, l.group_id) > (SELECT ag.name, ag.id FROM groups ag \
+                                             WHERE ag.id = $8::uuid AND ag.tenant_id = $1::uuid) \
+            OR (l.group_id = $8::uuid AND $9::uuid IS NOT NULL \
+                AND (l.family_name, l.given_name, l.pupil_id) > (SELECT ap.family_name, ap.given_name, ap.id FROM pupils ap \
+                                                                 WHERE ap.id = $9::uuid AND ap.tenant_id = $1::uuid))) \
+     SELECT page.*, (SELECT max(entry) FROM page) > $10::int8 AS more FROM page WHERE entry <= $10::int8 \
+     ORDER BY entry, administered_on, title, result_id"
 );
 
 /// The access-log action of a follow-up list.
@@ -118,9 +137,19 @@ pub const FOLLOW_UP_ACTION: &str = "pupils.follow_up_viewed";
 /// membership's result is probed by (pupil, `$4`) in `results_pupil`, never
 /// through the assessment's results across the tenant, and the counts come
 /// from that one CTE: joining two CTEs, which PostgreSQL estimates at one
-/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms).
+/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms). The
+/// subtests' keys and thresholds are read once, into `a`, not per result
+/// (which was an index and a heap probe of `assessment_subtests` for each
+/// completed result); each member's year level comes from the index
+/// `pupils_current` alone (migration 0013), without a heap visit per pupil.
 pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
-    "WITH a AS MATERIALIZED (SELECT id, threshold FROM assessments WHERE id = $4::uuid AND tenant_id = $1::uuid), \
+    "WITH a AS MATERIALIZED ( \
+         SELECT a.id, a.threshold, \
+                ARRAY(SELECT st.key FROM assessment_subtests st \
+                      WHERE st.assessment_id = a.id AND st.threshold IS NOT NULL ORDER BY st.position) AS st_keys, \
+                ARRAY(SELECT st.threshold FROM assessment_subtests st \
+                      WHERE st.assessment_id = a.id AND st.threshold IS NOT NULL ORDER BY st.position) AS st_thresholds \
+         FROM assessments a WHERE a.id = $4::uuid AND a.tenant_id = $1::uuid), \
      grp AS MATERIALIZED (SELECT g.* FROM (",
     groups_in_scope!("$5", "$6"),
     ") g WHERE EXISTS (SELECT 1 FROM a)), \
@@ -131,8 +160,8 @@ pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
          SELECT m.group_id, m.pupil_id, m.year_level, lr.id AS result_id, lr.status, \
                 coalesce(lr.status = 'completed' AND lr.score <= a.threshold, false) AS total_flagged, \
                 CASE WHEN lr.status = 'completed' AND lr.subtest_scores IS NOT NULL THEN \
-                    ARRAY(SELECT fs.key FROM assessment_subtests fs WHERE fs.assessment_id = $4::uuid \
-                            AND (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) \
+                    ARRAY(SELECT fs.key FROM unnest(a.st_keys, a.st_thresholds) AS fs(key, threshold) \
+                          WHERE (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) \
                 ELSE '{}'::text[] END AS flagged_subtests \
          FROM mem m CROSS JOIN a \
          LEFT JOIN LATERAL (SELECT r.id, r.score, r.status, r.subtest_scores FROM results r \
@@ -166,10 +195,28 @@ fn school_year(req: &Request, today: Date) -> Result<i32, Problem> {
     }
 }
 
-/// `GET /follow-up?school_year&group_id&school_id`: per group in scope, every
-/// pupil flagged in an assessment of the school year, with the assessments
-/// and the subtests they are flagged in. A group or school outside the
-/// caller's scope is unknown (404).
+/// The list name of the follow-up list's cursors.
+const FOLLOW_UP_LIST: &str = "pupils.follow_up";
+
+/// The position in a follow-up list's cursor: the last entry shown, a
+/// group's pupil or a group without any (ids only, never a name).
+#[derive(Deserialize)]
+struct FollowUpCursor {
+    group: String,
+    pupil: Option<String>,
+}
+
+/// `limit`: entries per page, 1 to 500 (default 100).
+pub const FOLLOW_UP_DEFAULT_LIMIT: i64 = 100;
+pub const FOLLOW_UP_MAX_LIMIT: i64 = 500;
+
+/// `GET /follow-up?school_year&group_id&school_id&limit&cursor`: per group
+/// in scope, every pupil flagged in an assessment of the school year, with
+/// the assessments and the subtests they are flagged in; paged by entries
+/// (a group's flagged pupil, or a group without any), with a sealed cursor
+/// bound to the caller, the list and its filters (the school year as
+/// resolved). A group or school outside the caller's scope is unknown (404).
+/// Each page's access record names exactly the pupils it shows.
 pub async fn list(
     req: &Request,
     meta: &RequestMeta,
@@ -180,21 +227,50 @@ pub async fn list(
     let start = school_year(req, today)?;
     let group = uuid_param(req, "group_id")?;
     let school = uuid_param(req, "school_id")?;
+    let limit = limit_param(req, FOLLOW_UP_DEFAULT_LIMIT, FOLLOW_UP_MAX_LIMIT)?;
+    let cursor = cursor_param(req)?;
     let scope = Scope::of(req, vars, db).await?;
     scope.require_pupil_scope()?;
+    let cursors = crate::cursor_key(vars)?
+        .bind(FOLLOW_UP_LIST, &scope.who)
+        .filter("school_year", Some(&start.to_string()))
+        .filter("group_id", group.as_deref())
+        .filter("school_id", school.as_deref());
+    let after = match open_cursor::<FollowUpCursor>(&cursors, cursor.as_ref())? {
+        None => None,
+        Some(c) => {
+            let id = |s: &str| uuid::Uuid::parse_str(s).map(|u| u.to_string()).map_err(|_| malformed_cursor());
+            Some((id(&c.group)?, c.pupil.as_deref().map(id).transpose()?))
+        }
+    };
     let (from, to) = school_year_bounds(start);
     let filtered = group.is_some() || school.is_some();
+    let first_page = after.is_none();
+    let (after_group, after_pupil) = match after {
+        None => (Value::Null, Value::Null),
+        Some((g, p)) => (uuid(&g), p.map(|p| uuid(&p)).unwrap_or(Value::Null)),
+    };
     let mut params = scope.params();
     params.extend([
         group.map(uuid).unwrap_or(Value::Null),
         school.map(uuid).unwrap_or(Value::Null),
         from.clone().into(),
         to.clone().into(),
+        after_group,
+        after_pupil,
+        limit.into(),
     ]);
     let rows = logged_read_naming(db, &scope.who, meta, FOLLOW_UP_ACTION, FOLLOW_UP_SQL, "pupil_id", params).await?;
-    if rows.is_empty() && filtered {
+    if rows.is_empty() && filtered && first_page {
         return Err(Problem::not_found());
     }
+    let next_cursor = match rows.last() {
+        Some(last) if last.bool("more")? => Some(cursors.seal(&json!({
+            "group": last.text("group_id")?,
+            "pupil": last.opt_text("pupil_id")?,
+        }))),
+        _ => None,
+    };
     let mut groups: Vec<Json> = Vec::new();
     for row in &rows {
         let group_id = row.text("group_id")?;
@@ -244,7 +320,10 @@ pub async fn list(
             None => return Err(Problem::internal()),
         }
     }
-    json(StatusCode::OK, &json!({"school_year": {"start": start, "from": from, "to": to}, "groups": groups}))
+    json(
+        StatusCode::OK,
+        &json!({"school_year": {"start": start, "from": from, "to": to}, "groups": groups, "next_cursor": next_cursor}),
+    )
 }
 
 /// Counts of one line (a group or a year level).

@@ -21,7 +21,7 @@ pub mod follow_up;
 pub mod pupils;
 mod structure;
 
-pub use follow_up::{FOLLOW_UP_ACTION, FOLLOW_UP_COUNTS_SQL, FOLLOW_UP_SQL};
+pub use follow_up::{FOLLOW_UP_ACTION, FOLLOW_UP_COUNTS_SQL, FOLLOW_UP_DEFAULT_LIMIT, FOLLOW_UP_SQL};
 pub use overview::{OVERVIEW_ACTION, OVERVIEW_CONCERNED, OVERVIEW_SQL};
 pub use pupils::{PROFILE_ACTION, PROFILE_CONCERNED, PROFILE_SQL};
 

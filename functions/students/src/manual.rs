@@ -3,20 +3,27 @@
 //! recorded it and when; a correction keeps the previous value in the audit
 //! log. Publishers' results are corrected by the publisher re-sending them.
 //!
+//! A result may carry subtest scores, `{"<subtest key>": score}`, checked as
+//! the ingest checks a publisher's (`tavle_core::subtests`): every key a
+//! subtest of the assessment, every score from 0 to that subtest's maximum.
+//!
 //! The body is validated in full before the transaction begins: the
-//! assessment's maximum it is checked against is read first, and the
-//! transaction only gets a [`ValidOutcome`].
+//! assessment's maximum and subtests it is checked against are read first,
+//! and the transaction only gets a [`ValidOutcome`] (checked again there
+//! against the assessment as locked).
 
 use crate::scope::{Scope, PUPIL_VISIBLE};
 use crate::BODY_LIMIT;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
+use std::collections::{BTreeMap, HashSet};
 use tavle_core::access_log;
 use tavle_core::audit::{self, Event};
 use tavle_core::db::{transaction, uuid, Db, Row};
 use tavle_core::problem::field;
 use tavle_core::scores::{canonical_datetime, check_outcome, STATUSES};
+use tavle_core::subtests::{ScoreIn, SubtestScores, Subtests};
 use tavle_core::vars::Variables;
 use tavle_core::web::{json, path_id, read_json, Body, Checks, HttpResult, RequestMeta};
 use tavle_core::Problem;
@@ -32,8 +39,12 @@ struct NewResult {
     status: String,
     #[serde(default)]
     completed_at: Option<String>,
+    #[serde(default)]
+    subtest_scores: Option<BTreeMap<String, f64>>,
 }
 
+/// A correction replaces the result's outcome whole: subtest scores left
+/// out are removed, as a score left out is.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Correction {
@@ -42,11 +53,62 @@ struct Correction {
     status: String,
     #[serde(default)]
     completed_at: Option<String>,
+    #[serde(default)]
+    subtest_scores: Option<BTreeMap<String, f64>>,
+}
+
+/// What a body says about the outcome, as sent.
+struct OutcomeIn<'a> {
+    score: Option<f64>,
+    status: &'a str,
+    completed_at: Option<&'a str>,
+    subtest_scores: Option<&'a BTreeMap<String, f64>>,
+}
+
+impl NewResult {
+    fn outcome(&self) -> OutcomeIn<'_> {
+        OutcomeIn {
+            score: self.score,
+            status: &self.status,
+            completed_at: self.completed_at.as_deref(),
+            subtest_scores: self.subtest_scores.as_ref(),
+        }
+    }
+}
+
+impl Correction {
+    fn outcome(&self) -> OutcomeIn<'_> {
+        OutcomeIn {
+            score: self.score,
+            status: &self.status,
+            completed_at: self.completed_at.as_deref(),
+            subtest_scores: self.subtest_scores.as_ref(),
+        }
+    }
+}
+
+/// The assessment a result is checked against: its maximum and subtests.
+struct Target {
+    max_score: f64,
+    subtests: Subtests,
+}
+
+/// The `max_score` and `subtests` columns of an assessment `a`.
+const TARGET_COLUMNS: &str = "a.max_score, \
+     (SELECT coalesce(jsonb_agg(jsonb_build_object('id', st.key, 'title', st.title, 'max_score', st.max_score, \
+                                                   'threshold', st.threshold) ORDER BY st.position), '[]'::jsonb) \
+      FROM assessment_subtests st WHERE st.assessment_id = a.id) AS subtests";
+
+impl Target {
+    fn of(row: &Row) -> Result<Target, Problem> {
+        let subtests = Subtests::from_stored_json(&row.json("subtests")?).ok_or_else(Problem::internal)?;
+        Ok(Target { max_score: row.float("max_score")?, subtests })
+    }
 }
 
 /// Columns of a result as answered: see `view`.
 const RESULT_COLUMNS: &str = "r.id, r.pupil_id, r.assessment_id, r.score, r.status, \
-     rfc3339(r.completed_at) AS completed_at, r.recorded_by, \
+     rfc3339(r.completed_at) AS completed_at, r.subtest_scores, r.recorded_by, \
      (SELECT display_name FROM users WHERE id = r.recorded_by) AS recorded_by_name, rfc3339(r.updated_at) AS updated_at";
 
 fn view(r: &Row) -> Result<Json, Problem> {
@@ -57,69 +119,79 @@ fn view(r: &Row) -> Result<Json, Problem> {
         "score": r.opt_float("score")?,
         "status": r.text("status")?,
         "completed_at": r.opt_text("completed_at")?,
+        "subtest_scores": r.json("subtest_scores")?,
         "source": "manual",
         "recorded_by": {"id": r.text("recorded_by")?, "display_name": r.opt_text("recorded_by_name")?},
         "updated_at": r.text("updated_at")?,
     }))
 }
 
-/// A result's score, status and completion time, checked against the
-/// assessment's maximum: what gets stored.
+/// A result's score, status, completion time and subtest scores, checked
+/// against the assessment's maximum and subtests: what gets stored.
 #[derive(Debug, PartialEq)]
 struct ValidOutcome {
     score: Option<f64>,
     status: &'static str,
     /// RFC 3339 in UTC.
     completed_at: Option<String>,
+    subtest_scores: SubtestScores,
 }
 
 impl ValidOutcome {
     fn json(&self) -> Json {
-        outcome_json(self.score, self.status, self.completed_at.as_deref())
+        outcome_json(self.score, self.status, self.completed_at.as_deref(), self.subtest_scores.to_json())
     }
 }
 
-/// Checks an outcome against the assessment's `max_score`; no database work.
-fn validate(
-    score: Option<f64>,
-    status: &str,
-    completed_at: Option<&str>,
-    max_score: f64,
-) -> Result<ValidOutcome, Problem> {
-    let mut checks = Checks::default();
-    check_outcome(&mut checks, "", score, status, completed_at, max_score);
-    checks.finish()?;
-    // Both parse: check_outcome accepted them.
-    let status = STATUSES.iter().copied().find(|s| *s == status).ok_or_else(Problem::internal)?;
-    let completed_at = completed_at.map(|t| canonical_datetime(t).ok_or_else(Problem::internal)).transpose()?;
-    Ok(ValidOutcome { score, status, completed_at })
+/// An RFC 6901 pointer segment.
+fn pointer_segment(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
-/// Inside the transaction: the assessment's maximum, locked against a
-/// publisher changing it meanwhile, still admits the validated score (it was
-/// read before the transaction began).
-async fn still_within_max(
-    db: &mut impl Db,
-    scope: &Scope,
-    assessment: &str,
-    outcome: &ValidOutcome,
-) -> Result<(), Problem> {
+/// Checks an outcome against the assessment; no database work. A subtest
+/// score's key is pointed at only when it is one of the assessment's
+/// subtests: an unknown key (which might be anything a client sent, personal
+/// data in the wrong place included) is never echoed, its error points at
+/// `/subtest_scores`.
+fn validate(sent: &OutcomeIn<'_>, target: &Target) -> Result<ValidOutcome, Problem> {
+    let mut checks = Checks::default();
+    check_outcome(&mut checks, "", sent.score, sent.status, sent.completed_at, target.max_score);
+    let scores = sent.subtest_scores.into_iter().flatten().map(|(key, score)| {
+        let known = target.subtests.get(key).is_some();
+        let pointer =
+            if known { format!("/subtest_scores/{}", pointer_segment(key.trim())) } else { "/subtest_scores".into() };
+        ScoreIn { key, score: *score, key_pointer: pointer.clone(), score_pointer: pointer }
+    });
+    let subtest_scores = target.subtests.parse_scores(&mut checks, scores);
+    // One error per pointer and message (unknown keys all point at the object).
+    let mut seen = HashSet::new();
+    checks.0.retain(|e| seen.insert((e.pointer.clone(), e.message.clone())));
+    checks.finish()?;
+    // Both parse: check_outcome accepted them.
+    let status = STATUSES.iter().copied().find(|s| *s == sent.status).ok_or_else(Problem::internal)?;
+    let completed_at = sent.completed_at.map(|t| canonical_datetime(t).ok_or_else(Problem::internal)).transpose()?;
+    Ok(ValidOutcome { score: sent.score, status, completed_at, subtest_scores })
+}
+
+/// Inside the transaction: the assessment, locked against a publisher
+/// changing it meanwhile, still admits the outcome validated before the
+/// transaction began (its maximum and subtests were read then).
+async fn still_valid(db: &mut impl Db, scope: &Scope, assessment: &str, sent: &OutcomeIn<'_>) -> Result<(), Problem> {
     let row = db
         .query_opt(
-            "SELECT max_score FROM assessments WHERE id = $1::uuid AND tenant_id = $2::uuid FOR SHARE",
+            &format!(
+                "SELECT {TARGET_COLUMNS} FROM assessments a WHERE a.id = $1::uuid AND a.tenant_id = $2::uuid FOR SHARE"
+            ),
             &[uuid(assessment), uuid(&scope.who.tenant_id)],
         )
         .await?
         .ok_or_else(Problem::not_found)?;
-    let max_score = row.float("max_score")?;
-    if outcome.score.is_some_and(|s| s > max_score) {
-        return Err(Problem::validation(vec![field("/score", "must be from 0 to the assessment's max_score")]));
-    }
-    Ok(())
+    // The same body against the same assessment validates to the same outcome.
+    validate(sent, &Target::of(&row)?).map(|_| ())
 }
 
-fn outcome_json(score: Option<f64>, status: &str, completed_at: Option<&str>) -> Json {
-    json!({"score": score, "status": status, "completed_at": completed_at})
+fn outcome_json(score: Option<f64>, status: &str, completed_at: Option<&str>, subtest_scores: Option<Json>) -> Json {
+    json!({"score": score, "status": status, "completed_at": completed_at, "subtest_scores": subtest_scores})
 }
 
 /// The pupil, if the caller may see (and so write for) them; locked so that
@@ -133,25 +205,36 @@ async fn visible_pupil(db: &mut impl Db, scope: &Scope, pupil: &str) -> Result<(
 }
 
 /// Before the transaction: 404 unless the pupil is visible, 422 unless the
-/// assessment is the tenant's; its `max_score` otherwise.
-async fn registration_target(db: &mut impl Db, scope: &Scope, pupil: &str, assessment: &str) -> Result<f64, Problem> {
+/// assessment is the tenant's; its maximum and subtests otherwise.
+async fn registration_target(
+    db: &mut impl Db,
+    scope: &Scope,
+    pupil: &str,
+    assessment: &str,
+) -> Result<Target, Problem> {
     let mut params = scope.params();
     params.extend([uuid(pupil), uuid(assessment)]);
     let sql = format!(
-        "SELECT (SELECT max_score FROM assessments WHERE id = $5::uuid AND tenant_id = $1::uuid) AS max_score \
-         FROM pupils p WHERE p.id = $4::uuid AND {PUPIL_VISIBLE}"
+        "SELECT t.* FROM pupils p \
+         LEFT JOIN LATERAL (SELECT {TARGET_COLUMNS} FROM assessments a \
+                            WHERE a.id = $5::uuid AND a.tenant_id = $1::uuid) t ON true \
+         WHERE p.id = $4::uuid AND {PUPIL_VISIBLE}"
     );
     let row = db.query_opt(&sql, &params).await?.ok_or_else(Problem::not_found)?;
-    row.opt_float("max_score")?.ok_or_else(|| Problem::validation(vec![field("/assessment_id", "no such assessment")]))
+    if row.opt_float("max_score")?.is_none() {
+        return Err(Problem::validation(vec![field("/assessment_id", "no such assessment")]));
+    }
+    Target::of(&row)
 }
 
 /// Before the transaction: 404 unless the pupil is visible and the result
-/// theirs, 409 for a publisher's result; its assessment's `max_score` otherwise.
-async fn correction_target(db: &mut impl Db, scope: &Scope, pupil: &str, result: &str) -> Result<f64, Problem> {
+/// theirs, 409 for a publisher's result; its assessment's maximum and
+/// subtests otherwise.
+async fn correction_target(db: &mut impl Db, scope: &Scope, pupil: &str, result: &str) -> Result<Target, Problem> {
     let mut params = scope.params();
     params.extend([uuid(pupil), uuid(result)]);
     let sql = format!(
-        "SELECT r.source_id IS NULL AS manual, a.max_score \
+        "SELECT r.source_id IS NULL AS manual, {TARGET_COLUMNS} \
          FROM pupils p JOIN results r ON r.pupil_id = p.id AND r.tenant_id = p.tenant_id \
          JOIN assessments a ON a.id = r.assessment_id \
          WHERE p.id = $4::uuid AND r.id = $5::uuid AND {PUPIL_VISIBLE}"
@@ -163,7 +246,7 @@ async fn correction_target(db: &mut impl Db, scope: &Scope, pupil: &str, result:
              register a manual result instead",
         ));
     }
-    Ok(row.float("max_score")?)
+    Target::of(&row)
 }
 
 pub async fn register(
@@ -179,19 +262,20 @@ pub async fn register(
         .map_err(|_| Problem::validation(vec![field("/assessment_id", "must be an assessment id")]))?
         .to_string();
     let scope = Scope::of(req, vars, db).await?;
-    let max_score = registration_target(db, &scope, &pupil, &assessment).await?;
-    let outcome = validate(body.score, &body.status, body.completed_at.as_deref(), max_score)?;
+    let target = registration_target(db, &scope, &pupil, &assessment).await?;
+    let sent = body.outcome();
+    let outcome = validate(&sent, &target)?;
     transaction(db, async |db| {
         // Again, now locked: the pupil may have left the caller's scope meanwhile.
         visible_pupil(db, &scope, &pupil).await?;
-        still_within_max(db, &scope, &assessment, &outcome).await?;
+        still_valid(db, &scope, &assessment, &sent).await?;
         let inserted = db
             .query_opt(
                 &format!(
                     "WITH r AS (INSERT INTO results (tenant_id, pupil_id, assessment_id, recorded_by, score, status, \
-                                                  completed_at) \
+                                                  completed_at, subtest_scores) \
                                 VALUES ($1::uuid, $2::uuid, $3::uuid, $4::uuid, $5::float8, $6::text, \
-                                        $7::text::timestamptz) \
+                                        $7::text::timestamptz, $8::text::jsonb) \
                                 ON CONFLICT (pupil_id, assessment_id) WHERE source_id IS NULL DO NOTHING \
                                 RETURNING *) \
                      SELECT {RESULT_COLUMNS} FROM r"
@@ -204,6 +288,7 @@ pub async fn register(
                     outcome.score.into(),
                     outcome.status.into(),
                     outcome.completed_at.clone().into(),
+                    outcome.subtest_scores.to_text().into(),
                 ],
             )
             .await?;
@@ -243,31 +328,36 @@ pub async fn correct(
     let result = path_id(result)?;
     let body: Correction = read_json(req, BODY_LIMIT)?;
     let scope = Scope::of(req, vars, db).await?;
-    let max_score = correction_target(db, &scope, &pupil, &result).await?;
-    let outcome = validate(body.score, &body.status, body.completed_at.as_deref(), max_score)?;
+    let target = correction_target(db, &scope, &pupil, &result).await?;
+    let sent = body.outcome();
+    let outcome = validate(&sent, &target)?;
     transaction(db, async |db| {
         // Again, now locked: pupil and result may have changed meanwhile.
         visible_pupil(db, &scope, &pupil).await?;
         let current = db
             .query_opt(
-                "SELECT r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.assessment_id FROM results r \
+                "SELECT r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.subtest_scores, r.assessment_id \
+                 FROM results r \
                  WHERE r.id = $1::uuid AND r.pupil_id = $2::uuid AND r.tenant_id = $3::uuid AND r.source_id IS NULL \
                  FOR UPDATE OF r",
                 &[uuid(&result), uuid(&pupil), uuid(&scope.who.tenant_id)],
             )
             .await?
             .ok_or_else(Problem::not_found)?;
-        still_within_max(db, &scope, &current.text("assessment_id")?, &outcome).await?;
+        still_valid(db, &scope, &current.text("assessment_id")?, &sent).await?;
+        let previous_scores = Some(current.json("subtest_scores")?).filter(|j| !j.is_null());
         let previous = outcome_json(
             current.opt_float("score")?,
             &current.text("status")?,
             current.opt_text("completed_at")?.as_deref(),
+            previous_scores,
         );
         let row = db
             .query_one(
                 &format!(
                     "WITH r AS (UPDATE results SET score = $2::float8, status = $3::text, \
-                                    completed_at = $4::text::timestamptz, recorded_by = $5::uuid, updated_at = now() \
+                                    completed_at = $4::text::timestamptz, recorded_by = $5::uuid, \
+                                    subtest_scores = $6::text::jsonb, updated_at = now() \
                                 WHERE id = $1::uuid RETURNING *) \
                      SELECT {RESULT_COLUMNS} FROM r"
                 ),
@@ -277,6 +367,7 @@ pub async fn correct(
                     outcome.status.into(),
                     outcome.completed_at.clone().into(),
                     uuid(&scope.who.user_id),
+                    outcome.subtest_scores.to_text().into(),
                 ],
             )
             .await?;
@@ -300,20 +391,64 @@ pub async fn correct(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tavle_core::subtests::ValidSubtest;
+
+    fn target() -> Target {
+        let st = |key: &str| ValidSubtest { key: key.into(), title: key.into(), max_score: 10.0, threshold: Some(3.0) };
+        Target { max_score: 40.0, subtests: Subtests::stored(vec![st("a"), st("b/c")]) }
+    }
+
+    fn outcome<'a>(
+        score: Option<f64>,
+        status: &'a str,
+        completed_at: Option<&'a str>,
+        scores: Option<&'a BTreeMap<String, f64>>,
+    ) -> OutcomeIn<'a> {
+        OutcomeIn { score, status, completed_at, subtest_scores: scores }
+    }
 
     #[test]
     fn outcomes_are_validated_against_the_maximum_and_made_canonical() {
-        let valid = validate(Some(31.5), "completed", Some("2026-09-16T10:00:00+02:00"), 40.0).unwrap();
-        let want =
-            ValidOutcome { score: Some(31.5), status: "completed", completed_at: Some("2026-09-16T08:00:00Z".into()) };
-        assert_eq!(valid, want);
-        assert_eq!(validate(None, "absent", None, 40.0).unwrap().completed_at, None);
+        let scores = BTreeMap::from([(" a ".to_owned(), 2.5), ("b/c".to_owned(), 10.0)]);
+        let valid =
+            validate(&outcome(Some(31.5), "completed", Some("2026-09-16T10:00:00+02:00"), Some(&scores)), &target())
+                .unwrap();
+        assert_eq!((valid.score, valid.status), (Some(31.5), "completed"));
+        assert_eq!(valid.completed_at.as_deref(), Some("2026-09-16T08:00:00Z"));
+        assert_eq!(valid.subtest_scores.to_json(), Some(json!({"a": 2.5, "b/c": 10.0})));
+        let absent = validate(&outcome(None, "absent", None, None), &target()).unwrap();
+        assert_eq!((absent.completed_at, absent.subtest_scores.to_json()), (None, None));
 
-        let p = validate(Some(41.0), "done", Some("2026-09-16 10:00:00+02:00"), 40.0).unwrap_err();
+        let p = validate(&outcome(Some(41.0), "done", Some("2026-09-16 10:00:00+02:00"), None), &target()).unwrap_err();
         assert_eq!(p.status, 422);
         let pointers: Vec<&str> = p.errors.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(pointers, ["/status", "/score", "/completed_at"]);
-        let p = validate(None, "completed", None, 40.0).unwrap_err();
+        let p = validate(&outcome(None, "completed", None, None), &target()).unwrap_err();
         assert_eq!(p.errors[0].message, "a completed result needs a score");
+    }
+
+    #[test]
+    fn subtest_scores_name_the_assessments_subtests_within_their_maxima() {
+        let bad = BTreeMap::from([
+            ("15891550089".to_owned(), 1.0),
+            ("x".to_owned(), 1.0),
+            ("a".to_owned(), 10.5),
+            ("b/c".to_owned(), -1.0),
+        ]);
+        let p = validate(&outcome(Some(3.0), "completed", None, Some(&bad)), &target()).unwrap_err();
+        let errors: Vec<(&str, &str)> = p.errors.iter().map(|e| (e.pointer.as_str(), e.message.as_str())).collect();
+        assert_eq!(
+            errors,
+            [
+                ("/subtest_scores", "is not a subtest of the assessment"),
+                ("/subtest_scores/a", "must be from 0 to the subtest's max_score"),
+                ("/subtest_scores/b~1c", "must be from 0 to the subtest's max_score"),
+            ]
+        );
+        assert!(!format!("{:?}", p.errors).contains("15891550089"), "unknown keys are never echoed");
+        // Trimmed keys are one subtest: sent twice, the second is refused.
+        let twice = BTreeMap::from([("a".to_owned(), 1.0), ("a ".to_owned(), 2.0)]);
+        let p = validate(&outcome(Some(3.0), "completed", None, Some(&twice)), &target()).unwrap_err();
+        assert_eq!(p.errors[0].message, "duplicate subtest in this result");
     }
 }

@@ -15,8 +15,9 @@ use serde_json::{json, Value as Json};
 use tavle_core::audit::{self, Event};
 use tavle_core::auth::{authenticate_as, Principal, Role};
 use tavle_core::db::{transaction, uuid, Db, Row, Value};
-use tavle_core::scores::{canonical_date, finite_in};
-use tavle_core::subtests::{check_text, check_threshold, validate_subtests, SubtestIn, ValidSubtest};
+use tavle_core::subtests::{
+    check_threshold, parse_assessment, AssessmentFields, AssessmentSent, SubtestIn, UNKNOWN_SUBTEST,
+};
 use tavle_core::vars::Variables;
 use tavle_core::web::{json, path_id, read_json, Body, Checks, HttpResult, RequestMeta};
 use tavle_core::Problem;
@@ -40,48 +41,23 @@ struct NewAssessment {
     subtests: Vec<SubtestIn>,
 }
 
-/// A new assessment that passed every check, in the form it is stored.
-struct ValidAssessment {
-    title: String,
-    subject: String,
-    year_level: Option<i64>,
-    max_score: f64,
-    administered_on: String,
-    family: Option<String>,
-    threshold: Option<f64>,
-    subtests: Vec<ValidSubtest>,
-}
-
-fn validate_new(a: NewAssessment) -> Result<ValidAssessment, Problem> {
+/// Checks a new assessment whole, as the ingest checks a publisher's
+/// (`tavle_core::subtests::parse_assessment`); no database work.
+fn validate_new(a: NewAssessment) -> Result<AssessmentFields, Problem> {
     let mut checks = Checks::default();
-    check_text(&mut checks, "/title", &a.title, 300);
-    check_text(&mut checks, "/subject", &a.subject, 100);
-    if a.year_level.is_some_and(|y| !(1..=13).contains(&y)) {
-        checks.fail("/year_level", "must be from 1 to 13");
-    }
-    if !finite_in(a.max_score, f64::MIN_POSITIVE, 1e6) {
-        checks.fail("/max_score", "must be greater than 0 and at most 1000000");
-    }
-    let administered_on = canonical_date(&a.administered_on);
-    if administered_on.is_none() {
-        checks.fail("/administered_on", "must be a date (YYYY-MM-DD)");
-    }
-    if let Some(f) = &a.family {
-        check_text(&mut checks, "/family", f, 200);
-    }
-    check_threshold(&mut checks, "/threshold", a.threshold, a.max_score, "assessment");
-    let subtests = validate_subtests(&mut checks, "/subtests", &a.subtests);
-    checks.finish()?;
-    Ok(ValidAssessment {
-        title: a.title.trim().to_owned(),
-        subject: a.subject.trim().to_owned(),
+    let sent = AssessmentSent {
+        title: &a.title,
+        subject: &a.subject,
         year_level: a.year_level,
         max_score: a.max_score,
-        administered_on: administered_on.ok_or_else(Problem::internal)?,
-        family: a.family.map(|f| f.trim().to_owned()),
+        administered_on: &a.administered_on,
+        family: a.family.as_deref(),
         threshold: a.threshold,
-        subtests,
-    })
+        subtests: &a.subtests,
+    };
+    let (fields, _) = parse_assessment(&mut checks, "", &sent);
+    checks.finish()?;
+    fields.ok_or_else(Problem::internal)
 }
 
 /// A change of thresholds: the total's (`null` removes it) and, per
@@ -119,7 +95,7 @@ fn validate_change(change: &ThresholdChange, stored: &Stored) -> Result<Vec<(Str
     for (i, st) in change.subtests.iter().enumerate() {
         let key = st.id.trim();
         match stored.subtests.iter().find(|(k, _, _)| k == key) {
-            None => checks.fail(&format!("/subtests/{i}/id"), "is not a subtest of the assessment"),
+            None => checks.fail(&format!("/subtests/{i}/id"), UNKNOWN_SUBTEST),
             Some(_) if out.iter().any(|(k, _)| k == key) => {
                 checks.fail(&format!("/subtests/{i}/id"), "duplicate subtest in this change")
             }
@@ -194,11 +170,11 @@ pub async fn register(req: &Request, meta: &RequestMeta, vars: &impl Variables, 
                 &[
                     uuid(&who.tenant_id),
                     uuid(&id),
-                    Value::text_array(a.subtests.iter().map(|st| st.key.clone())),
-                    Value::text_array(a.subtests.iter().map(|st| st.title.clone())),
-                    Value::text_array(a.subtests.iter().map(|st| st.max_score.to_string())),
+                    Value::text_array(a.subtests.as_slice().iter().map(|st| st.key.clone())),
+                    Value::text_array(a.subtests.as_slice().iter().map(|st| st.title.clone())),
+                    Value::text_array(a.subtests.as_slice().iter().map(|st| st.max_score.to_string())),
                     Value::text_array(
-                        a.subtests.iter().map(|st| st.threshold.map(|t| t.to_string()).unwrap_or_default()),
+                        a.subtests.as_slice().iter().map(|st| st.threshold.map(|t| t.to_string()).unwrap_or_default()),
                     ),
                 ],
             )
@@ -318,7 +294,7 @@ pub async fn set_thresholds(
 mod tests {
     use super::*;
 
-    fn new(body: Json) -> Result<ValidAssessment, Problem> {
+    fn new(body: Json) -> Result<AssessmentFields, Problem> {
         validate_new(tavle_core::web::from_value(body)?)
     }
 
@@ -328,7 +304,7 @@ mod tests {
             new(json!({"title": " Leseprøve ", "subject": "norsk", "max_score": 30, "administered_on": "2026-10-05",
                            "threshold": 10, "subtests": [{"id": "a", "title": "A", "max_score": 15, "threshold": 5}]}))
             .unwrap();
-        assert_eq!((a.title.as_str(), a.threshold, a.subtests.len()), ("Leseprøve", Some(10.0), 1));
+        assert_eq!((a.title.as_str(), a.threshold, a.subtests.as_slice().len()), ("Leseprøve", Some(10.0), 1));
         let p = new(json!({"title": "", "subject": "norsk", "max_score": 30, "administered_on": "2026-02-30",
                            "threshold": 31, "subtests": [{"id": "a", "title": "A", "max_score": 15, "threshold": -1}]}))
         .err()
