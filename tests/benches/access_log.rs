@@ -242,7 +242,9 @@ async fn run(
         let mut n = 0usize;
         while Instant::now() < deadline {
             n += 1;
-            if write_every > 0 && n.is_multiple_of(write_every) && !caller.writes.is_empty() {
+            // Staggered by client, so that even a short (smoke) run writes:
+            // client c writes first at request `write_every - c`.
+            if write_every > 0 && (n + c).is_multiple_of(write_every) && !caller.writes.is_empty() {
                 let pupil = &caller.writes[(next(&mut seed) as usize) % caller.writes.len()];
                 let score = (next(&mut seed) % 20) as f64;
                 let result = caller.written.lock().unwrap().get(pupil).cloned();
