@@ -43,7 +43,7 @@ pub struct TestCluster {
 }
 
 /// The login the hosts under test use (`ops::ensure_app_roles`).
-pub use tavle_host::ops::APP_LOGIN;
+pub use tavle_host::ops::{APP_LOGIN, RETENTION_LOGIN};
 
 /// The URL of `database` for another login role of the test cluster.
 pub fn url_as(owner_url: &str, role: &str) -> String {
@@ -206,6 +206,8 @@ impl TestApp {
         let (signing, public) = tavle_login::generate_signing_key();
         let mut provided: HashMap<String, String> = HashMap::from([
             ("db_url".to_owned(), url_as(&db_url, APP_LOGIN)),
+            ("retention_db_url".to_owned(), url_as(&db_url, RETENTION_LOGIN)),
+            ("scheduler_token".to_owned(), random_key()),
             ("db_host".to_owned(), format!("127.0.0.1:{}", cluster.cluster.port())),
             ("token_signing_key".to_owned(), signing.clone()),
             ("token_public_keys".to_owned(), public.clone()),

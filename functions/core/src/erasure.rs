@@ -59,53 +59,101 @@ pub async fn pupil_sources(db: &mut impl Db, tenant_id: &str, pupil_id: &str) ->
 }
 
 /// Why a pupil is erased.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The subject asked (Art. 17): tombstones keep rosters from re-creating them.
-    Request,
-    /// Retention: no tombstone, so a pupil who enrols again is a pupil again.
+#[derive(Debug, Clone, Copy)]
+pub enum Reason<'a> {
+    /// The subject asked (Art. 17): tombstones (under the blind-index key)
+    /// keep rosters from re-creating them.
+    Request(&'a BlindIndex),
+    /// Retention: no tombstone, so a pupil who enrols again is a pupil again
+    /// (and the retention component holds no blind-index key).
     Retention,
+}
+
+/// What erasing a batch of pupils did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErasedBatch {
+    pub pupils: i64,
+    pub results_anonymised: i64,
+    pub memberships_removed: i64,
 }
 
 /// Erases the tenant's pupil `pupil_id` (see the module comment) in the
 /// caller's transaction. `None` when there is no such pupil (already erased).
 pub async fn erase_pupil(
     db: &mut impl Db,
-    index: &BlindIndex,
     tenant_id: &str,
     pupil_id: &str,
-    reason: Reason,
+    reason: Reason<'_>,
 ) -> Result<Option<Erased>, Problem> {
-    let tenant = || uuid(tenant_id);
-    let pupil = || uuid(pupil_id);
-    let Some(row) = db
+    let exists = db
         .query_opt(
-            "SELECT identity_index, feide_username, given_name, family_name FROM pupils \
-             WHERE tenant_id = $1::uuid AND id = $2::uuid FOR UPDATE",
-            &[tenant(), pupil()],
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let sources = pupil_sources(db, tenant_id, pupil_id).await?;
-
-    let mut tombstones = Vec::new();
-    if reason == Reason::Request && !row.is_null("identity_index")? {
-        tombstones.push(index.tombstone_of_index(tenant_id, &row.bytes("identity_index")?));
-    }
-    if let (Reason::Request, Some(feide)) = (reason, row.opt_text("feide_username")?) {
-        tombstones.push(index.tombstone_of_feide(tenant_id, &feide));
-    }
-    for t in tombstones {
-        db.execute(
-            "INSERT INTO erased_pupils (tenant_id, tombstone) VALUES ($1::uuid, $2::bytea) ON CONFLICT DO NOTHING",
-            &[tenant(), Value::Bytes(t)],
+            "SELECT 1 AS one FROM pupils WHERE tenant_id = $1::uuid AND id = $2::uuid",
+            &[uuid(tenant_id), uuid(pupil_id)],
         )
         .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let sources = pupil_sources(db, tenant_id, pupil_id).await?;
+    let done = erase_pupils(db, tenant_id, &[pupil_id.to_owned()], reason).await?;
+    if done.pupils == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Erased {
+        results_anonymised: done.results_anonymised,
+        memberships_removed: done.memberships_removed,
+        sources,
+    }))
+}
+
+/// Erases the tenant's pupils `pupil_ids` in the caller's transaction, with
+/// set-based statements (retention erases leavers in batches); ids that are
+/// no longer there are skipped. The one implementation behind
+/// [`erase_pupil`].
+pub async fn erase_pupils(
+    db: &mut impl Db,
+    tenant_id: &str,
+    pupil_ids: &[String],
+    reason: Reason<'_>,
+) -> Result<ErasedBatch, Problem> {
+    let tenant = || uuid(tenant_id);
+    let ids = || Value::text_array(pupil_ids.iter().cloned());
+    let rows = db
+        .query(
+            "SELECT id::text AS id, identity_index, feide_username, given_name, family_name, \
+                    EXISTS (SELECT 1 FROM subject_requests r WHERE r.tenant_id = p.tenant_id AND r.subject_id = p.id) \
+                        AS has_requests \
+             FROM pupils p WHERE tenant_id = $1::uuid AND id = ANY($2::text[]::uuid[]) ORDER BY id FOR UPDATE",
+            &[tenant(), ids()],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(ErasedBatch::default());
+    }
+    let present = || Value::text_array(rows.iter().map(|r| r.text("id").unwrap_or_default()));
+
+    if let Reason::Request(index) = reason {
+        for row in &rows {
+            let mut tombstones = Vec::new();
+            if !row.is_null("identity_index")? {
+                tombstones.push(index.tombstone_of_index(tenant_id, &row.bytes("identity_index")?));
+            }
+            if let Some(feide) = row.opt_text("feide_username")? {
+                tombstones.push(index.tombstone_of_feide(tenant_id, &feide));
+            }
+            for t in tombstones {
+                db.execute(
+                    "INSERT INTO erased_pupils (tenant_id, tombstone) VALUES ($1::uuid, $2::bytea) \
+                     ON CONFLICT DO NOTHING",
+                    &[tenant(), Value::Bytes(t)],
+                )
+                .await?;
+            }
+        }
     }
 
-    // Retention (issue 13) generalises small cells of these rows.
+    // New rows are `pending` until retention has checked their cell's size
+    // (k-anonymity, functions/retention).
     let results_anonymised = db
         .execute(
             "INSERT INTO anonymised_results (tenant_id, assessment_id, school_id, year_level, gender, status, score, \
@@ -113,39 +161,56 @@ pub async fn erase_pupil(
              SELECT r.tenant_id, r.assessment_id, p.school_id, p.year_level, p.gender, r.status, r.score, \
                     r.subtest_scores, date_trunc('month', r.completed_at AT TIME ZONE 'UTC')::date \
              FROM results r JOIN pupils p ON p.id = r.pupil_id \
-             WHERE r.tenant_id = $1::uuid AND r.pupil_id = $2::uuid",
-            &[tenant(), pupil()],
+             WHERE r.tenant_id = $1::uuid AND r.pupil_id = ANY($2::text[]::uuid[])",
+            &[tenant(), present()],
         )
         .await? as i64;
-    db.execute("DELETE FROM results WHERE tenant_id = $1::uuid AND pupil_id = $2::uuid", &[tenant(), pupil()]).await?;
+    db.execute(
+        "DELETE FROM results WHERE tenant_id = $1::uuid AND pupil_id = ANY($2::text[]::uuid[])",
+        &[tenant(), present()],
+    )
+    .await?;
     let memberships_removed = db
         .execute(
-            "DELETE FROM group_memberships WHERE tenant_id = $1::uuid AND pupil_id = $2::uuid",
-            &[tenant(), pupil()],
+            "DELETE FROM group_memberships WHERE tenant_id = $1::uuid AND pupil_id = ANY($2::text[]::uuid[])",
+            &[tenant(), present()],
         )
         .await? as i64;
 
-    let mut words =
-        vec![row.text("given_name")?, row.text("family_name")?, row.opt_text("feide_username")?.unwrap_or_default()];
-    words.extend(earlier_values(db, tenant_id, pupil_id).await?);
-    scrub_requests(db, tenant_id, pupil_id, &words).await?;
-    forget_subject(db, tenant_id, pupil_id).await?;
-    db.execute("DELETE FROM pupils WHERE tenant_id = $1::uuid AND id = $2::uuid", &[tenant(), pupil()]).await?;
-    Ok(Some(Erased { results_anonymised, memberships_removed, sources }))
+    // Free text can name a pupil only in their own requests (rare): scrubbed
+    // one by one.
+    for row in rows.iter().filter(|r| r.bool("has_requests").unwrap_or(true)) {
+        let id = row.text("id")?;
+        let mut words = vec![
+            row.text("given_name")?,
+            row.text("family_name")?,
+            row.opt_text("feide_username")?.unwrap_or_default(),
+        ];
+        words.extend(earlier_values(db, tenant_id, &id).await?);
+        scrub_requests(db, tenant_id, &id, &words).await?;
+    }
+    forget_subjects(db, tenant_id, present()).await?;
+    let pupils = db
+        .execute(
+            "DELETE FROM pupils WHERE tenant_id = $1::uuid AND id = ANY($2::text[]::uuid[])",
+            &[tenant(), present()],
+        )
+        .await? as i64;
+    Ok(ErasedBatch { pupils, results_anonymised, memberships_removed })
 }
 
-/// Deletes the subject's key (crypto-shredding the rectified values in the
-/// audit log) and the exports made for them.
-async fn forget_subject(db: &mut impl Db, tenant_id: &str, subject_id: &str) -> Result<(), Problem> {
+/// Deletes the subjects' keys (crypto-shredding their rectified values in
+/// the audit log) and the exports made for them. `ids`: a `text[]` of ids.
+async fn forget_subjects(db: &mut impl Db, tenant_id: &str, ids: Value) -> Result<(), Problem> {
     db.execute(
-        "DELETE FROM subject_keys WHERE tenant_id = $1::uuid AND subject_id = $2::uuid",
-        &[uuid(tenant_id), uuid(subject_id)],
+        "DELETE FROM subject_keys WHERE tenant_id = $1::uuid AND subject_id = ANY($2::text[]::uuid[])",
+        &[uuid(tenant_id), ids.clone()],
     )
     .await?;
     db.execute(
         "DELETE FROM subject_exports e USING subject_requests r \
-         WHERE e.request_id = r.id AND r.tenant_id = $1::uuid AND r.subject_id = $2::uuid",
-        &[uuid(tenant_id), uuid(subject_id)],
+         WHERE e.request_id = r.id AND r.tenant_id = $1::uuid AND r.subject_id = ANY($2::text[]::uuid[])",
+        &[uuid(tenant_id), ids],
     )
     .await?;
     Ok(())
@@ -239,7 +304,7 @@ pub async fn pseudonymise_user(db: &mut impl Db, tenant_id: &str, user_id: &str)
         row.opt_text("feide_username")?.unwrap_or_default(),
     ];
     scrub_requests(db, tenant_id, user_id, &words).await?;
-    forget_subject(db, tenant_id, user_id).await?;
+    forget_subjects(db, tenant_id, Value::text_array([user_id])).await?;
     let sessions = db
         .execute(
             "DELETE FROM sessions WHERE tenant_id = $1::uuid AND user_id = $2::uuid",

@@ -398,7 +398,7 @@ async fn erase(
 ) -> Result<Json, Problem> {
     match &stored.subject {
         Subject::Pupil(p) => {
-            let erased = erasure::erase_pupil(db, index, &who.tenant_id, p, erasure::Reason::Request)
+            let erased = erasure::erase_pupil(db, &who.tenant_id, p, erasure::Reason::Request(index))
                 .await?
                 .ok_or_else(subject_gone)?;
             Ok(json!({

@@ -18,11 +18,11 @@ use tavle_core::Problem;
 
 /// Components this binary can run natively, by `spin.toml` component id.
 #[cfg(not(feature = "test-fixtures"))]
-pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "subject-requests"];
+pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "subject-requests", "retention"];
 /// Components this binary can run natively, by `spin.toml` component id
 /// (with the tests' fixture component).
 #[cfg(feature = "test-fixtures")]
-pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "subject-requests", "probe"];
+pub const NATIVE_COMPONENTS: &[&str] = &["login", "ingest", "students", "subject-requests", "retention", "probe"];
 
 struct ComponentRuntime {
     variables: HashMap<String, String>,
@@ -75,6 +75,10 @@ impl Host {
             let url = variables.get("db_url").cloned().unwrap_or_default();
             check_outbound(&config.manifest.outbound_hosts(name, &config.app_variables)?, &url, name)?;
             tavle_core::db::check_db_url(&url).map_err(|e| anyhow::anyhow!("component `{name}`: {e}"))?;
+            // Refused at start-up, as the component would refuse every request.
+            if name == "retention" {
+                tavle_retention::check_config(&variables).map_err(|e| anyhow::anyhow!("component `{name}`: {e}"))?;
+            }
             // One pool per component, as Spin 4 keeps them (its pools are
             // per component and address), so no component can take another's
             // connections, or be handed one another left behind.
@@ -101,6 +105,7 @@ impl Host {
             Some("ingest") => tavle_ingest::body_limit(path),
             Some("students") => tavle_students::body_limit(path),
             Some("subject-requests") => tavle_subject_requests::body_limit(path),
+            Some("retention") => tavle_retention::body_limit(path),
             #[cfg(feature = "test-fixtures")]
             Some("probe") => tavle_db_probe::body_limit(path),
             _ => 0,
@@ -135,6 +140,7 @@ impl Host {
             "ingest" => tavle_ingest::handle(req, &runtime.variables, &mut db).await,
             "students" => tavle_students::handle(req, &runtime.variables, &mut db).await,
             "subject-requests" => tavle_subject_requests::handle(req, &runtime.variables, &mut db).await,
+            "retention" => tavle_retention::handle(req, &runtime.variables, &mut db).await,
             #[cfg(feature = "test-fixtures")]
             "probe" => tavle_db_probe::handle(req, &runtime.variables, &mut db).await,
             _ => web::serve(req, &no_vars, async |_, _: RequestMeta| Err(Problem::not_found())).await,

@@ -262,6 +262,7 @@ fn fresh_secrets() -> Vec<(&'static str, String)> {
         ("identity_key", key()),
         ("blind_index_key", key()),
         ("webhook_secret_key", key()),
+        ("scheduler_token", key()),
     ]
 }
 
@@ -361,10 +362,15 @@ fn dev(mut args: Args) -> Result<()> {
                 opts.get_port(),
                 opts.get_database().unwrap_or("tavle")
             );
-            provided.insert("db_url".into(), app_url);
+            provided.insert("db_url".into(), app_url.clone());
+            provided.insert("retention_db_url".into(), app_url.replacen(ops::APP_LOGIN, ops::RETENTION_LOGIN, 1));
         } else if !provided.contains_key("db_url") {
             eprintln!("warning: the components connect with DATABASE_URL (set SPIN_VARIABLE_DB_URL to the application role's URL)");
             provided.insert("db_url".into(), db_url.clone());
+        }
+        if !provided.contains_key("retention_db_url") {
+            eprintln!("warning: retention connects with DATABASE_URL (set SPIN_VARIABLE_RETENTION_DB_URL to the retention role's URL)");
+            provided.insert("retention_db_url".into(), db_url.clone());
         }
         ops::migrate(&pool).await?;
         if demo {

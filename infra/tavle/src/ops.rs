@@ -13,7 +13,25 @@ use tavle_login::password::NewPassword;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 pub async fn migrate(pool: &PgPool) -> Result<()> {
-    MIGRATOR.run(pool).await.context("applying migrations")
+    MIGRATOR.run(pool).await.context("applying migrations")?;
+    grant_retention_role(pool).await
+}
+
+/// What migration 0014 grants the retention role, again: idempotent, for a
+/// role created after that migration ran.
+async fn grant_retention_role(pool: &PgPool) -> Result<()> {
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = 'tavle_retention'").fetch_optional(pool).await?;
+    if exists.is_some() {
+        for sql in [
+            "GRANT EXECUTE ON FUNCTION access_log_prune(uuid, timestamptz) TO tavle_retention",
+            "GRANT EXECUTE ON FUNCTION audit_log_prune(uuid, timestamptz, int) TO tavle_retention",
+            "GRANT UPDATE ON anonymised_results TO tavle_retention",
+        ] {
+            sqlx::query(sql).execute(pool).await.context("granting the retention role its privileges")?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the database in `url` if it does not exist (local clusters only).
@@ -39,11 +57,30 @@ pub async fn ensure_database(url: &str) -> Result<()> {
 /// as. For the private clusters of `tavle dev` and the tests; run as a
 /// superuser, before the migrations, whose REVOKEs need the roles to exist.
 pub const APP_LOGIN: &str = "tavle_app_1";
-const APP_ROLES: [&str; 4] = [
-    "CREATE ROLE tavle_app NOLOGIN",
-    "CREATE ROLE tavle_app_1 LOGIN IN ROLE tavle_app",
-    "ALTER ROLE tavle_app_1 SET statement_timeout = '30s'",
-    "ALTER ROLE tavle_app_1 SET idle_in_transaction_session_timeout = '60s'",
+/// The retention component's login (`retention_db_url`): role
+/// `tavle_retention`, the application's privileges plus what migration 0014
+/// grants it alone (pruning the logs, generalising anonymised results).
+pub const RETENTION_LOGIN: &str = "tavle_retention_1";
+/// (role, statements that create it), in order.
+const APP_ROLES: [(&str, &[&str]); 4] = [
+    ("tavle_app", &["CREATE ROLE tavle_app NOLOGIN"]),
+    (
+        "tavle_app_1",
+        &[
+            "CREATE ROLE tavle_app_1 LOGIN IN ROLE tavle_app",
+            "ALTER ROLE tavle_app_1 SET statement_timeout = '30s'",
+            "ALTER ROLE tavle_app_1 SET idle_in_transaction_session_timeout = '60s'",
+        ],
+    ),
+    ("tavle_retention", &["CREATE ROLE tavle_retention NOLOGIN IN ROLE tavle_app"]),
+    (
+        "tavle_retention_1",
+        &[
+            "CREATE ROLE tavle_retention_1 LOGIN IN ROLE tavle_retention",
+            "ALTER ROLE tavle_retention_1 SET statement_timeout = '30s'",
+            "ALTER ROLE tavle_retention_1 SET idle_in_transaction_session_timeout = '60s'",
+        ],
+    ),
 ];
 /// Per database: what the owner creates is usable, not alterable, by `tavle_app`.
 const APP_GRANTS: [&str; 4] = [
@@ -53,18 +90,23 @@ const APP_GRANTS: [&str; 4] = [
     "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO tavle_app",
 ];
 
-/// Creates the application roles in the cluster of `pool` unless they exist;
-/// true if it created them.
+/// Creates the application roles in the cluster of `pool` that do not exist
+/// yet; true if it created the application role itself (a cluster migrated
+/// without it needs a fresh start; roles added later get their grants from
+/// [`migrate`]).
 pub async fn ensure_app_roles(pool: &PgPool) -> Result<bool> {
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = 'tavle_app'").fetch_optional(pool).await?;
-    if exists.is_some() {
-        return Ok(false);
+    let mut created = false;
+    for (role, statements) in APP_ROLES {
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1").bind(role).fetch_optional(pool).await?;
+        if exists.is_none() {
+            for sql in statements {
+                sqlx::query(sql).execute(pool).await?;
+            }
+            created |= role == "tavle_app";
+        }
     }
-    for sql in APP_ROLES {
-        sqlx::query(sql).execute(pool).await?;
-    }
-    Ok(true)
+    Ok(created)
 }
 
 /// The application role's privileges in the database of `pool` (before its
