@@ -69,7 +69,8 @@ DROP INDEX anonymised_results_assessment;
 CREATE INDEX anonymised_results_cell ON anonymised_results
     (tenant_id, assessment_id, coalesce(school_id, '00000000-0000-0000-0000-000000000000'::uuid),
      coalesce(year_level, 0), coalesce(gender, ''));
-CREATE INDEX anonymised_results_pending ON anonymised_results (tenant_id, id) WHERE pending;
+CREATE INDEX anonymised_results_pending ON anonymised_results (tenant_id, (school_id IS NULL), (gender IS NULL), id)
+    WHERE pending;
 
 -- What the policies look for.
 CREATE INDEX pupils_left ON pupils (tenant_id, left_at) WHERE left_at IS NOT NULL;

@@ -23,6 +23,7 @@ pub use tavle_host::ops;
 pub mod cursors;
 pub mod http;
 pub mod python;
+pub mod retention;
 pub mod scenario;
 pub mod spin;
 pub mod subjects;

@@ -124,3 +124,40 @@ pub async fn world() -> World {
 
     World { app, oslo, publisher, sas, kari, kari_session, per, privacy, bergen_privacy, group, pupil, other }
 }
+
+/// Text of every text, jsonb and bytea column of every table that holds
+/// one of `needles` (text, case-insensitively) or `bytes`.
+pub async fn scan(app: &TestApp, needles: &[&str], bytes: &[Vec<u8>]) -> Vec<String> {
+    let columns: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text, c.data_type::text FROM information_schema.columns c \
+         JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+         WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE' \
+           AND c.data_type IN ('text', 'jsonb', 'json', 'bytea', 'character varying', 'ARRAY') ORDER BY 1, 2",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(columns.len() > 40, "the scan covers the schema: {}", columns.len());
+    let mut found = Vec::new();
+    for (table, column, kind) in columns {
+        if kind == "bytea" {
+            for b in bytes {
+                let sql = format!("SELECT count(*) FROM \"{table}\" WHERE position($1::bytea IN \"{column}\") > 0");
+                let n: i64 = sqlx::query_scalar(&sql).bind(b).fetch_one(&app.pool).await.unwrap();
+                if n > 0 {
+                    found.push(format!("{table}.{column}: bytes"));
+                }
+            }
+            continue;
+        }
+        for needle in needles {
+            let sql =
+                format!("SELECT count(*) FROM \"{table}\" WHERE strpos(lower(\"{column}\"::text), lower($1)) > 0");
+            let n: i64 = sqlx::query_scalar(&sql).bind(needle).fetch_one(&app.pool).await.unwrap();
+            if n > 0 {
+                found.push(format!("{table}.{column}: {needle}"));
+            }
+        }
+    }
+    found
+}

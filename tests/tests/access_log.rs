@@ -239,72 +239,18 @@ async fn the_operator_verifies_every_lane_and_finds_the_first_broken_record() {
     assert!(ops::verify_access_log(pool, "nowhere").await.is_err());
 }
 
-/// Records of `lanes` lanes written `months` ago (the owner backfills a
-/// valid history, as if the log had run that long): `per_lane` each.
+/// Records of `lanes` lanes written `months` ago: `per_lane` each.
 async fn backfill(pool: &PgPool, w: &World, lanes: i16, per_lane: i64, months: i32) -> i64 {
-    for lane in 0..lanes {
-        let (mut seq, mut prev): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT seq, hash FROM access_log_heads WHERE tenant_id = $1::uuid AND lane = $2")
-                .bind(&w.oslo.tenant_id)
-                .bind(lane)
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        for k in 0..per_lane {
-            seq += 1;
-            let at: String = sqlx::query_scalar(
-                "SELECT rfc3339(date_trunc('second', now()) - make_interval(months => $1) + make_interval(secs => $2))",
-            )
-            .bind(months)
-            .bind(k as f64)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-            let mut r = Record {
-                tenant_id: w.oslo.tenant_id.clone(),
-                lane,
-                seq,
-                at: at.clone(),
-                actor_user_id: w.teacher_id.clone(),
-                action: "pupil.viewed".into(),
-                pupil_ids: w.pupils[1].clone(),
-                client_ip: Some("127.0.0.1".into()),
-                request_id: None,
-                format: 2,
-                prev_hash: prev.clone(),
-                hash: Vec::new(),
-            };
-            r.hash = chain_hash(&prev, &r);
-            sqlx::query(
-                "INSERT INTO access_log (tenant_id, lane, seq, at, actor_user_id, action, pupil_ids, client_ip, \
-                                         request_id, prev_hash, hash, format) \
-                 VALUES ($1::uuid, $2, $3, $4::timestamptz, $5::uuid, $6, ARRAY[$7::uuid], $8, NULL, $9, $10, 2)",
-            )
-            .bind(&r.tenant_id)
-            .bind(lane)
-            .bind(seq)
-            .bind(&at)
-            .bind(&r.actor_user_id)
-            .bind(&r.action)
-            .bind(&r.pupil_ids)
-            .bind(&r.client_ip)
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .execute(pool)
-            .await
-            .unwrap();
-            prev = r.hash;
-        }
-        sqlx::query("UPDATE access_log_heads SET seq = $1, hash = $2 WHERE tenant_id = $3::uuid AND lane = $4")
-            .bind(seq)
-            .bind(&prev)
-            .bind(&w.oslo.tenant_id)
-            .bind(lane)
-            .execute(pool)
-            .await
-            .unwrap();
-    }
-    i64::from(lanes) * per_lane
+    tavle_tests::retention::backfill_access_log(
+        pool,
+        &w.oslo.tenant_id,
+        &w.teacher_id,
+        &w.pupils[1],
+        lanes,
+        per_lane,
+        months,
+    )
+    .await
 }
 
 /// The date (UTC) `months` months back, as the database's clock has it.

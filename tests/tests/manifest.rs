@@ -21,8 +21,15 @@ fn the_signing_key_goes_to_login_alone_and_secrets_only_where_used() {
     for (name, c) in &m.components {
         let has_signing_key = c.variables.values().any(|t| t.contains("token_signing_key"));
         assert_eq!(has_signing_key, name == "login", "component {name}");
+        // Retention's own database login (it may prune the logs) and the
+        // scheduler's token go to retention alone.
+        for retention_only in ["retention_db_url", "scheduler_token"] {
+            let has = c.variables.values().any(|t| t.contains(retention_only));
+            assert_eq!(has, name == "retention", "component {name}: {retention_only}");
+        }
         for (var, template) in &c.variables {
-            assert_eq!(template, &format!("{{{{ {var} }}}}"), "{name}.{var} maps straight to the app variable");
+            let app_var = if name == "retention" && var == "db_url" { "retention_db_url" } else { var };
+            assert_eq!(template, &format!("{{{{ {app_var} }}}}"), "{name}.{var} maps straight to the app variable");
         }
     }
     for secret in m.variables.iter().filter(|(_, v)| v.secret).map(|(k, _)| k) {
@@ -49,9 +56,13 @@ fn every_component_builds_for_wasm32_wasip2_from_its_own_crate() {
 #[test]
 fn routes_resolve_to_their_components() {
     let m = manifest();
-    for (path, component) in
-        [("/auth/login", Some("login")), ("/admin/users/x/roles", Some("login")), ("/elsewhere", None)]
-    {
+    for (path, component) in [
+        ("/auth/login", Some("login")),
+        ("/admin/users/x/roles", Some("login")),
+        ("/internal/retention/run", Some("retention")),
+        ("/retention/runs", Some("retention")),
+        ("/elsewhere", None),
+    ] {
         assert_eq!(m.route_for(path).map(|r| r.component.as_str()), component, "{path}");
     }
 }

@@ -116,7 +116,10 @@ pub async fn run(
                     let t0 = Instant::now();
                     let step = transaction(db, async |db| {
                         renew(db, &run_id, &clock(started), lease).await?;
-                        let step = policy.step(db, &cx).await?;
+                        let mut step = policy.step(db, &cx).await?;
+                        if step.counts.is_empty() {
+                            step.counts = policy.keys().iter().map(|k| (*k, 0)).collect();
+                        }
                         add_counts(db, &run_id, tenant_id, &step.counts).await?;
                         Ok::<_, Problem>(step)
                     })

@@ -75,6 +75,24 @@ impl Policy {
         }
     }
 
+    /// The report's keys of this policy (zero when a step finds nothing).
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            Policy::Leavers => &["pupils_erased", "results_anonymised", "leaver_reports_written"],
+            Policy::LeaverReports => &["leaver_reports_deleted"],
+            Policy::DeletedAccounts => &["accounts_pseudonymised"],
+            Policy::AccessLog => &["access_records_deleted"],
+            Policy::AuditLog => &["audit_records_deleted"],
+            Policy::Sessions => &["sessions_deleted"],
+            Policy::WebhookDeliveries => &["webhook_deliveries_deleted"],
+            Policy::WebhookSecrets => &["webhook_secrets_deleted"],
+            Policy::Exports => &["exports_deleted"],
+            Policy::Anonymity => {
+                &["results_checked", "results_generalised_to_tenant", "results_gender_dropped", "results_dropped"]
+            }
+        }
+    }
+
     /// What a step would do, all batches together (read only).
     pub async fn count(self, db: &mut impl Db, cx: &Ctx<'_>) -> Result<Vec<(&'static str, i64)>, Problem> {
         let p = cx.policies;
@@ -418,8 +436,10 @@ async fn delete_limited(db: &mut impl Db, cx: &Ctx<'_>, key: &'static str, sql: 
 
 /// k-anonymity of anonymised results: a kept cell (assessment, school, year
 /// level, gender) holds at least 5 results. A batch takes `batch_rows`
-/// pending rows and counts the cells they are in (all rows, pending or
-/// not). A row in a cell of 5 or more is kept (no longer pending); a row in
+/// pending rows of one level (school-level rows first, then tenant-level
+/// ones with gender, then those without: a level is counted only once
+/// every row that could still join its cells has been generalised) and
+/// counts the cells they are in (all rows, pending or not). A row in a cell of 5 or more is kept (no longer pending); a row in
 /// a smaller cell is generalised one level and stays pending, so that its
 /// new cell is counted in turn: school to tenant (NULL), then gender
 /// dropped (NULL); a row already at tenant level without gender in a cell
@@ -428,9 +448,15 @@ async fn delete_limited(db: &mut impl Db, cx: &Ctx<'_>, key: &'static str, sql: 
 async fn anonymity(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
     let row = db
         .query_one(
-            "WITH batch AS ( \
-                 SELECT id, assessment_id, school_id, year_level, gender FROM anonymised_results \
-                 WHERE tenant_id = $1::uuid AND pending ORDER BY id LIMIT $2::int8), \
+            "WITH level AS ( \
+                 SELECT school_id IS NULL AS tenant_level, gender IS NULL AS no_gender FROM anonymised_results \
+                 WHERE tenant_id = $1::uuid AND pending \
+                 ORDER BY school_id IS NULL, gender IS NULL, id LIMIT 1), \
+             batch AS ( \
+                 SELECT a.id, a.assessment_id, a.school_id, a.year_level, a.gender FROM anonymised_results a, level \
+                 WHERE a.tenant_id = $1::uuid AND a.pending AND (a.school_id IS NULL) = level.tenant_level \
+                   AND (a.gender IS NULL) = level.no_gender \
+                 ORDER BY a.school_id IS NULL, a.gender IS NULL, a.id LIMIT $2::int8), \
              cells AS ( \
                  SELECT c.assessment_id, c.school_id, c.year_level, c.gender, \
                         (SELECT count(*) FROM anonymised_results a WHERE a.tenant_id = $1::uuid \
