@@ -130,6 +130,21 @@ resource "azurerm_key_vault_secret" "db_host" {
   ]
 }
 
+# --- Secrets set out of band ---------------------------------------------------------
+# Every other secret in this vault is written by an operator (`az keyvault secret set`,
+# infra/README.md 3.3) and is deliberately NOT a Terraform resource: the azurerm
+# provider reads a secret's value back into state on every refresh (ignore_changes
+# does not prevent that), so managing them here, even with a placeholder value, would
+# copy the application's credentials into Terraform state. They are:
+#   tavle-db-url, tavle-token-signing-key, tavle-token-public-keys, tavle-identity-key,
+#   tavle-identity-previous-keys, tavle-blind-index-key, tavle-webhook-secret-key,
+#   tavle-webhook-secret-previous-keys, tavle-migrate-database-url,
+#   tavle-retention-db-url (the retention component's login tavle_retention_1),
+#   tavle-scheduler-token (the retention scheduler's bearer token; read by the app and
+#   by the scheduler).
+# External Secrets reads each of them (infra/k8s/externalsecrets.yaml) with the
+# read-only role below; no Terraform change is needed when one is added.
+
 # --- Workload identity for External Secrets Operator -----------------------------
 
 resource "azurerm_user_assigned_identity" "eso" {
