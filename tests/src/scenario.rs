@@ -561,6 +561,8 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
     expect(&r, 204, "logout");
     problem(&s.step("me after logout").get("/auth/me", &kari.token).await, 401, "unauthenticated", "after logout");
 
+    retention(&s, app, &per).await;
+
     let report = crate::ops::verify_access_log(&app.pool, "oslo").await.unwrap();
     assert!(report.broken.is_none(), "access log chain broken: {:?}", report.broken);
     assert!(report.records >= 8, "{} records", report.records);
@@ -578,6 +580,40 @@ pub async fn run(api: &impl Api, app: &TestApp) -> World {
         assessment,
         steps: s.steps.into_inner(),
     }
+}
+
+/// The scheduler runs retention: Fjell left 100 days ago (past the 90-day
+/// grace period) and is erased, his results anonymised; a wrong token is
+/// refused, a dry run counts first; the privacy officer reads the reports.
+async fn retention<A: Api>(s: &Recorder<'_, A>, app: &TestApp, per: &Session) {
+    sqlx::query("UPDATE pupils SET left_at = current_date - 100 WHERE family_name = 'Fjell'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let fjell = || async { app.count("SELECT count(*) FROM pupils WHERE family_name = 'Fjell'").await };
+    let token = app.variables["scheduler_token"].clone();
+    let r =
+        s.step("retention run, wrong token").post("/internal/retention/run", Some("not-the-token"), json!({})).await;
+    problem(&r, 401, "unauthenticated", "retention, wrong token");
+    let r = s
+        .step("retention dry run")
+        .post("/internal/retention/run?dry_run=true", Some(&token), json!({"trigger": "manual"}))
+        .await;
+    let dry = expect(&r, 200, "retention dry run");
+    assert_eq!((dry["dry_run"].as_bool(), dry["counts"]["pupils_erased"].as_i64()), (Some(true), Some(1)), "{dry}");
+    assert_eq!(fjell().await, 1, "a dry run changes nothing");
+    let r = s.step("retention run").post("/internal/retention/run", Some(&token), json!({})).await;
+    let run = expect(&r, 200, "retention run");
+    assert_eq!((run["status"].as_str(), run["trigger"].as_str()), (Some("completed"), Some("schedule")), "{run}");
+    assert_eq!(run["counts"]["pupils_erased"], 1, "{run}");
+    assert!(run["counts"]["results_anonymised"].as_i64() > Some(0), "{run}");
+    assert_eq!(fjell().await, 0);
+    let list = expect(&s.step("retention runs").get("/retention/runs", &per.token).await, 200, "retention runs");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(list["items"][0]["id"], run["id"]);
+    let path = format!("/retention/runs/{}", run["id"].as_str().unwrap());
+    let one = expect(&s.step("a retention run").get(&path, &per.token).await, 200, "a retention run");
+    assert_eq!(one["counts"]["pupils_erased"], 1, "{one}");
 }
 
 /// The privacy officer serves data-subject requests: an access request

@@ -34,7 +34,7 @@ fn the_signing_key_goes_to_login_alone_and_secrets_only_where_used() {
     }
     for secret in m.variables.iter().filter(|(_, v)| v.secret).map(|(k, _)| k) {
         assert!(
-            m.components.values().any(|c| c.variables.contains_key(secret)),
+            m.components.values().any(|c| c.variables.values().any(|t| t == &format!("{{{{ {secret} }}}}"))),
             "secret variable {secret} is declared but no component uses it"
         );
     }

@@ -121,6 +121,28 @@ async fn leavers_are_erased_after_the_grace_period_and_final_year_leavers_keep_a
     assert!(!report_json.to_string().contains(&synthetic_id(2)), "no identity number in the report");
     assert!(!report_json.to_string().contains("pupil2@skole.no"), "no Feide username in the report");
 
+    // The school's leader reads the report (and the read is in the access
+    // log, naming her old id); a teacher cannot, another school's leader
+    // does not see it.
+    let nordby = id_of(&w.app, "SELECT id FROM schools WHERE external_id = $1", "nordby").await;
+    let group = id_of(&w.app, "SELECT id FROM groups WHERE external_id = $1", "5A").await;
+    let lena =
+        w.app.create_user(&w.admin, &w.oslo, "lena", json!([{"role": "school_leader", "school_id": nordby}])).await;
+    let lena = w.app.login(&lena).await;
+    let list = retention.get_at("/retention/leaver-reports", &lena.token, now()).await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    let items = list.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["report"]["family_name"], "Etternavn2");
+    let logged = w.app.count("SELECT count(*) FROM access_log WHERE action = 'leaver_reports.listed'").await;
+    assert_eq!(logged, 1);
+    let tom = w.app.create_user(&w.admin, &w.oslo, "tom", json!([{"role": "teacher", "group_id": group}])).await;
+    let tom = w.app.login(&tom).await;
+    retention.get_at("/retention/leaver-reports", &tom.token, now()).await.assert_problem(403, "forbidden");
+    let (sorby, _) = w.app.seed_school(&w.oslo.tenant_id, "Sørby skole").await;
+    let path = format!("/retention/leaver-reports?school_id={sorby}");
+    retention.get_at(&path, &lena.token, now()).await.assert_problem(404, "not-found");
+
     // Idempotent: a second run finds nothing.
     let again = retention.run(now()).await;
     assert_eq!(again["counts"]["pupils_erased"], 0, "{again}");
@@ -493,10 +515,7 @@ async fn only_the_scheduler_starts_runs_and_officers_see_their_own_tenants_count
         .call_at(bad("/internal/retention/run", r#"{"trigger": "cron"}"#), now())
         .await
         .assert_problem(422, "validation-failed");
-    retention
-        .call_at(bad("/internal/retention/run", "not json"), now())
-        .await
-        .assert_problem(400, "malformed-request");
+    retention.call_at(bad("/internal/retention/run", "not json"), now()).await.assert_problem(400, "malformed-request");
     assert_eq!(before, w.app.snapshot(true).await, "refused requests changed something");
 
     let report = retention.run(now()).await;

@@ -6,7 +6,9 @@
 //! - `steps`: each policy as one bounded batch, and as a dry-run count.
 //! - `run`: the lock, the batches within the call's time, the report.
 //! - `reports`: run reports for the scheduler and for privacy officers.
+//! - `leavers`: the leavers' reports, for school leaders and privacy officers.
 
+mod leavers;
 mod policy;
 mod reports;
 mod run;
@@ -59,7 +61,7 @@ pub fn check_config(vars: &impl Variables) -> Result<Policies, String> {
 
 async fn route(
     req: Request<Body>,
-    _meta: RequestMeta,
+    meta: RequestMeta,
     vars: &impl Variables,
     db: &mut impl Db,
     now: OffsetDateTime,
@@ -75,6 +77,10 @@ async fn route(
     if match_path("/internal/retention/run", &path).is_some() {
         only(Method::POST, "POST")?;
         return start(&req, vars, db, now).await;
+    }
+    if match_path("/retention/leaver-reports", &path).is_some() {
+        only(Method::GET, "GET")?;
+        return leavers::list(&req, &meta, vars, db).await;
     }
     if match_path("/retention/runs", &path).is_some() {
         only(Method::GET, "GET")?;
