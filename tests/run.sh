@@ -52,7 +52,7 @@ echo "Spin CLI: $(bash tests/spin-cli.sh --version)"
 cargo test --workspace --locked
 
 step "benchmark smoke runs (same code paths, few requests; figures are not results)"
-BENCH_SMOKE=1 cargo bench -p tavle-tests --bench spin --bench login --bench ingest --bench students --bench access_log --bench subject_requests --locked
+BENCH_SMOKE=1 cargo bench -p tavle-tests --bench spin --bench login --bench ingest --bench students --bench access_log --bench subject_requests --bench retention --locked
 
 step "infrastructure checks (HCL parse/format/policy)"
 bash infra/check/check_hcl.sh

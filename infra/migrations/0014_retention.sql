@@ -73,7 +73,7 @@ CREATE INDEX anonymised_results_pending ON anonymised_results (tenant_id, (schoo
     WHERE pending;
 
 -- What the policies look for.
-CREATE INDEX pupils_left ON pupils (tenant_id, left_at) WHERE left_at IS NOT NULL;
+CREATE INDEX pupils_left ON pupils (tenant_id, left_at, id) WHERE left_at IS NOT NULL;
 CREATE INDEX users_deleted ON users (tenant_id, deleted_at) WHERE deleted_at IS NOT NULL;
 CREATE INDEX sessions_expiry ON sessions (tenant_id, expires_at);
 CREATE INDEX webhook_deliveries_received ON webhook_deliveries (tenant_id, received_at);

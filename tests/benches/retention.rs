@@ -17,7 +17,9 @@
 #[allow(dead_code)] // shared by the benches; this one uses only a few of its helpers
 mod common;
 
-use common::{env_usize, ms, pct, print_panics, server_version, size, smoke, smoke_banner, start_host, Client};
+use common::{
+    env_usize, ms, pct, print_panics, server_version, size, smoke, smoke_banner, start_host, Client, StderrRedirect,
+};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,6 +137,9 @@ fn main() {
         assert!(!ids.is_empty() && ids.len() <= readable.len());
         ids
     };
+    // The host's request log goes to a file.
+    let log_path = tavle_tests::project_root().join("target").join("bench-retention-host.log");
+    let redirect = StderrRedirect::to(&log_path);
     let (addr, _) = start_host(&app.variables, 2);
     let token = app.variables["scheduler_token"].clone();
 
@@ -191,6 +196,7 @@ fn main() {
     assert_eq!(left_now, 0);
     assert_eq!(anonymised + sum("results_dropped"), leaver_results);
 
+    drop(redirect);
     let base_p99 = pct(&baseline, 0.99);
     let during_p99 = pct(&during, 0.99);
     println!("\nretention run over {leaver_results} results of {leavers} leavers (native host, 2 workers):");

@@ -1706,3 +1706,119 @@ async fn subject_requests_tour() {
     let r = register(by_user("access")).await;
     assert_eq!(c.check("POST", list_op, &r), 404, "a pseudonymised account is no subject any more");
 }
+
+#[tokio::test]
+async fn retention_answers_as_documented() {
+    let c = &Contract { doc: load_doc() };
+    let w = tavle_tests::subjects::world().await;
+    let app = &w.app;
+    let scheduler = app.variables["scheduler_token"].clone();
+    let s = Some(scheduler.as_str());
+    let (run_op, list_op, show_op) = ("/internal/retention/run", "/retention/runs", "/retention/runs/{id}");
+    let pupils = "SELECT count(*) FROM pupils";
+    // Something due: Bjørn left 100 days ago (the grace is 90), and a revoked session.
+    // From year 10: he keeps a leavers' report.
+    sqlx::query("UPDATE pupils SET left_at = current_date - 100, year_level = 10 WHERE id = $1::uuid")
+        .bind(&w.other)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let ended = app.login(&w.oslo).await;
+    assert_eq!(app.send(Method::POST, "/auth/logout", Some(&ended.token), None).await.status, 204);
+    let before = app.count(pupils).await;
+
+    // The scheduler: a dry run changes nothing, a real run (manual) applies the policies.
+    let r = app.send(Method::POST, "/internal/retention/run?dry_run=true", s, None).await;
+    assert_eq!(c.check("POST", run_op, &r), 200, "{}", r.text());
+    let dry = r.json();
+    assert_eq!((&dry["dry_run"], &dry["status"], &dry["batches"]), (&json!(true), &json!("completed"), &json!(0)));
+    assert_eq!(dry["counts"]["pupils_erased"], 1, "{dry}");
+    assert_eq!(app.count(pupils).await, before, "a dry run changes nothing");
+    let r = app.post("/internal/retention/run?dry_run=false", s, json!({"trigger": "manual"})).await;
+    assert_eq!(c.check("POST", run_op, &r), 200, "{}", r.text());
+    let real = r.json();
+    assert_eq!(
+        (&real["trigger"], &real["status"], &real["more_remaining"]),
+        (&json!("manual"), &json!("completed"), &json!(false))
+    );
+    assert_eq!(real["counts"]["pupils_erased"], 1, "{real}");
+    assert!(real["counts"]["sessions_deleted"].as_i64() >= Some(1), "{real}");
+    assert_eq!(app.count(pupils).await, before - 1);
+    let r = app.post(run_op, s, json!({})).await;
+    assert_eq!(c.check("POST", run_op, &r), 200, "{}", r.text());
+    assert_eq!(r.json()["trigger"], "schedule");
+
+    // His leavers' report, for the privacy officer; not for a teacher.
+    let reports_op = "/retention/leaver-reports";
+    let r = app.get(reports_op, &w.privacy.token).await;
+    assert_eq!(c.check("GET", reports_op, &r), 200, "{}", r.text());
+    assert_eq!(r.json()["items"][0]["report"]["given_name"], "Bjørn", "{}", r.text());
+    assert_eq!(c.check("GET", reports_op, &app.get(reports_op, &w.kari_session.token).await), 403);
+    assert_eq!(
+        c.check("GET", reports_op, &app.get("/retention/leaver-reports?school_id=x", &w.privacy.token).await),
+        400
+    );
+
+    // Refusals: a wrong, missing or user's token; the query; the body.
+    let wrong = format!("{scheduler}x");
+    for token in [Some(wrong.as_str()), None, Some(w.privacy.token.as_str())] {
+        let r = app.send(Method::POST, "/internal/retention/run?dry_run=yes", token, None).await;
+        assert_eq!(c.check("POST", run_op, &r), 401, "the token before anything else");
+    }
+    let r = app.send(Method::POST, "/internal/retention/run?dry_run=yes", s, None).await;
+    assert_eq!(c.check("POST", run_op, &r), 400);
+    for bad in [json!({"trigger": "hourly"}), json!({"trigger": 1}), json!({"trigger": "manual", "dry_run": true})] {
+        assert_eq!(c.check("POST", run_op, &app.post(run_op, s, bad.clone()).await), 422, "{bad}");
+    }
+    let auth = format!("Bearer {scheduler}");
+    for (content_type, raw, want) in [
+        ("application/json", &b"{\"trigger\":"[..], 400),
+        ("text/plain", b"{}", 415),
+        ("application/json", &[b' '; 2 * 1024][..], 413),
+    ] {
+        let headers = [("authorization", auth.as_str()), ("content-type", content_type)];
+        let r = app.call(request(Method::POST, run_op, &headers, raw)).await;
+        assert_eq!(c.check("POST", run_op, &r), want, "{content_type} {}", r.text());
+    }
+    assert_eq!(app.count(pupils).await, before - 1, "refused runs change nothing");
+
+    // Privacy officers: the runs, newest first, with their own tenant's counts.
+    let t = &w.privacy.token;
+    let r = app.get(list_op, t).await;
+    assert_eq!(c.check("GET", list_op, &r), 200);
+    let items = r.json()["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 3, "{}", r.text());
+    assert_eq!((&items[1]["id"], &items[1]["counts"]["pupils_erased"]), (&real["id"], &json!(1)));
+    let r = app.get(&format!("/retention/runs/{}", real["id"].as_str().unwrap()), &w.bergen_privacy.token).await;
+    assert_eq!(c.check("GET", show_op, &r), 200);
+    assert_eq!(r.json()["counts"]["pupils_erased"].as_i64().unwrap_or(0), 0, "Bergen's counts: {}", r.text());
+    let r = app.call(request(Method::GET, list_op, &[("cookie", &w.privacy.cookie)], b"")).await;
+    assert_eq!(c.check("GET", list_op, &r), 200, "by the session cookie");
+    let first = app.get("/retention/runs?limit=1", t).await;
+    assert_eq!(c.check("GET", list_op, &first), 200);
+    let cursor = first.json()["next_cursor"].as_str().expect("three runs, pages of one").to_owned();
+    let r = app.get(&format!("/retention/runs?limit=1&cursor={cursor}"), t).await;
+    assert_eq!(c.check("GET", list_op, &r), 200);
+    assert_eq!(r.json()["items"][0]["id"], real["id"]);
+    let missing = uuid::Uuid::new_v4().to_string();
+    let r = app.get(&format!("/retention/runs?cursor={missing}"), t).await;
+    assert_eq!(c.check("GET", list_op, &r), 200);
+    assert_eq!(r.json()["items"], json!([]), "the id of no run: an empty page");
+    for path in ["/retention/runs?limit=0", "/retention/runs?limit=201", "/retention/runs?cursor=x"] {
+        assert_eq!(c.check("GET", list_op, &app.get(path, t).await), 400, "{path}");
+    }
+    assert_eq!(c.check("GET", list_op, &app.get(list_op, &w.kari_session.token).await), 403);
+    assert_eq!(c.check("GET", list_op, &app.send(Method::GET, list_op, None, None).await), 401);
+    assert_eq!(c.check("GET", list_op, &app.get(list_op, &scheduler).await), 401, "not a user's token");
+
+    // One run; refusals.
+    let path = format!("/retention/runs/{}", dry["id"].as_str().unwrap());
+    let r = app.get(&path, t).await;
+    assert_eq!(c.check("GET", show_op, &r), 200);
+    assert_eq!(r.json()["dry_run"], true);
+    for id in [missing.as_str(), "not-a-uuid"] {
+        assert_eq!(c.check("GET", show_op, &app.get(&format!("/retention/runs/{id}"), t).await), 404, "{id}");
+    }
+    assert_eq!(c.check("GET", show_op, &app.get(&path, &w.kari_session.token).await), 403);
+    assert_eq!(c.check("GET", show_op, &app.send(Method::GET, &path, None, None).await), 401);
+}

@@ -113,11 +113,11 @@ struct RunBody {
 
 /// `POST /internal/retention/run[?dry_run=true]`, with the scheduler's token.
 async fn start(req: &Request<Body>, vars: &impl Variables, db: &mut impl Db, now: OffsetDateTime) -> HttpResult {
+    scheduler(req, vars)?;
     let policies = Policies::from_vars(vars).map_err(|message| {
         eprintln!("error: {message}");
         Problem::internal()
     })?;
-    scheduler(req, vars)?;
     let mut checks = web::Checks::default();
     let dry_run = match query_param(req, "dry_run")?.as_deref() {
         None | Some("false") => false,

@@ -87,18 +87,18 @@ pub async fn run(
         return Err(Problem::conflict("another retention run holds the lock; try again when it has finished"));
     }
 
-    let tenants: Vec<String> = db
-        .query("SELECT id::text AS id FROM tenants ORDER BY id", &[])
-        .await?
-        .iter()
-        .map(|r| r.text("id"))
-        .collect::<Result<_, _>>()?;
-
     let mut batches = 0i64;
     let mut longest = Duration::ZERO;
     let mut more_remaining = false;
     let budget = Duration::from_secs(policies.run_seconds as u64);
+    // Every error from here on is recorded in the report, and the lock released.
     let outcome: Result<(), Problem> = async {
+        let tenants: Vec<String> = db
+            .query("SELECT id::text AS id FROM tenants ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.text("id"))
+            .collect::<Result<_, _>>()?;
         let mut worked = false;
         'tenants: for tenant_id in &tenants {
             let cx = Ctx { run_id: &run_id, tenant_id, policies, now: &now_text };

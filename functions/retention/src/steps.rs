@@ -210,30 +210,52 @@ fn today(cx: &Ctx<'_>) -> String {
 /// A batch takes pupils until their results reach `batch_rows` (at least one).
 async fn leavers(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
     let p = cx.policies;
-    let rows = db
-        .query(
-            "SELECT p.id::text AS id, (SELECT count(*) FROM results r WHERE r.tenant_id = p.tenant_id \
-                                        AND r.pupil_id = p.id) AS results \
-             FROM pupils p WHERE p.tenant_id = $1::uuid AND NOT p.restricted \
-              AND p.left_at <= $2::text::date - $3::int8::int \
-             ORDER BY p.left_at, p.id LIMIT $4::int8",
-            &[uuid(cx.tenant_id), today(cx).into(), p.grace_days.into(), p.batch_rows.into()],
-        )
-        .await?;
-    let mut ids = Vec::new();
+    // Candidates a page at a time, each with its number of results, until
+    // the batch is full: counting far more pupils than fit would cost more
+    // than the batch itself.
+    const PAGE: i64 = 16;
+    let mut ids: Vec<String> = Vec::new();
     let mut rows_touched = 0;
-    for row in &rows {
-        let n = row.int("results")?;
-        if !ids.is_empty() && rows_touched + n > p.batch_rows {
+    // Keyset paging over pupils_left (tenant_id, left_at, id).
+    let mut after = ("-infinity".to_owned(), "00000000-0000-0000-0000-000000000000".to_owned());
+    let mut more = false;
+    'pages: loop {
+        let rows = db
+            .query(
+                "SELECT p.id::text AS id, p.left_at::text AS left_at, \
+                        (SELECT count(*) FROM results r WHERE r.tenant_id = p.tenant_id AND r.pupil_id = p.id) \
+                            AS results \
+                 FROM pupils p WHERE p.tenant_id = $1::uuid AND NOT p.restricted \
+                  AND p.left_at <= $2::text::date - $3::int8::int \
+                  AND (p.left_at, p.id) > ($5::text::date, $6::text::uuid) \
+                 ORDER BY p.left_at, p.id LIMIT $4::int8",
+                &[
+                    uuid(cx.tenant_id),
+                    today(cx).into(),
+                    p.grace_days.into(),
+                    PAGE.into(),
+                    after.0.as_str().into(),
+                    after.1.as_str().into(),
+                ],
+            )
+            .await?;
+        for row in &rows {
+            let n = row.int("results")?;
+            if !ids.is_empty() && (rows_touched + n > p.batch_rows || ids.len() as i64 >= p.batch_rows) {
+                more = true;
+                break 'pages;
+            }
+            rows_touched += n;
+            ids.push(row.text("id")?);
+            after = (row.text("left_at")?, row.text("id")?);
+        }
+        if (rows.len() as i64) < PAGE {
             break;
         }
-        rows_touched += n;
-        ids.push(row.text("id")?);
     }
     if ids.is_empty() {
         return Ok(Step::default());
     }
-    let more = ids.len() < rows.len() || rows.len() as i64 == p.batch_rows;
     let reports = db
         .execute(
             "INSERT INTO leaver_reports (tenant_id, school_id, pupil_id, left_on, delete_on, report) \
