@@ -161,7 +161,8 @@ pub async fn erase_pupils(
              SELECT r.tenant_id, r.assessment_id, p.school_id, p.year_level, p.gender, r.status, r.score, \
                     r.subtest_scores, date_trunc('month', r.completed_at AT TIME ZONE 'UTC')::date \
              FROM results r JOIN pupils p ON p.id = r.pupil_id \
-             WHERE r.tenant_id = $1::uuid AND r.pupil_id = ANY($2::text[]::uuid[])",
+             WHERE r.tenant_id = $1::uuid AND r.pupil_id = ANY($2::text[]::uuid[]) \
+               AND p.id = ANY($2::text[]::uuid[])",
             &[tenant(), present()],
         )
         .await? as i64;

@@ -460,8 +460,9 @@ async fn delete_limited(db: &mut impl Db, cx: &Ctx<'_>, key: &'static str, sql: 
 /// level, gender) holds at least 5 results. A batch takes `batch_rows`
 /// pending rows of one level (school-level rows first, then tenant-level
 /// ones with gender, then those without: a level is counted only once
-/// every row that could still join its cells has been generalised) and
-/// counts the cells they are in (all rows, pending or not). A row in a cell of 5 or more is kept (no longer pending); a row in
+/// every row that could still join its cells has been generalised), in
+/// assessment so that a batch spans few cells, and counts the cells they
+/// are in (all rows, pending or not). A row in a cell of 5 or more is kept (no longer pending); a row in
 /// a smaller cell is generalised one level and stays pending, so that its
 /// new cell is counted in turn: school to tenant (NULL), then gender
 /// dropped (NULL); a row already at tenant level without gender in a cell
@@ -473,27 +474,27 @@ async fn anonymity(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
             "WITH level AS ( \
                  SELECT school_id IS NULL AS tenant_level, gender IS NULL AS no_gender FROM anonymised_results \
                  WHERE tenant_id = $1::uuid AND pending \
-                 ORDER BY school_id IS NULL, gender IS NULL, id LIMIT 1), \
+                 ORDER BY school_id IS NULL, gender IS NULL, assessment_id, id LIMIT 1), \
              batch AS ( \
-                 SELECT a.id, a.assessment_id, a.school_id, a.year_level, a.gender FROM anonymised_results a, level \
+                 SELECT a.id, a.assessment_id, a.school_id, a.year_level, a.gender, \
+                        coalesce(a.school_id, '00000000-0000-0000-0000-000000000000'::uuid) AS school_key, \
+                        coalesce(a.year_level, 0) AS year_key, coalesce(a.gender, '') AS gender_key \
+                 FROM anonymised_results a, level \
                  WHERE a.tenant_id = $1::uuid AND a.pending AND (a.school_id IS NULL) = level.tenant_level \
                    AND (a.gender IS NULL) = level.no_gender \
-                 ORDER BY a.school_id IS NULL, a.gender IS NULL, a.id LIMIT $2::int8), \
+                 ORDER BY a.school_id IS NULL, a.gender IS NULL, a.assessment_id, a.id LIMIT $2::int8), \
              cells AS ( \
-                 SELECT c.assessment_id, c.school_id, c.year_level, c.gender, \
+                 SELECT c.assessment_id, c.school_key, c.year_key, c.gender_key, \
                         (SELECT count(*) FROM anonymised_results a WHERE a.tenant_id = $1::uuid \
                             AND a.assessment_id = c.assessment_id \
-                            AND coalesce(a.school_id, '00000000-0000-0000-0000-000000000000'::uuid) \
-                              = coalesce(c.school_id, '00000000-0000-0000-0000-000000000000'::uuid) \
-                            AND coalesce(a.year_level, 0) = coalesce(c.year_level, 0) \
-                            AND coalesce(a.gender, '') = coalesce(c.gender, '')) AS n \
-                 FROM (SELECT DISTINCT assessment_id, school_id, year_level, gender FROM batch) c), \
+                            AND coalesce(a.school_id, '00000000-0000-0000-0000-000000000000'::uuid) = c.school_key \
+                            AND coalesce(a.year_level, 0) = c.year_key \
+                            AND coalesce(a.gender, '') = c.gender_key) AS n \
+                 FROM (SELECT DISTINCT assessment_id, school_key, year_key, gender_key FROM batch) c), \
              sized AS ( \
                  SELECT b.id, b.school_id, b.gender, cells.n FROM batch b JOIN cells \
-                     ON cells.assessment_id = b.assessment_id \
-                    AND cells.school_id IS NOT DISTINCT FROM b.school_id \
-                    AND cells.year_level IS NOT DISTINCT FROM b.year_level \
-                    AND cells.gender IS NOT DISTINCT FROM b.gender), \
+                     ON cells.assessment_id = b.assessment_id AND cells.school_key = b.school_key \
+                    AND cells.year_key = b.year_key AND cells.gender_key = b.gender_key), \
              dropped AS ( \
                  DELETE FROM anonymised_results a USING sized s \
                  WHERE a.id = s.id AND s.n < 5 AND s.school_id IS NULL AND s.gender IS NULL RETURNING a.id), \
