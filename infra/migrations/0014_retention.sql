@@ -145,8 +145,8 @@ INSERT INTO data_inventory_tables (table_name, purpose, legal_basis, retention, 
  'One row.', NULL, NULL),
 ('leaver_reports', 'Leavers'' reports: the results of a pupil who left from the final year, kept after the pupil is erased (seed 003).',
  'GDPR Art. 6(1)(e): the controller''s public task (transition to the next school).',
- 'At most 12 months after leaving, then deleted by the retention component.',
- 't.tenant_id = $1::uuid AND t.pupil_id = $2::uuid', NULL);
+ 'At most 12 months after leaving, then deleted by the retention component. Written when the pupil is erased, so no subject request can name its pupil: a guardian''s request is served from the report itself (GET /retention/leaver-reports).',
+ NULL, NULL);
 
 INSERT INTO data_inventory_columns (table_name, column_name, category) VALUES
 ('retention_runs', 'id', 'none'), ('retention_runs', 'trigger', 'none'), ('retention_runs', 'dry_run', 'none'),

@@ -552,6 +552,7 @@ async fn a_stolen_session_cannot_guess_the_password_past_the_lockout() {
 async fn the_database_being_down_is_a_503_with_retry_after() {
     let app = TestApp::spawn_with(HashMap::from([
         ("db_url", "postgres://postgres@127.0.0.1:9/none"),
+        ("retention_db_url", "postgres://postgres@127.0.0.1:9/none"),
         ("db_host", "127.0.0.1:9"),
     ]))
     .await;

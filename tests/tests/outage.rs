@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tavle_tests::http::{start_native, HttpClient};
 use tavle_tests::spin::SpinApp;
-use tavle_tests::{synthetic_id, Api, Staff, TestApp, TestResponse, APP_LOGIN};
+use tavle_tests::{synthetic_id, Api, Staff, TestApp, TestResponse, APP_LOGIN, RETENTION_LOGIN};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -198,6 +198,8 @@ impl Relay {
         let mut variables = app.variables.clone();
         let port = self.addr.port();
         variables.insert("db_url".into(), format!("postgres://{APP_LOGIN}@127.0.0.1:{port}/{}{query}", database(app)));
+        let retention = format!("postgres://{RETENTION_LOGIN}@127.0.0.1:{port}/{}{query}", database(app));
+        variables.insert("retention_db_url".into(), retention);
         variables.insert("db_host".into(), format!("127.0.0.1:{port}"));
         variables
     }

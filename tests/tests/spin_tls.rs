@@ -27,7 +27,7 @@ use tavle_host::host::{Host, HostConfig};
 use tavle_host::manifest::Manifest;
 use tavle_host::pgcluster::PgCluster;
 use tavle_tests::spin::SpinApp;
-use tavle_tests::{project_root, Api, Staff, TestApp, TestCluster, APP_LOGIN};
+use tavle_tests::{project_root, Api, Staff, TestApp, TestCluster, APP_LOGIN, RETENTION_LOGIN};
 
 /// The server's certificate names this host only (no IP address).
 const CERT_HOST: &str = "localhost";
@@ -143,6 +143,8 @@ fn variables(app: &TestApp, host: &str, sslmode: &str) -> HashMap<String, String
     let database = app.db_url.rsplit('/').next().unwrap();
     let mut variables = app.variables.clone();
     variables.insert("db_url".into(), format!("postgres://{APP_LOGIN}@{host}:{port}/{database}?sslmode={sslmode}"));
+    let retention = format!("postgres://{RETENTION_LOGIN}@{host}:{port}/{database}?sslmode={sslmode}");
+    variables.insert("retention_db_url".into(), retention);
     variables.insert("db_host".into(), format!("{host}:{port}"));
     variables
 }
