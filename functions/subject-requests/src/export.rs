@@ -3,10 +3,12 @@
 //! **Derived from the schema, not hand-listed.** [`build`] reads the data
 //! inventory (`data_inventory_tables`, `data_inventory_columns`, migration
 //! `0012_data_inventory.sql`): for every table with a filter for the
-//! subject's kind it selects the subject's rows with every column
-//! (`to_jsonb`), so a column that a later migration adds is in the next
-//! export without any change here (and the inventory tests fail until the
-//! migration classifies it). Per column, by category:
+//! subject's kind it selects the subject's rows with every column the
+//! catalogue lists (`pg_attribute`, read at each export; each row's JSON as
+//! `to_jsonb` writes it, see [`row_json`]), so a column that a later
+//! migration adds is in the next export without any change here (and the
+//! inventory tests fail until the migration classifies it). Per column, by
+//! category:
 //! - `credential` values are replaced by "held, not disclosed";
 //! - `pupils.identity_enc` by the decrypted identity number (only here),
 //!   `pupils.identity_index` by a description of the blind index;
@@ -125,6 +127,40 @@ struct Table {
     filter: String,
     /// Column name → category.
     columns: BTreeMap<String, String>,
+    /// The table's columns as the catalogue has them, in order, each with
+    /// whether its JSON text is the same whether written by `to_jsonb` or
+    /// by `row_to_json` (see [`row_json`]).
+    attributes: Vec<(String, bool)>,
+}
+
+/// What an export does with one column of a table's rows (see [`plan`]).
+struct ColumnRule {
+    column: String,
+    /// The disclosure rule for its non-null values.
+    disclose: Disclose,
+    /// Whose ids its values (after disclosure) are.
+    ids: Ids,
+    /// `details`: its `source_id` names a source.
+    details: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Disclose {
+    AsStored,
+    Credential,
+    IdentityNumber,
+    BlindIndex,
+    /// A pupil's export: the access record names that pupil only.
+    ThisPupil,
+    /// A staff user's export: how many pupils, not whom (Art. 15(4)).
+    PupilCount,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Ids {
+    None,
+    Staff,
+    Source,
 }
 
 /// Builds the export of everything held about `subject` in tenant
@@ -150,58 +186,93 @@ pub async fn build(
         Subject::User(_) => (user_identity(db, &tenant_id, &subject_id).await?, None),
     };
 
+    let inventory = inventory(db, subject.kind()).await?;
+    // Every table's rows in one statement, each table's as one JSON array
+    // (text, parsed once here): one round trip and one value per table,
+    // not a JSON value per row.
+    let mut rows_of = Vec::with_capacity(inventory.len());
+    if !inventory.is_empty() {
+        let selects = inventory
+            .iter()
+            .enumerate()
+            .map(|(i, table)| {
+                format!(
+                    "(SELECT coalesce(json_agg(r), '[]'::json)::text FROM {} t, LATERAL ({}) r WHERE {}) AS t{i}",
+                    quote_ident(&table.name),
+                    row_json(&table.attributes),
+                    table.filter
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = db.query_one(&format!("SELECT {selects}"), &params()).await?;
+        for (i, table) in inventory.iter().enumerate() {
+            let rows: Vec<Map<String, Json>> = match row.get(&format!("t{i}"))? {
+                Value::Text(text) => serde_json::from_str(text).map_err(|e| {
+                    eprintln!("error: export: the rows of {} do not parse: {e}", table.name);
+                    Problem::internal()
+                })?,
+                _ => return Err(Problem::internal()),
+            };
+            rows_of.push(rows);
+        }
+    }
+
     let mut tables = Map::new();
     let mut staff_ids = BTreeSet::new();
     let mut source_ids = BTreeSet::new();
-    for table in inventory(db, subject.kind()).await? {
-        let sql = format!("SELECT to_jsonb(t) AS data FROM {} t WHERE {}", quote_ident(&table.name), table.filter);
-        let mut rows = Vec::new();
-        for row in db.query(&sql, &params()).await? {
-            let Json::Object(mut data) = row.json("data")? else { return Err(Problem::internal()) };
-            disclose(&table, &mut data, subject, identity_number.as_deref());
-            for (column, value) in &data {
-                match table.columns.get(column).map(String::as_str) {
-                    Some("pseudonymous") => collect_ids(value, &mut staff_ids),
-                    _ if column == "source_id" => collect_ids(value, &mut source_ids),
-                    _ => {}
+    for (table, mut rows) in inventory.into_iter().zip(rows_of) {
+        // Every row of a table has the same columns (all of the table's);
+        // a row with other ones (none can) gets a plan of its own.
+        let mut rules = rows.first().map(|r| plan(&table, r.keys(), subject)).unwrap_or_default();
+        let mut planned_for = rows.first().map(|r| r.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        for data in &mut rows {
+            if data.len() != planned_for.len() || !data.keys().eq(planned_for.iter()) {
+                rules = plan(&table, data.keys(), subject);
+                planned_for = data.keys().cloned().collect();
+            }
+            for rule in &rules {
+                let Some(value) = data.get_mut(&rule.column) else { continue };
+                disclose(rule.disclose, value, subject, identity_number.as_deref());
+                match rule.ids {
+                    Ids::Staff => collect_ids(value, &mut staff_ids),
+                    Ids::Source => collect_ids(value, &mut source_ids),
+                    Ids::None => {}
                 }
-                if column == "details" {
+                if rule.details {
                     collect_ids(&value["source_id"], &mut source_ids);
                 }
             }
-            rows.push(Json::Object(data));
         }
         let mut columns: Map<String, Json> =
             table.columns.iter().map(|(c, k)| (c.clone(), Json::String(k.clone()))).collect();
         // A column the inventory does not know yet (its tests fail until a
         // migration classifies it) is still exported, and says so.
-        for row in &rows {
-            for column in row.as_object().into_iter().flat_map(Map::keys) {
-                columns.entry(column.clone()).or_insert_with(|| "unclassified".into());
-            }
+        for column in &planned_for {
+            columns.entry(column.clone()).or_insert_with(|| "unclassified".into());
         }
-        tables.insert(
-            table.name.clone(),
-            json!({
-                "purpose": table.purpose,
-                "legal_basis": table.legal_basis,
-                "retention": table.retention,
-                "columns": columns,
-                "rows": rows,
-            }),
-        );
+        let rows: Vec<Json> = rows.into_iter().map(Json::Object).collect();
+        let mut entry = Map::new();
+        entry.insert("purpose".into(), table.purpose.into());
+        entry.insert("legal_basis".into(), table.legal_basis.into());
+        entry.insert("retention".into(), table.retention.into());
+        entry.insert("columns".into(), Json::Object(columns));
+        entry.insert("rows".into(), Json::Array(rows));
+        tables.insert(table.name, Json::Object(entry));
     }
 
-    let document = json!({
-        "format": FORMAT,
-        "generated_at": controller.text("now")?,
-        "subject": {"kind": subject.kind(), "id": subject_id},
-        "controller": controller.text("name")?,
-        "identity": identity,
-        "sources": sources(db, &tenant_id, &source_ids).await?,
-        "staff": staff(db, &tenant_id, &staff_ids).await?,
-        "tables": tables,
-    });
+    // Built by moving the parts in: `json!` would serialise each of them
+    // into a copy (`to_value(&tables)`: the whole document again).
+    let mut document = Map::new();
+    document.insert("format".into(), FORMAT.into());
+    document.insert("generated_at".into(), controller.text("now")?.into());
+    document.insert("subject".into(), json!({"kind": subject.kind(), "id": subject_id}));
+    document.insert("controller".into(), controller.text("name")?.into());
+    document.insert("identity".into(), identity);
+    document.insert("sources".into(), sources(db, &tenant_id, &source_ids).await?);
+    document.insert("staff".into(), staff(db, &tenant_id, &staff_ids).await?);
+    document.insert("tables".into(), Json::Object(tables));
+    let document = Json::Object(document);
     let csv = match (portability, subject) {
         (true, Subject::Pupil(_)) => Some(results_csv(db, &tenant_id, &subject_id).await?),
         _ => None,
@@ -216,7 +287,14 @@ async fn inventory(db: &mut impl Db, kind: &str) -> Result<Vec<Table>, Problem> 
             "SELECT t.table_name, t.purpose, t.legal_basis, t.retention, \
                     CASE WHEN $1::text = 'pupil' THEN t.pupil_filter ELSE t.user_filter END AS filter, \
                     coalesce((SELECT jsonb_object_agg(c.column_name, c.category) FROM data_inventory_columns c \
-                              WHERE c.table_name = t.table_name), '{}'::jsonb) AS columns \
+                              WHERE c.table_name = t.table_name), '{}'::jsonb) AS columns, \
+                    coalesce((SELECT jsonb_agg(jsonb_build_array(a.attname::text, \
+                                         a.atttypid = ANY (ARRAY['bool', 'int2', 'int4', 'int8', 'text', 'varchar', \
+                                             'uuid', 'bytea', 'date', 'timestamp', 'timestamptz', 'jsonb', 'uuid[]', \
+                                             'text[]', 'int2[]', 'int4[]', 'int8[]']::regtype[]::oid[])) \
+                                     ORDER BY a.attnum) \
+                              FROM pg_attribute a WHERE a.attrelid = to_regclass(quote_ident(t.table_name)) \
+                                AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb) AS attributes \
              FROM data_inventory_tables t \
              WHERE CASE WHEN $1::text = 'pupil' THEN t.pupil_filter ELSE t.user_filter END IS NOT NULL \
              ORDER BY t.table_name",
@@ -225,11 +303,22 @@ async fn inventory(db: &mut impl Db, kind: &str) -> Result<Vec<Table>, Problem> 
         .await?;
     rows.iter()
         .map(|r| {
-            let columns = r
-                .json("columns")?
-                .as_object()
-                .map(|m| m.iter().map(|(c, k)| (c.clone(), k.as_str().unwrap_or_default().to_owned())).collect())
-                .unwrap_or_default();
+            let columns = match r.get("columns")? {
+                Value::Json(Json::Object(m)) => {
+                    m.iter().map(|(c, k)| (c.clone(), k.as_str().unwrap_or_default().to_owned())).collect()
+                }
+                _ => BTreeMap::new(),
+            };
+            let attributes = match r.get("attributes")? {
+                Value::Json(Json::Array(a)) => a
+                    .iter()
+                    .map(|a| match (a[0].as_str(), a[1].as_bool()) {
+                        (Some(name), Some(plain)) => Ok((name.to_owned(), plain)),
+                        _ => Err(Problem::internal()),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(Problem::internal()),
+            };
             Ok(Table {
                 name: r.text("table_name")?,
                 purpose: r.text("purpose")?,
@@ -237,35 +326,90 @@ async fn inventory(db: &mut impl Db, kind: &str) -> Result<Vec<Table>, Problem> 
                 retention: r.text("retention")?,
                 filter: r.text("filter")?,
                 columns,
+                attributes,
             })
         })
         .collect()
 }
 
-/// Applies the disclosure rules of the module docs to one row.
-fn disclose(table: &Table, data: &mut Map<String, Json>, subject: &Subject, identity_number: Option<&str>) {
-    for (column, value) in data.iter_mut() {
-        if value.is_null() {
-            continue;
-        }
-        match (table.name.as_str(), column.as_str(), table.columns.get(column).map(String::as_str)) {
-            (_, _, Some("credential")) => *value = NOT_DISCLOSED.into(),
-            ("pupils", "identity_enc", _) => *value = identity_number.map_or(Json::Null, Json::from),
-            ("pupils", "identity_index", _) => *value = BLIND_INDEX.into(),
-            (_, "pupil_ids", _) if matches!(subject, Subject::Pupil(_)) => {
-                *value = json!([subject.id()]);
+/// The select list of one row of a table (its alias `t`) for `json_agg`:
+/// every column of the catalogue under its own name, so the row's JSON is
+/// what `to_jsonb(t)` gives, written directly as JSON text. `to_jsonb` turns
+/// each value into jsonb first, which for a row with a jsonb column (a
+/// result's items) costs more than the rest of the query; `row_to_json`
+/// writes most types exactly as `to_jsonb` does, and those it writes
+/// otherwise (floats: `1e+16` and `-0` where `to_jsonb` writes
+/// `10000000000000000` and `0`; `json`, composites, domains and any type not
+/// known here) go through `to_jsonb` one column at a time.
+fn row_json(attributes: &[(String, bool)]) -> String {
+    let columns = attributes
+        .iter()
+        .map(|(name, plain)| {
+            let name = quote_ident(name);
+            match plain {
+                true => format!("t.{name} AS {name}"),
+                false => format!("to_jsonb(t.{name}) AS {name}"),
             }
-            // A staff user's own reads name pupils: their data, not the
-            // user's (Art. 15(4)). The user learns how many, not whom.
-            (_, "pupil_ids", _) => *value = json!(value.as_array().map_or(0, Vec::len)),
-            _ => {}
-        }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {columns}")
+}
+
+/// The rules of the module docs for the columns of `table` that its rows
+/// carry (`columns`): how each is disclosed, and which ids it holds. Columns
+/// exported as stored and naming no one are left out.
+fn plan<'a>(table: &Table, columns: impl Iterator<Item = &'a String>, subject: &Subject) -> Vec<ColumnRule> {
+    columns
+        .filter_map(|column| {
+            let category = table.columns.get(column).map(String::as_str);
+            let disclose = match (table.name.as_str(), column.as_str(), category) {
+                (_, _, Some("credential")) => Disclose::Credential,
+                ("pupils", "identity_enc", _) => Disclose::IdentityNumber,
+                ("pupils", "identity_index", _) => Disclose::BlindIndex,
+                (_, "pupil_ids", _) if matches!(subject, Subject::Pupil(_)) => Disclose::ThisPupil,
+                // A staff user's own reads name pupils: their data, not the
+                // user's (Art. 15(4)). The user learns how many, not whom.
+                (_, "pupil_ids", _) => Disclose::PupilCount,
+                _ => Disclose::AsStored,
+            };
+            let ids = match category {
+                Some("pseudonymous") => Ids::Staff,
+                _ if column == "source_id" => Ids::Source,
+                _ => Ids::None,
+            };
+            let details = column == "details";
+            (disclose != Disclose::AsStored || ids != Ids::None || details).then(|| ColumnRule {
+                column: column.clone(),
+                disclose,
+                ids,
+                details,
+            })
+        })
+        .collect()
+}
+
+/// Applies one disclosure rule of the module docs to a value of a row.
+fn disclose(rule: Disclose, value: &mut Json, subject: &Subject, identity_number: Option<&str>) {
+    if value.is_null() {
+        return;
+    }
+    match rule {
+        Disclose::AsStored => {}
+        Disclose::Credential => *value = NOT_DISCLOSED.into(),
+        Disclose::IdentityNumber => *value = identity_number.map_or(Json::Null, Json::from),
+        Disclose::BlindIndex => *value = BLIND_INDEX.into(),
+        Disclose::ThisPupil => *value = json!([subject.id()]),
+        Disclose::PupilCount => *value = json!(value.as_array().map_or(0, Vec::len)),
     }
 }
 
 /// Adds the uuids in `value` (a string or an array of strings) to `ids`.
 fn collect_ids(value: &Json, ids: &mut BTreeSet<String>) {
     match value {
+        // Most values repeat (the subject's own id in every row): a
+        // canonical id already held needs no parsing.
+        Json::String(s) if ids.contains(s) => {}
         Json::String(s) => {
             if let Ok(id) = uuid::Uuid::parse_str(s) {
                 ids.insert(id.to_string());
