@@ -85,9 +85,12 @@ CREATE INDEX webhook_deliveries_received ON webhook_deliveries (tenant_id, recei
 -- The audit log stays append-only for everyone but this function, which
 -- deletes at most p_limit of the tenant's records from before p_before (at
 -- least six months back, whoever calls: the customer's floor, seed 004).
+-- The flag alone is not enough (any role can set it): the DELETE must run
+-- as the table's owner, which only the SECURITY DEFINER function does.
 CREATE OR REPLACE FUNCTION audit_log_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' AND current_setting('tavle.audit_log_pruning', true) = 'on' THEN
+    IF TG_OP = 'DELETE' AND current_setting('tavle.audit_log_pruning', true) = 'on'
+       AND current_user = (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = TG_RELID) THEN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'audit_log is append-only' USING ERRCODE = 'insufficient_privilege';
@@ -125,13 +128,18 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tavle_app') THEN
         REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit_log FROM tavle_app;
         REVOKE EXECUTE ON FUNCTION audit_log_prune(uuid, timestamptz, int) FROM tavle_app;
-        REVOKE TRUNCATE, REFERENCES, TRIGGER ON retention_runs, retention_run_counts, retention_lock, leaver_reports
-            FROM tavle_app;
+        -- Retention's own tables are retention's alone (reports are the
+        -- controller's proof; the lock must not be wedged; a kept cell of
+        -- anonymised results must never shrink).
+        REVOKE ALL ON retention_runs, retention_run_counts, retention_lock, leaver_reports FROM tavle_app;
+        REVOKE DELETE ON anonymised_results FROM tavle_app;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tavle_retention') THEN
         GRANT EXECUTE ON FUNCTION access_log_prune(uuid, timestamptz) TO tavle_retention;
         GRANT EXECUTE ON FUNCTION audit_log_prune(uuid, timestamptz, int) TO tavle_retention;
-        GRANT UPDATE ON anonymised_results TO tavle_retention;
+        GRANT UPDATE, DELETE ON anonymised_results TO tavle_retention;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON retention_runs, retention_run_counts, retention_lock, leaver_reports
+            TO tavle_retention;
     END IF;
 END $$;
 

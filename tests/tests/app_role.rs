@@ -49,6 +49,8 @@ async fn the_application_role_cannot_rewrite_or_forge_audit_and_access_records()
     // set for every statement below) gives the application role nothing.
     let flag = "SELECT set_config('tavle.access_log_pruning', 'on', false)";
     assert_eq!(refused(&as_app, flag).await, None);
+    let flag = "SELECT set_config('tavle.audit_log_pruning', 'on', false)";
+    assert_eq!(refused(&as_app, flag).await, None);
 
     for (what, sql, code) in [
         ("rewrite an audit record", "UPDATE audit_log SET action = 'nothing.happened'".to_owned(), "42501"),
@@ -66,6 +68,15 @@ async fn the_application_role_cannot_rewrite_or_forge_audit_and_access_records()
         ),
         ("read the chain heads", "SELECT * FROM access_log_heads".to_owned(), "42501"),
         ("rewrite anonymised results", "UPDATE anonymised_results SET score = 0".to_owned(), "42501"),
+        ("delete anonymised results", "DELETE FROM anonymised_results".to_owned(), "42501"),
+        (
+            "prune the audit log",
+            format!("SELECT audit_log_prune('{}', now() - interval '1 year', 10)", oslo.tenant_id),
+            "42501",
+        ),
+        ("forge a retention report", "UPDATE retention_runs SET status = 'completed'".to_owned(), "42501"),
+        ("wedge the retention lock", "UPDATE retention_lock SET held_until = 'infinity'".to_owned(), "42501"),
+        ("read leavers' reports", "SELECT * FROM leaver_reports".to_owned(), "42501"),
         ("truncate the tombstones of erased pupils", "TRUNCATE erased_pupils".to_owned(), "42501"),
         ("reclassify a column", "UPDATE data_inventory_columns SET category = 'none'".to_owned(), "42501"),
         ("drop a table from the inventory", "DELETE FROM data_inventory_tables".to_owned(), "42501"),

@@ -80,6 +80,13 @@ async fn leavers_are_erased_after_the_grace_period_and_final_year_leavers_keep_a
     left(pool, 2, 100, 10).await; // Cecilie: final year, past them
     left(pool, 3, 100, 5).await; // David: restricted (Art. 18), kept
     sqlx::query("UPDATE pupils SET restricted = true WHERE given_name = 'David'").execute(pool).await.unwrap();
+    // Eirik: past the grace period, but a subject request about him is open.
+    left(pool, 4, 100, 5).await;
+    let per = w.app.create_user(&w.admin, &w.oslo, "per", json!([{"role": "privacy_officer"}])).await;
+    let per = w.app.login(&per).await;
+    let eirik = id_of(&w.app, "SELECT id FROM pupils WHERE given_name = $1", "Eirik").await;
+    let body = json!({"kind": "access", "subject": {"pupil_id": eirik}, "identity_verification": "ID card"});
+    assert_eq!(w.app.post("/subject-requests", Some(&per.token), body).await.status, 201);
     let retention = Retention::of(&w.app, &[]).await;
 
     // A dry run counts and changes nothing (but its report).
@@ -231,6 +238,12 @@ async fn logs_are_pruned_after_the_configured_months_and_the_access_log_still_ve
         .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "the application role cannot prune: {err}");
     assert!(sqlx::query("DELETE FROM audit_log").execute(&app_pool).await.is_err(), "nor delete");
+    // Nor can the retention role, flag or not: only through the function.
+    let retention_pool =
+        sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&retention.variables["db_url"]).await.unwrap();
+    sqlx::query("SELECT set_config('tavle.audit_log_pruning', 'on', false)").execute(&retention_pool).await.unwrap();
+    let err = sqlx::query("DELETE FROM audit_log").execute(&retention_pool).await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
 }
 
 #[tokio::test]

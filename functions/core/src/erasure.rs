@@ -87,7 +87,7 @@ pub async fn erase_pupil(
 ) -> Result<Option<Erased>, Problem> {
     let exists = db
         .query_opt(
-            "SELECT 1 AS one FROM pupils WHERE tenant_id = $1::uuid AND id = $2::uuid",
+            "SELECT 1 AS one FROM pupils WHERE tenant_id = $1::uuid AND id = $2::uuid FOR UPDATE",
             &[uuid(tenant_id), uuid(pupil_id)],
         )
         .await?;

@@ -62,7 +62,8 @@ pub async fn run(
             .query_opt(
                 "UPDATE retention_lock SET run_id = $1::uuid, \
                      held_until = $2::text::timestamptz + $3::int8 * interval '1 second' \
-                 WHERE id = 1 AND held_until < $2::text::timestamptz RETURNING id",
+                 WHERE id = (SELECT l.id FROM retention_lock l WHERE l.id = 1 \
+                             AND l.held_until < $2::text::timestamptz FOR UPDATE SKIP LOCKED) RETURNING id",
                 &[uuid(&run_id), now_text.as_str().into(), lease.into()],
             )
             .await?;
@@ -84,6 +85,7 @@ pub async fn run(
     })
     .await?;
     if !acquired {
+        // A run in a batch holds the row: SKIP LOCKED answers at once.
         return Err(Problem::conflict("another retention run holds the lock; try again when it has finished"));
     }
 

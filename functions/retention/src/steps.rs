@@ -107,7 +107,9 @@ impl Policy {
                         (SELECT count(*) FROM pupils q WHERE q.tenant_id = $1::uuid AND q.restricted \
                             AND q.left_at <= $2::text::date - $3::int8::int) AS restricted_kept \
                  FROM pupils p WHERE p.tenant_id = $1::uuid AND NOT p.restricted \
-                  AND p.left_at <= $2::text::date - $3::int8::int",
+                  AND p.left_at <= $2::text::date - $3::int8::int \
+                  AND NOT EXISTS (SELECT 1 FROM subject_requests r WHERE r.tenant_id = p.tenant_id \
+                      AND r.subject_id = p.id AND r.status IN ('received', 'in_progress'))",
                 vec![
                     uuid(cx.tenant_id),
                     today(cx).into(),
@@ -203,6 +205,12 @@ fn today(cx: &Ctx<'_>) -> String {
     cx.now.get(..10).unwrap_or_default().to_owned()
 }
 
+/// A subject request about pupil `p` that is still open: retention leaves
+/// the pupil to it (an access request must see the data; an erasure
+/// request writes its own tombstones).
+const OPEN_REQUEST: &str = "SELECT 1 FROM subject_requests r WHERE r.tenant_id = p.tenant_id \
+     AND r.subject_id = p.id AND r.status IN ('received', 'in_progress')";
+
 /// Pupils marked as left, past the grace period, not restricted (Art. 18:
 /// a restricted pupil's data is kept until the restriction is lifted):
 /// those of the final year level get a leavers' report; all are erased,
@@ -222,13 +230,15 @@ async fn leavers(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
     'pages: loop {
         let rows = db
             .query(
-                "SELECT p.id::text AS id, p.left_at::text AS left_at, \
+                &format!(
+                    "SELECT p.id::text AS id, p.left_at::text AS left_at, \
                         (SELECT count(*) FROM results r WHERE r.tenant_id = p.tenant_id AND r.pupil_id = p.id) \
                             AS results \
                  FROM pupils p WHERE p.tenant_id = $1::uuid AND NOT p.restricted \
                   AND p.left_at <= $2::text::date - $3::int8::int \
-                  AND (p.left_at, p.id) > ($5::text::date, $6::text::uuid) \
-                 ORDER BY p.left_at, p.id LIMIT $4::int8",
+                  AND (p.left_at, p.id) > ($5::text::date, $6::text::uuid) AND NOT EXISTS ({OPEN_REQUEST}) \
+                 ORDER BY p.left_at, p.id LIMIT $4::int8"
+                ),
                 &[
                     uuid(cx.tenant_id),
                     today(cx).into(),
@@ -255,6 +265,23 @@ async fn leavers(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
     }
     if ids.is_empty() {
         return Ok(Step::default());
+    }
+    // Locked and checked again: a restriction, a re-enrolment or a request
+    // that committed since the candidates were read keeps the pupil.
+    let locked = db
+        .query(
+            &format!(
+                "SELECT p.id::text AS id FROM pupils p WHERE p.tenant_id = $1::uuid \
+                 AND p.id = ANY($2::text[]::uuid[]) AND NOT p.restricted \
+                 AND p.left_at <= $3::text::date - $4::int8::int AND NOT EXISTS ({OPEN_REQUEST}) \
+                 ORDER BY p.id FOR UPDATE OF p"
+            ),
+            &[uuid(cx.tenant_id), Value::text_array(ids), today(cx).into(), p.grace_days.into()],
+        )
+        .await?;
+    let ids: Vec<String> = locked.iter().map(|r| r.text("id")).collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Ok(Step { counts: vec![("pupils_erased", 0)], more: true });
     }
     let reports = db
         .execute(
@@ -520,7 +547,8 @@ async fn anonymity(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
             ("results_gender_dropped", row.int("gender_dropped")?),
             ("results_dropped", row.int("dropped")?),
         ],
-        // Generalised rows stay pending: their new cells are counted next.
-        more: taken == cx.policies.batch_rows || row.int("to_tenant")? + row.int("gender_dropped")? > 0,
+        // Until a batch finds nothing: a level whose rows were all kept may
+        // be followed by pending rows of the next one.
+        more: taken > 0,
     })
 }

@@ -26,7 +26,9 @@ async fn grant_retention_role(pool: &PgPool) -> Result<()> {
         for sql in [
             "GRANT EXECUTE ON FUNCTION access_log_prune(uuid, timestamptz) TO tavle_retention",
             "GRANT EXECUTE ON FUNCTION audit_log_prune(uuid, timestamptz, int) TO tavle_retention",
-            "GRANT UPDATE ON anonymised_results TO tavle_retention",
+            "GRANT UPDATE, DELETE ON anonymised_results TO tavle_retention",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON retention_runs, retention_run_counts, retention_lock, \
+             leaver_reports TO tavle_retention",
         ] {
             sqlx::query(sql).execute(pool).await.context("granting the retention role its privileges")?;
         }
