@@ -68,9 +68,8 @@ pub async fn list(
     let rows = db
         .query(&sql, &[before.map(uuid).unwrap_or(Value::Null), uuid(tenant_id), clock(now), (limit + 1).into()])
         .await?;
-    let mut items = rows.iter().take(limit as usize).map(report).collect::<Result<Vec<_>, _>>()?;
+    let items = rows.iter().take(limit as usize).map(report).collect::<Result<Vec<_>, _>>()?;
     let next =
         if rows.len() as i64 > limit { items.last().and_then(|r| r["id"].as_str()).map(str::to_owned) } else { None };
-    items.shrink_to_fit();
     Ok(json!({"items": items, "next_cursor": next}))
 }

@@ -179,25 +179,15 @@ impl Policy {
     }
 }
 
-/// The static name of a count column (the report's keys).
+/// The static name of a count column (the report's keys: the policies'
+/// own, and what only a dry run counts).
 fn counted(column: &str) -> &'static str {
-    const KEYS: [&str; 14] = [
-        "pupils_erased",
-        "results_anonymised",
-        "leaver_reports_written",
-        "restricted_kept",
-        "leaver_reports_deleted",
-        "accounts_pseudonymised",
-        "access_records_deleted",
-        "audit_records_deleted",
-        "sessions_deleted",
-        "webhook_deliveries_deleted",
-        "webhook_secrets_deleted",
-        "exports_deleted",
-        "results_generalised_to_tenant",
-        "results_gender_dropped",
-    ];
-    KEYS.into_iter().find(|k| *k == column).unwrap_or("other")
+    Policy::ALL
+        .iter()
+        .flat_map(|p| p.keys().iter().copied())
+        .chain(["restricted_kept"])
+        .find(|k| *k == column)
+        .unwrap_or("other")
 }
 
 /// The run's date (UTC), `YYYY-MM-DD`.
