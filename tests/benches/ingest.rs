@@ -41,15 +41,14 @@ mod common;
 
 use base64::Engine;
 use common::{
-    env_usize, mean, ms, pct, print_cpu_table, print_panics, server_version, size, smoke, smoke_banner, start_host,
-    Client, Probe, Response, StderrRedirect,
+    diagnosis_settings, env_usize, mean, ms, pct, print_cpu_table, print_panics, server_version, size, smoke,
+    smoke_banner, start_host, Client, Probe, Response, StderrRedirect,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, Row};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tavle_core::audit::{self, Actor, Event};
 use tavle_core::crypto::BlindIndex;
@@ -102,14 +101,9 @@ fn main() {
         let v = server_version(&app).await;
         (app, admin.tenant_id, sas, publisher, v)
     });
-    // Diagnosis only: `BENCH_AUTO_EXPLAIN=<ms>` logs the plans (with actual
-    // times) of the host's statements slower than that to the cluster log,
-    // copied to target/bench-ingest-auto-explain.log at the end.
-    let auto_explain = std::env::var("BENCH_AUTO_EXPLAIN").ok().and_then(|v| v.parse::<u64>().ok());
-    let pg_log = auto_explain.map(|ms| rt.block_on(enable_auto_explain(&app, ms)));
-    // Also for diagnosis: `BENCH_PG_SETTINGS="name=value;..."` for the host's connections.
-    let pg_settings = std::env::var("BENCH_PG_SETTINGS").unwrap_or_default();
-    rt.block_on(alter_database(&app, pg_settings.split(';').map(str::trim).filter(|s| !s.is_empty())));
+    // Diagnosis (common::diagnosis_settings): plans copied to
+    // target/bench-ingest-auto-explain.log at the end.
+    let pg_log = rt.block_on(diagnosis_settings(&app));
 
     // The native host on an ephemeral port, with the test app's variables.
     let (addr, _) = start_host(&app.variables, workers);
@@ -251,11 +245,8 @@ fn main() {
     let roster_use = probe.since();
 
     drop(redirect);
-    if let Some((path, offset)) = &pg_log {
-        let text = std::fs::read(path).unwrap_or_default();
-        let out = project_root().join("target").join("bench-ingest-auto-explain.log");
-        std::fs::write(&out, &text[(*offset as usize).min(text.len())..]).unwrap();
-        println!("auto_explain output: {}", out.display());
+    if let Some(log) = &pg_log {
+        log.copy_to("bench-ingest-auto-explain.log");
     }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let handler = |id: &str| handler_ms(&log, id);
@@ -433,27 +424,6 @@ fn results_body(prefix: &str, k: usize, count: usize, n_pupils: usize, n_items: 
 
 fn check_results(r: &Value, expected: usize) {
     assert_eq!((r["created"].as_u64(), r["rejected"].as_u64()), (Some(expected as u64), Some(0)), "results post: {r}");
-}
-
-/// Sets auto_explain for new connections to the bench database; returns the
-/// cluster log and its current length.
-async fn enable_auto_explain(app: &TestApp, ms: u64) -> (PathBuf, u64) {
-    let threshold = format!("auto_explain.log_min_duration = '{ms}ms'");
-    let settings = ["session_preload_libraries = 'auto_explain'", &threshold, "auto_explain.log_analyze = on"];
-    alter_database(app, settings.into_iter().chain(["auto_explain.log_buffers = on"])).await;
-    let data: String = sqlx::query_scalar("SHOW data_directory").fetch_one(&app.pool).await.unwrap();
-    let log = Path::new(&data).parent().unwrap().join("postgres.log");
-    let len = std::fs::metadata(&log).map_or(0, |m| m.len());
-    (log, len)
-}
-
-/// `ALTER DATABASE <bench db> SET <setting>`: applies to connections opened later.
-async fn alter_database<'a>(app: &TestApp, settings: impl Iterator<Item = &'a str>) {
-    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&app.pool).await.unwrap();
-    for setting in settings {
-        sqlx::query(&format!("ALTER DATABASE {db} SET {setting}")).execute(&app.pool).await.unwrap();
-        println!("bench database: SET {setting}");
-    }
 }
 
 fn checkpoint(rt: &tokio::runtime::Runtime, app: &TestApp) {

@@ -18,6 +18,7 @@
 //! redirected to `target/bench-login-host.log` so the table stays readable
 //! (the write still happens, as it would in production).
 
+#[allow(dead_code)] // shared by the benches; this one uses only a few of its helpers
 mod common;
 
 use common::{

@@ -18,7 +18,8 @@
 mod common;
 
 use common::{
-    env_usize, ms, pct, print_panics, server_version, size, smoke, smoke_banner, start_host, Client, StderrRedirect,
+    diagnosis_settings, env_usize, ms, pct, print_panics, server_version, size, smoke, smoke_banner, start_host,
+    Client, StderrRedirect,
 };
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
@@ -140,6 +141,9 @@ fn main() {
     // The host's request log goes to a file.
     let log_path = tavle_tests::project_root().join("target").join("bench-retention-host.log");
     let redirect = StderrRedirect::to(&log_path);
+    // Diagnosis (common::diagnosis_settings): plans copied to
+    // target/bench-retention-auto-explain.log at the end.
+    let pg_log = rt.block_on(diagnosis_settings(&app));
     let (addr, _) = start_host(&app.variables, 2);
     let token = app.variables["scheduler_token"].clone();
 
@@ -197,6 +201,9 @@ fn main() {
     assert_eq!(anonymised + sum("results_dropped"), leaver_results);
 
     drop(redirect);
+    if let Some(log) = &pg_log {
+        log.copy_to("bench-retention-auto-explain.log");
+    }
     let base_p99 = pct(&baseline, 0.99);
     let during_p99 = pct(&during, 0.99);
     println!("\nretention run over {leaver_results} results of {leavers} leavers (native host, 2 workers):");

@@ -42,8 +42,8 @@
 mod common;
 
 use common::{
-    env_usize, ms, pct, print_cpu_table, print_panics, server_version, size, smoke, smoke_banner, start_host, Client,
-    Probe, Response, StderrRedirect, Usage,
+    diagnosis_settings, env_usize, ms, pct, print_cpu_table, print_panics, server_version, size, smoke, smoke_banner,
+    start_host, Client, Probe, Response, StderrRedirect, Usage,
 };
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -192,6 +192,8 @@ fn main() {
     let (mut follow_targets, count_targets) = follow_up_targets(&gen);
 
     // 3. The host, and the bare queries' pool with the host's pool settings.
+    // Diagnosis (common::diagnosis_settings): plans to target/bench-students-auto-explain.log.
+    let pg_log = rt.block_on(diagnosis_settings(&app));
     let (addr, max_db) = start_host(&app.variables, workers);
     let options = PgConnectOptions::from_str(&app.db_url).unwrap();
     let bare_pool = rt.block_on(async {
@@ -317,6 +319,9 @@ fn main() {
     let busiest = follow_targets.iter().max_by_key(|t| t.expect).unwrap();
     let diag = rt.block_on(diagnostics(&bare_pool, &tenant, &callers, &t.0[0], &t.1[0], busiest, &count_targets[0]));
     drop(redirect);
+    if let Some(log) = &pg_log {
+        log.copy_to("bench-students-auto-explain.log");
+    }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
 
     // Report.

@@ -335,7 +335,10 @@ async fn small_cells_of_anonymised_results_are_generalised_or_dropped() {
         .await;
         let retention = Retention::of(&w.app, &[("retention_batch_rows", batch_rows)]).await;
         let dry = retention.post_run(now(), true).await.json();
+        // A dry run counts what the batches then do.
         assert_eq!(dry["counts"]["results_generalised_to_tenant"], 13, "{dry}");
+        assert_eq!(dry["counts"]["results_gender_dropped"], 8, "{dry}");
+        assert_eq!(dry["counts"]["results_dropped"], 3, "{dry}");
         let report = retention.run(now()).await;
         assert_eq!(report["counts"]["results_generalised_to_tenant"], 13, "batch {batch_rows}: {report}");
         assert_eq!(report["counts"]["results_gender_dropped"], 8, "batch {batch_rows}: {report}");
@@ -581,4 +584,73 @@ async fn policies_outside_their_floors_and_ceilings_are_refused_at_start_up() {
         assert!(message.contains("component `retention`") && message.contains(name), "{message}");
         assert!(!message.contains(value) || name != "scheduler_token", "no secret in the message: {message}");
     }
+}
+
+#[tokio::test]
+async fn a_cohort_erased_together_fills_its_cell_at_once_with_the_same_end_state() {
+    // Six leavers of one cohort (Nordby, year 5, female), one result each in
+    // one cell: erased in one batch, the erasure itself fills the cell and
+    // nothing waits for k-anonymity; two pupils a batch, the rows wait and
+    // k-anonymity keeps them where they are. The same cell either way.
+    for (batch_rows, checked) in [("2000", 0), ("2", 6)] {
+        let w = world(6).await;
+        let pool = &w.app.pool;
+        for n in 0..6 {
+            left(pool, n, 100, 5).await;
+        }
+        let retention = Retention::of(&w.app, &[("retention_batch_rows", batch_rows)]).await;
+        let report = retention.run(now()).await;
+        assert_eq!(report["counts"]["results_anonymised"], 6, "batch {batch_rows}: {report}");
+        assert_eq!(report["counts"]["results_checked"], checked, "batch {batch_rows}: {report}");
+        assert_eq!(kept_cells(pool).await, [(5, false, Some("female".into()), 6)], "batch {batch_rows}");
+        assert_eq!(w.app.count("SELECT count(*) FROM anonymised_results WHERE pending").await, 0);
+    }
+}
+
+#[tokio::test]
+async fn anonymised_results_keep_their_assessment() {
+    let w = world(1).await;
+    let pool = &w.app.pool;
+    let tenant = &w.oslo.tenant_id;
+    let assessment = id_of(&w.app, "SELECT id FROM assessments WHERE external_id = $1", "lesing").await;
+    let nordby = id_of(&w.app, "SELECT id FROM schools WHERE external_id = $1", "nordby").await;
+    let code = |e: sqlx::Error| e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+    // An unknown assessment, or one of another tenant, is refused.
+    let other = w.app.seed_tenant("bergen").await;
+    for (tenant, assessment) in
+        [(tenant.as_str(), uuid::Uuid::new_v4().to_string()), (other.tenant_id.as_str(), assessment.clone())]
+    {
+        let e = sqlx::query(
+            "INSERT INTO anonymised_results (tenant_id, assessment_id, status) VALUES ($1::uuid, $2::uuid, 'completed')",
+        )
+        .bind(tenant)
+        .bind(&assessment)
+        .execute(pool)
+        .await
+        .unwrap_err();
+        assert_eq!(code(e).as_deref(), Some("23503"));
+    }
+    cells(pool, tenant, &assessment, &[nordby], &[(0, 5, "female", 5)]).await;
+    // The reference does not change.
+    let e =
+        sqlx::query("UPDATE anonymised_results SET assessment_id = gen_random_uuid()").execute(pool).await.unwrap_err();
+    assert_eq!(code(e).as_deref(), Some("23503"));
+    // The assessment is not deleted while anonymised results refer to it,
+    // and is once they are gone (in a transaction that is rolled back).
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM results").execute(&mut *tx).await.unwrap();
+    let e = sqlx::query("DELETE FROM assessments WHERE id = $1::uuid")
+        .bind(&assessment)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("anonymised results still refer to the assessment"), "{e}");
+    tx.rollback().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM results").execute(&mut *tx).await.unwrap();
+    sqlx::query("DELETE FROM anonymised_results").execute(&mut *tx).await.unwrap();
+    let deleted = sqlx::query("DELETE FROM assessments WHERE id = $1::uuid").bind(&assessment).execute(&mut *tx).await;
+    assert_eq!(deleted.unwrap().rows_affected(), 1);
+    tx.rollback().await.unwrap();
+    assert_eq!(w.app.count("SELECT count(*) FROM anonymised_results").await, 5);
 }

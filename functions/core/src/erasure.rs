@@ -8,7 +8,8 @@
 //!   that still lists them skips them instead of re-creating them;
 //! - moves their results into `anonymised_results` (assessment, school,
 //!   year level, gender, status, scores, month completed; no result or pupil
-//!   id, no external ids, no items or answers) and deletes the results;
+//!   id, no external ids, no items or answers), pending k-anonymity unless
+//!   the erasure alone fills their cell, and deletes the results;
 //! - deletes the pupil row and with it the encrypted identity number, its
 //!   blind index, the Feide username, names, group memberships and pending
 //!   corrections; deletes the key of their rectified values (which makes
@@ -153,13 +154,17 @@ pub async fn erase_pupils(
     }
 
     // New rows are `pending` until retention has checked their cell's size
-    // (k-anonymity, functions/retention).
+    // (k-anonymity, functions/retention), unless this erasure alone puts 5
+    // or more into their school-level cell (assessment, school, year level,
+    // gender): rows only ever leave cells under 5, so those stay where they
+    // are whatever else happens (retention erases leavers by cohort).
     let results_anonymised = db
         .execute(
             "INSERT INTO anonymised_results (tenant_id, assessment_id, school_id, year_level, gender, status, score, \
-                                             subtest_scores, completed_month) \
+                                             subtest_scores, completed_month, pending) \
              SELECT r.tenant_id, r.assessment_id, p.school_id, p.year_level, p.gender, r.status, r.score, \
-                    r.subtest_scores, date_trunc('month', r.completed_at AT TIME ZONE 'UTC')::date \
+                    r.subtest_scores, date_trunc('month', r.completed_at AT TIME ZONE 'UTC')::date, \
+                    count(*) OVER (PARTITION BY r.assessment_id, p.school_id, p.year_level, p.gender) < 5 \
              FROM results r JOIN pupils p ON p.id = r.pupil_id \
              WHERE r.tenant_id = $1::uuid AND r.pupil_id = ANY($2::text[]::uuid[]) \
                AND p.id = ANY($2::text[]::uuid[])",

@@ -96,6 +96,12 @@ impl Policy {
     /// What a step would do, all batches together (read only).
     pub async fn count(self, db: &mut impl Db, cx: &Ctx<'_>) -> Result<Vec<(&'static str, i64)>, Problem> {
         let p = cx.policies;
+        let anonymity_count = format!(
+            "WITH scope AS (SELECT DISTINCT assessment_id FROM anonymised_results \
+                            WHERE tenant_id = $1::uuid AND pending), \
+             {FATES}, mine AS (SELECT * FROM decided WHERE pending) \
+             SELECT (SELECT count(*) FROM mine) AS results_checked, {FATE_COUNTS}"
+        );
         let (sql, params): (&str, Vec<Value>) = match self {
             Policy::Leavers => (
                 "SELECT count(*) AS pupils_erased, \
@@ -162,17 +168,8 @@ impl Policy {
                  WHERE tenant_id = $1::uuid AND expires_at <= $2::text::timestamptz",
                 vec![uuid(cx.tenant_id), cx.now.into()],
             ),
-            // Exact for the first level only (school to tenant): what
-            // happens next depends on how the generalised cells merge.
-            Policy::Anonymity => (
-                "SELECT count(*) AS results_generalised_to_tenant FROM anonymised_results a \
-                 WHERE a.tenant_id = $1::uuid AND a.pending AND a.school_id IS NOT NULL AND \
-                   (SELECT count(*) FROM anonymised_results c WHERE c.tenant_id = a.tenant_id \
-                      AND c.assessment_id = a.assessment_id AND c.school_id = a.school_id \
-                      AND coalesce(c.year_level, 0) = coalesce(a.year_level, 0) \
-                      AND coalesce(c.gender, '') = coalesce(a.gender, '')) < 5",
-                vec![uuid(cx.tenant_id)],
-            ),
+            // The same decisions as the batches make, for every pending row.
+            Policy::Anonymity => (anonymity_count.as_str(), vec![uuid(cx.tenant_id)]),
         };
         let row = db.query_one(sql, &params).await?;
         row.columns().iter().map(|c| Ok((counted(c), row.int(c)?))).collect()
@@ -195,6 +192,8 @@ fn today(cx: &Ctx<'_>) -> String {
     cx.now.get(..10).unwrap_or_default().to_owned()
 }
 
+const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
 /// A subject request about pupil `p` that is still open: retention leaves
 /// the pupil to it (an access request must see the data; an erasure
 /// request writes its own tombstones).
@@ -210,33 +209,35 @@ async fn leavers(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
     let p = cx.policies;
     // Candidates a page at a time, each with its number of results, until
     // the batch is full: counting far more pupils than fit would cost more
-    // than the batch itself.
+    // than the batch itself. By cohort (school, year level, gender), as
+    // pupils leave: a batch then fills its results' k-anonymity cells
+    // itself, and they need no second change (`erasure::erase_pupils`).
     const PAGE: i64 = 16;
     let mut ids: Vec<String> = Vec::new();
     let mut rows_touched = 0;
-    // Keyset paging over pupils_left (tenant_id, left_at, id).
-    let mut after = ("-infinity".to_owned(), "00000000-0000-0000-0000-000000000000".to_owned());
+    // Keyset paging over pupils_left (tenant_id, left_at, school_id, year
+    // level, gender, id): the last candidate taken.
+    let mut after: [String; 5] = ["-infinity".into(), NIL_UUID.into(), "0".into(), String::new(), NIL_UUID.into()];
     let mut more = false;
     'pages: loop {
+        let mut params = vec![uuid(cx.tenant_id), today(cx).into(), p.grace_days.into(), PAGE.into()];
+        params.extend(after.iter().map(|v| Value::from(v.as_str())));
         let rows = db
             .query(
                 &format!(
-                    "SELECT p.id::text AS id, p.left_at::text AS left_at, \
+                    "SELECT p.id::text AS id, p.left_at::text AS left_at, p.school_id::text AS school_id, \
+                        coalesce(p.year_level, 0)::text AS year_key, coalesce(p.gender, '') AS gender_key, \
                         (SELECT count(*) FROM results r WHERE r.tenant_id = p.tenant_id AND r.pupil_id = p.id) \
                             AS results \
                  FROM pupils p WHERE p.tenant_id = $1::uuid AND NOT p.restricted \
                   AND p.left_at <= $2::text::date - $3::int8::int \
-                  AND (p.left_at, p.id) > ($5::text::date, $6::text::uuid) AND NOT EXISTS ({OPEN_REQUEST}) \
-                 ORDER BY p.left_at, p.id LIMIT $4::int8"
+                  AND (p.left_at, p.school_id, coalesce(p.year_level, 0), coalesce(p.gender, ''), p.id) \
+                      > ($5::text::date, $6::text::uuid, $7::text::int, $8::text, $9::text::uuid) \
+                  AND NOT EXISTS ({OPEN_REQUEST}) \
+                 ORDER BY p.left_at, p.school_id, coalesce(p.year_level, 0), coalesce(p.gender, ''), p.id \
+                 LIMIT $4::int8"
                 ),
-                &[
-                    uuid(cx.tenant_id),
-                    today(cx).into(),
-                    p.grace_days.into(),
-                    PAGE.into(),
-                    after.0.as_str().into(),
-                    after.1.as_str().into(),
-                ],
+                &params,
             )
             .await?;
         for row in &rows {
@@ -247,7 +248,9 @@ async fn leavers(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
             }
             rows_touched += n;
             ids.push(row.text("id")?);
-            after = (row.text("left_at")?, row.text("id")?);
+            for (last, column) in after.iter_mut().zip(["left_at", "school_id", "year_key", "gender_key", "id"]) {
+                *last = row.text(column)?;
+            }
         }
         if (rows.len() as i64) < PAGE {
             break;
@@ -473,72 +476,95 @@ async fn delete_limited(db: &mut impl Db, cx: &Ctx<'_>, key: &'static str, sql: 
     Ok(Step { counts: vec![(key, n)], more: n == p.batch_rows })
 }
 
+/// The assessments one k-anonymity batch may count, so that a batch of
+/// pending rows spread thinly over many assessments still counts few cells.
+const ANONYMITY_ASSESSMENTS: i64 = 8;
+
 /// k-anonymity of anonymised results: a kept cell (assessment, school, year
-/// level, gender) holds at least 5 results. A batch takes `batch_rows`
-/// pending rows of one level (school-level rows first, then tenant-level
-/// ones with gender, then those without: a level is counted only once
-/// every row that could still join its cells has been generalised), in
-/// assessment so that a batch spans few cells, and counts the cells they
-/// are in (all rows, pending or not). A row in a cell of 5 or more is kept (no longer pending); a row in
-/// a smaller cell is generalised one level and stays pending, so that its
-/// new cell is counted in turn: school to tenant (NULL), then gender
-/// dropped (NULL); a row already at tenant level without gender in a cell
-/// under 5 is dropped. A cell of 5 or more never shrinks (rows only leave
-/// small cells), so a kept row stays in a cell of 5 or more.
+/// level, gender) holds at least 5 results. A batch takes up to
+/// `batch_rows` pending rows, in assessment order, of at most
+/// [`ANONYMITY_ASSESSMENTS`] assessments, counts every row of those
+/// assessments (pending or not) level by level, and gives each pending row
+/// its final place in one change:
+/// 1. a row at school level in a cell of 5 or more is kept there;
+/// 2. the others are at tenant level (school NULL); with their gender, the
+///    cell (assessment, year level, gender) of every such row is counted:
+///    5 or more, kept there;
+/// 3. the rest lose their gender; the cell (assessment, year level) of
+///    those is counted: 5 or more, kept; under 5, dropped.
+///
+/// Every count is of where rows are or will be, so a row decided in an
+/// earlier batch counts where it now is, and a row's fate does not depend
+/// on how the rows are cut into batches: rows only ever leave cells under
+/// 5, so such a cell stays under 5, and a cell of 5 or more never shrinks.
+/// A kept row therefore stays in a cell of at least 5.
 async fn anonymity(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
+    // Rows are changed by their ctid, read by the same statement: no index
+    // lookup per row (only retention, under its lease, changes these rows).
     let row = db
         .query_one(
-            "WITH level AS ( \
-                 SELECT school_id IS NULL AS tenant_level, gender IS NULL AS no_gender FROM anonymised_results \
-                 WHERE tenant_id = $1::uuid AND pending \
-                 ORDER BY school_id IS NULL, gender IS NULL, assessment_id, id LIMIT 1), \
-             batch AS ( \
-                 SELECT a.id, a.assessment_id, a.school_id, a.year_level, a.gender, \
-                        coalesce(a.school_id, '00000000-0000-0000-0000-000000000000'::uuid) AS school_key, \
-                        coalesce(a.year_level, 0) AS year_key, coalesce(a.gender, '') AS gender_key \
-                 FROM anonymised_results a, level \
-                 WHERE a.tenant_id = $1::uuid AND a.pending AND (a.school_id IS NULL) = level.tenant_level \
-                   AND (a.gender IS NULL) = level.no_gender \
-                 ORDER BY a.school_id IS NULL, a.gender IS NULL, a.assessment_id, a.id LIMIT $2::int8), \
-             cells AS ( \
-                 SELECT c.assessment_id, c.school_key, c.year_key, c.gender_key, \
-                        (SELECT count(*) FROM anonymised_results a WHERE a.tenant_id = $1::uuid \
-                            AND a.assessment_id = c.assessment_id \
-                            AND coalesce(a.school_id, '00000000-0000-0000-0000-000000000000'::uuid) = c.school_key \
-                            AND coalesce(a.year_level, 0) = c.year_key \
-                            AND coalesce(a.gender, '') = c.gender_key) AS n \
-                 FROM (SELECT DISTINCT assessment_id, school_key, year_key, gender_key FROM batch) c), \
-             sized AS ( \
-                 SELECT b.id, b.school_id, b.gender, cells.n FROM batch b JOIN cells \
-                     ON cells.assessment_id = b.assessment_id AND cells.school_key = b.school_key \
-                    AND cells.year_key = b.year_key AND cells.gender_key = b.gender_key), \
-             dropped AS ( \
-                 DELETE FROM anonymised_results a USING sized s \
-                 WHERE a.id = s.id AND s.n < 5 AND s.school_id IS NULL AND s.gender IS NULL RETURNING a.id), \
-             changed AS ( \
-                 UPDATE anonymised_results a SET \
-                     school_id = CASE WHEN s.n < 5 THEN NULL ELSE a.school_id END, \
-                     gender = CASE WHEN s.n < 5 AND s.school_id IS NULL THEN NULL ELSE a.gender END, \
-                     pending = s.n < 5 \
-                 FROM sized s WHERE a.id = s.id AND NOT (s.n < 5 AND s.school_id IS NULL AND s.gender IS NULL) \
-                 RETURNING s.n < 5 AND s.school_id IS NOT NULL AS to_tenant, \
-                           s.n < 5 AND s.school_id IS NULL AS gender_dropped) \
-             SELECT (SELECT count(*) FROM batch) AS taken, (SELECT count(*) FROM dropped) AS dropped, \
-                    (SELECT count(*) FROM changed WHERE to_tenant) AS to_tenant, \
-                    (SELECT count(*) FROM changed WHERE gender_dropped) AS gender_dropped",
-            &[uuid(cx.tenant_id), cx.policies.batch_rows.into()],
+            &format!(
+                "WITH scope AS ( \
+                     SELECT DISTINCT assessment_id FROM ( \
+                         SELECT assessment_id FROM anonymised_results WHERE tenant_id = $1::uuid AND pending \
+                         ORDER BY assessment_id, id LIMIT $2::int8) first \
+                     ORDER BY assessment_id LIMIT $3::int8), \
+                 batch AS ( \
+                     SELECT id FROM anonymised_results WHERE tenant_id = $1::uuid AND pending \
+                        AND assessment_id IN (SELECT assessment_id FROM scope) \
+                     ORDER BY assessment_id, id LIMIT $2::int8), \
+                 {FATES}, \
+                 mine AS MATERIALIZED (SELECT d.* FROM decided d JOIN batch b ON b.id = d.id), \
+                 dropped AS ( \
+                     DELETE FROM anonymised_results a USING mine m WHERE a.ctid = m.ctid AND m.fate = 'dropped' \
+                     RETURNING a.id), \
+                 kept AS ( \
+                     UPDATE anonymised_results a SET \
+                         school_id = CASE WHEN m.fate = 'school' THEN a.school_id END, \
+                         gender = CASE WHEN m.fate IN ('school', 'tenant') THEN a.gender END, \
+                         pending = false \
+                     FROM mine m WHERE a.ctid = m.ctid AND m.fate <> 'dropped' RETURNING a.id) \
+                 SELECT (SELECT count(*) FROM mine) AS taken, {FATE_COUNTS}, \
+                        (SELECT count(*) FROM kept) AS kept"
+            ),
+            &[uuid(cx.tenant_id), cx.policies.batch_rows.into(), ANONYMITY_ASSESSMENTS.into()],
         )
         .await?;
     let taken = row.int("taken")?;
     Ok(Step {
         counts: vec![
             ("results_checked", taken),
-            ("results_generalised_to_tenant", row.int("to_tenant")?),
-            ("results_gender_dropped", row.int("gender_dropped")?),
-            ("results_dropped", row.int("dropped")?),
+            ("results_generalised_to_tenant", row.int("results_generalised_to_tenant")?),
+            ("results_gender_dropped", row.int("results_gender_dropped")?),
+            ("results_dropped", row.int("results_dropped")?),
         ],
-        // Until a batch finds nothing: a level whose rows were all kept may
-        // be followed by pending rows of the next one.
         more: taken > 0,
     })
 }
+
+/// Each row's place after k-anonymity (`decided`: id, ctid, pending, was_school,
+/// had_gender, fate 'school' | 'tenant' | 'no_gender' | 'dropped'), for the
+/// rows of the assessments in `scope` (a CTE before it); see [`anonymity`].
+const FATES: &str = "school_level AS MATERIALIZED ( \
+         SELECT a.id, a.ctid, a.pending, a.assessment_id, a.school_id, a.year_level, a.gender, \
+                a.school_id IS NULL OR count(*) OVER ( \
+                    PARTITION BY a.assessment_id, a.school_id, a.year_level, a.gender) < 5 AS at_tenant \
+         FROM anonymised_results a \
+         WHERE a.tenant_id = $1::uuid AND a.assessment_id IN (SELECT assessment_id FROM scope)), \
+     tenant_level AS ( \
+         SELECT *, at_tenant AND (gender IS NULL OR count(*) FILTER (WHERE at_tenant AND gender IS NOT NULL) \
+                    OVER (PARTITION BY assessment_id, year_level, gender) < 5) AS no_gender \
+         FROM school_level), \
+     decided AS ( \
+         SELECT t.id, t.ctid, t.pending, t.school_id IS NOT NULL AS was_school, t.gender IS NOT NULL AS had_gender, \
+                CASE WHEN NOT t.at_tenant THEN 'school' WHEN NOT t.no_gender THEN 'tenant' \
+                     WHEN count(*) FILTER (WHERE t.no_gender) OVER (PARTITION BY t.assessment_id, t.year_level) >= 5 \
+                         THEN 'no_gender' \
+                     ELSE 'dropped' END AS fate \
+         FROM tenant_level t)";
+
+/// The report's k-anonymity counts of the decided rows in `mine`.
+const FATE_COUNTS: &str = "(SELECT count(*) FROM mine WHERE was_school AND fate <> 'school') \
+         AS results_generalised_to_tenant, \
+     (SELECT count(*) FROM mine WHERE had_gender AND fate IN ('no_gender', 'dropped')) AS results_gender_dropped, \
+     (SELECT count(*) FROM mine WHERE fate = 'dropped') AS results_dropped";

@@ -311,3 +311,45 @@ impl Drop for StderrRedirect {
         }
     }
 }
+
+/// The cluster log from a point on (auto_explain's output).
+pub struct PgLog {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl PgLog {
+    /// Copies what the log gained since to `target/<name>`.
+    pub fn copy_to(&self, name: &str) {
+        let text = std::fs::read(&self.path).unwrap_or_default();
+        let out = project_root().join("target").join(name);
+        std::fs::write(&out, &text[(self.offset as usize).min(text.len())..]).unwrap();
+        println!("auto_explain output: {}", out.display());
+    }
+}
+
+/// Diagnosis only: `BENCH_AUTO_EXPLAIN=<ms>` logs the plans (with actual
+/// times and buffers) of statements slower than that, for connections to
+/// the bench database opened later; `BENCH_PG_SETTINGS="name=value;..."`
+/// sets anything else for them.
+pub async fn diagnosis_settings(app: &TestApp) -> Option<PgLog> {
+    let pg_settings = std::env::var("BENCH_PG_SETTINGS").unwrap_or_default();
+    alter_database(app, pg_settings.split(';').map(str::trim).filter(|s| !s.is_empty())).await;
+    let ms = std::env::var("BENCH_AUTO_EXPLAIN").ok().and_then(|v| v.parse::<u64>().ok())?;
+    let threshold = format!("auto_explain.log_min_duration = '{ms}ms'");
+    let settings = ["session_preload_libraries = 'auto_explain'", &threshold, "auto_explain.log_analyze = on"];
+    alter_database(app, settings.into_iter().chain(["auto_explain.log_buffers = on"])).await;
+    let data: String = sqlx::query_scalar("SHOW data_directory").fetch_one(&app.pool).await.unwrap();
+    let path = Path::new(&data).parent().unwrap().join("postgres.log");
+    let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
+    Some(PgLog { path, offset })
+}
+
+/// `ALTER DATABASE <bench db> SET <setting>`: applies to connections opened later.
+async fn alter_database<'a>(app: &TestApp, settings: impl Iterator<Item = &'a str>) {
+    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&app.pool).await.unwrap();
+    for setting in settings {
+        sqlx::query(&format!("ALTER DATABASE {db} SET {setting}")).execute(&app.pool).await.unwrap();
+        println!("bench database: SET {setting}");
+    }
+}
