@@ -42,24 +42,17 @@ CREATE TRIGGER anonymised_results_assessment_fixed BEFORE UPDATE OF tenant_id, a
 CREATE FUNCTION assessments_keep_anonymised_results() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM old_rows o JOIN anonymised_results r ON r.tenant_id = o.tenant_id AND r.assessment_id = o.id) THEN
-        RAISE EXCEPTION 'anonymised results still refer to the assessment' USING ERRCODE = 'foreign_key_violation';
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER assessments_anonymised_results AFTER DELETE ON assessments
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION assessments_keep_anonymised_results();
-CREATE FUNCTION assessments_keep_anonymised_results_key() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
-BEGIN
     IF EXISTS (SELECT 1 FROM anonymised_results r WHERE r.tenant_id = OLD.tenant_id AND r.assessment_id = OLD.id) THEN
         RAISE EXCEPTION 'anonymised results still refer to the assessment' USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
 END $$;
+-- Assessments are deleted (or re-keyed) rarely: one check per row, as a foreign key's.
+CREATE TRIGGER assessments_anonymised_results AFTER DELETE ON assessments
+    FOR EACH ROW EXECUTE FUNCTION assessments_keep_anonymised_results();
 CREATE TRIGGER assessments_anonymised_results_key AFTER UPDATE OF tenant_id, id ON assessments
     FOR EACH ROW WHEN (OLD.tenant_id IS DISTINCT FROM NEW.tenant_id OR OLD.id IS DISTINCT FROM NEW.id)
-    EXECUTE FUNCTION assessments_keep_anonymised_results_key();
+    EXECUTE FUNCTION assessments_keep_anonymised_results();
 
 -- Leavers are erased by cohort (school, year level, gender, as pupils
 -- leave), so that a batch fills its results' k-anonymity cells itself.
