@@ -1,8 +1,9 @@
 -- k-anonymity decides each pending row's final place in one change
 -- (functions/retention, `anonymity`), whatever level the row is at: a batch
--- takes pending rows by assessment only.
+-- takes the pending rows of whole (assessment, year level) groups.
 DROP INDEX anonymised_results_pending;
-CREATE INDEX anonymised_results_pending ON anonymised_results (tenant_id, assessment_id, id) WHERE pending;
+CREATE INDEX anonymised_results_pending ON anonymised_results
+    (tenant_id, assessment_id, coalesce(year_level, 0), id) WHERE pending;
 
 -- The assessment of every anonymised result exists, as the foreign key to
 -- assessments said, but checked once per statement instead of once per row

@@ -156,8 +156,8 @@ pub async fn erase_pupils(
     // New rows are `pending` until retention has checked their cell's size
     // (k-anonymity, functions/retention), unless this erasure alone puts 5
     // or more into their school-level cell (assessment, school, year level,
-    // gender): rows only ever leave cells under 5, so those stay where they
-    // are whatever else happens (retention erases leavers by cohort).
+    // gender): a cell of 5 or more keeps its rows whatever arrives later
+    // (retention erases leavers by cohort).
     let results_anonymised = db
         .execute(
             "INSERT INTO anonymised_results (tenant_id, assessment_id, school_id, year_level, gender, status, score, \

@@ -97,10 +97,10 @@ impl Policy {
     pub async fn count(self, db: &mut impl Db, cx: &Ctx<'_>) -> Result<Vec<(&'static str, i64)>, Problem> {
         let p = cx.policies;
         let anonymity_count = format!(
-            "WITH scope AS (SELECT DISTINCT assessment_id FROM anonymised_results \
-                            WHERE tenant_id = $1::uuid AND pending), \
-             {FATES}, mine AS (SELECT * FROM decided WHERE pending) \
-             SELECT (SELECT count(*) FROM mine) AS results_checked, {FATE_COUNTS}"
+            "WITH scope AS (SELECT DISTINCT assessment_id, coalesce(year_level, 0) AS year_key \
+                            FROM anonymised_results WHERE tenant_id = $1::uuid AND pending), \
+             {FATES}, counted AS (SELECT * FROM decided WHERE pending) \
+             SELECT (SELECT count(*) FROM counted) AS results_checked, {FATE_COUNTS}"
         );
         let (sql, params): (&str, Vec<Value>) = match self {
             Policy::Leavers => (
@@ -476,58 +476,64 @@ async fn delete_limited(db: &mut impl Db, cx: &Ctx<'_>, key: &'static str, sql: 
     Ok(Step { counts: vec![(key, n)], more: n == p.batch_rows })
 }
 
-/// The assessments one k-anonymity batch may count, so that a batch of
-/// pending rows spread thinly over many assessments still counts few cells.
-const ANONYMITY_ASSESSMENTS: i64 = 8;
+/// The (assessment, year level) groups one k-anonymity batch may take.
+const ANONYMITY_GROUPS: i64 = 16;
 
 /// k-anonymity of anonymised results: a kept cell (assessment, school, year
-/// level, gender) holds at least 5 results. A batch takes up to
-/// `batch_rows` pending rows, in assessment order, of at most
-/// [`ANONYMITY_ASSESSMENTS`] assessments, counts every row of those
-/// assessments (pending or not) level by level, and gives each pending row
-/// its final place in one change:
+/// level, gender) holds at least 5 results. Every cell of every level lies
+/// inside one (assessment, year level) group, and a batch takes whole
+/// groups: every pending row of up to [`ANONYMITY_GROUPS`] groups, in order,
+/// while they add up to `batch_rows` (the first group whatever its size).
+/// It counts every row of those groups, each where it is (kept rows) or
+/// where it goes (pending rows), level by level, and gives each pending
+/// row its final place in one change:
 /// 1. a row at school level in a cell of 5 or more is kept there;
-/// 2. the others are at tenant level (school NULL); with their gender, the
-///    cell (assessment, year level, gender) of every such row is counted:
+/// 2. the others go to tenant level (school NULL); with their gender, the
+///    cell (assessment, year level, gender) of all rows there is counted:
 ///    5 or more, kept there;
-/// 3. the rest lose their gender; the cell (assessment, year level) of
-///    those is counted: 5 or more, kept; under 5, dropped.
+/// 3. the rest lose their gender; the cell (assessment, year level) of all
+///    rows without gender is counted: 5 or more, kept; under 5, dropped.
 ///
-/// Every count is of where rows are or will be, so a row decided in an
-/// earlier batch counts where it now is, and a row's fate does not depend
-/// on how the rows are cut into batches: rows only ever leave cells under
-/// 5, so such a cell stays under 5, and a cell of 5 or more never shrinks.
-/// A kept row therefore stays in a cell of at least 5.
+/// No decision counts a row that stays pending, so rows that arrive later
+/// (an erasure at any time) cannot undo one: kept rows only join cells of
+/// 5 or more, and cells never lose kept rows.
 async fn anonymity(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
     // Rows are changed by their ctid, read by the same statement: no index
     // lookup per row (only retention, under its lease, changes these rows).
     let row = db
         .query_one(
             &format!(
-                "WITH scope AS ( \
-                     SELECT DISTINCT assessment_id FROM ( \
-                         SELECT assessment_id FROM anonymised_results WHERE tenant_id = $1::uuid AND pending \
-                         ORDER BY assessment_id, id LIMIT $2::int8) first \
-                     ORDER BY assessment_id LIMIT $3::int8), \
-                 batch AS ( \
-                     SELECT id FROM anonymised_results WHERE tenant_id = $1::uuid AND pending \
-                        AND assessment_id IN (SELECT assessment_id FROM scope) \
-                     ORDER BY assessment_id, id LIMIT $2::int8), \
+                "WITH first AS ( \
+                     SELECT assessment_id, coalesce(year_level, 0) AS year_key FROM anonymised_results \
+                     WHERE tenant_id = $1::uuid AND pending \
+                     ORDER BY assessment_id, coalesce(year_level, 0), id LIMIT $2::int8), \
+                 groups AS ( \
+                     SELECT g.assessment_id, g.year_key, \
+                            sum(g.n) OVER (ORDER BY g.assessment_id, g.year_key) AS upto, \
+                            row_number() OVER (ORDER BY g.assessment_id, g.year_key) AS k \
+                     FROM (SELECT f.assessment_id, f.year_key, \
+                                  (SELECT count(*) FROM anonymised_results a WHERE a.tenant_id = $1::uuid \
+                                      AND a.pending AND a.assessment_id = f.assessment_id \
+                                      AND coalesce(a.year_level, 0) = f.year_key) AS n \
+                           FROM (SELECT DISTINCT assessment_id, year_key FROM first) f) g), \
+                 scope AS ( \
+                     SELECT assessment_id, year_key FROM groups WHERE k = 1 OR (upto <= $2::int8 AND k <= $3::int8)), \
                  {FATES}, \
-                 mine AS MATERIALIZED (SELECT d.* FROM decided d JOIN batch b ON b.id = d.id), \
+                 mine AS MATERIALIZED (SELECT * FROM decided WHERE pending), \
                  dropped AS ( \
                      DELETE FROM anonymised_results a USING mine m WHERE a.ctid = m.ctid AND m.fate = 'dropped' \
-                     RETURNING a.id), \
+                     RETURNING m.was_school, m.had_gender, m.fate), \
                  kept AS ( \
                      UPDATE anonymised_results a SET \
                          school_id = CASE WHEN m.fate = 'school' THEN a.school_id END, \
                          gender = CASE WHEN m.fate IN ('school', 'tenant') THEN a.gender END, \
                          pending = false \
-                     FROM mine m WHERE a.ctid = m.ctid AND m.fate <> 'dropped' RETURNING a.id) \
-                 SELECT (SELECT count(*) FROM mine) AS taken, {FATE_COUNTS}, \
-                        (SELECT count(*) FROM kept) AS kept"
+                     FROM mine m WHERE a.ctid = m.ctid AND m.fate <> 'dropped' \
+                     RETURNING m.was_school, m.had_gender, m.fate), \
+                 counted AS (SELECT * FROM dropped UNION ALL SELECT * FROM kept) \
+                 SELECT (SELECT count(*) FROM counted) AS taken, {FATE_COUNTS}"
             ),
-            &[uuid(cx.tenant_id), cx.policies.batch_rows.into(), ANONYMITY_ASSESSMENTS.into()],
+            &[uuid(cx.tenant_id), cx.policies.batch_rows.into(), ANONYMITY_GROUPS.into()],
         )
         .await?;
     let taken = row.int("taken")?;
@@ -542,18 +548,21 @@ async fn anonymity(db: &mut impl Db, cx: &Ctx<'_>) -> Result<Step, Problem> {
     })
 }
 
-/// Each row's place after k-anonymity (`decided`: id, ctid, pending, was_school,
-/// had_gender, fate 'school' | 'tenant' | 'no_gender' | 'dropped'), for the
-/// rows of the assessments in `scope` (a CTE before it); see [`anonymity`].
+/// Each row's place after k-anonymity (`decided`: id, ctid, pending,
+/// was_school, had_gender, fate 'school' | 'tenant' | 'no_gender' |
+/// 'dropped'), for every row of the (assessment_id, year_key) groups in
+/// `scope` (a CTE before it); see [`anonymity`]. A kept row counts where it
+/// is, a pending row where it goes.
 const FATES: &str = "school_level AS MATERIALIZED ( \
          SELECT a.id, a.ctid, a.pending, a.assessment_id, a.school_id, a.year_level, a.gender, \
-                a.school_id IS NULL OR count(*) OVER ( \
-                    PARTITION BY a.assessment_id, a.school_id, a.year_level, a.gender) < 5 AS at_tenant \
+                a.school_id IS NULL OR (a.pending AND count(*) OVER ( \
+                    PARTITION BY a.assessment_id, a.school_id, a.year_level, a.gender) < 5) AS at_tenant \
          FROM anonymised_results a \
-         WHERE a.tenant_id = $1::uuid AND a.assessment_id IN (SELECT assessment_id FROM scope)), \
+         WHERE a.tenant_id = $1::uuid \
+           AND (a.assessment_id, coalesce(a.year_level, 0)) IN (SELECT assessment_id, year_key FROM scope)), \
      tenant_level AS ( \
-         SELECT *, at_tenant AND (gender IS NULL OR count(*) FILTER (WHERE at_tenant AND gender IS NOT NULL) \
-                    OVER (PARTITION BY assessment_id, year_level, gender) < 5) AS no_gender \
+         SELECT *, at_tenant AND (gender IS NULL OR (pending AND count(*) FILTER (WHERE at_tenant AND gender IS NOT NULL) \
+                    OVER (PARTITION BY assessment_id, year_level, gender) < 5)) AS no_gender \
          FROM school_level), \
      decided AS ( \
          SELECT t.id, t.ctid, t.pending, t.school_id IS NOT NULL AS was_school, t.gender IS NOT NULL AS had_gender, \
@@ -563,8 +572,8 @@ const FATES: &str = "school_level AS MATERIALIZED ( \
                      ELSE 'dropped' END AS fate \
          FROM tenant_level t)";
 
-/// The report's k-anonymity counts of the decided rows in `mine`.
-const FATE_COUNTS: &str = "(SELECT count(*) FROM mine WHERE was_school AND fate <> 'school') \
+/// The report's k-anonymity counts of the decided pending rows in `counted`.
+const FATE_COUNTS: &str = "(SELECT count(*) FROM counted WHERE was_school AND fate <> 'school') \
          AS results_generalised_to_tenant, \
-     (SELECT count(*) FROM mine WHERE had_gender AND fate IN ('no_gender', 'dropped')) AS results_gender_dropped, \
-     (SELECT count(*) FROM mine WHERE fate = 'dropped') AS results_dropped";
+     (SELECT count(*) FROM counted WHERE had_gender AND fate IN ('no_gender', 'dropped')) AS results_gender_dropped, \
+     (SELECT count(*) FROM counted WHERE fate = 'dropped') AS results_dropped";
