@@ -1,6 +1,7 @@
 //! The policies, each as one bounded batch (`step`, inside the run's batch
 //! transaction) and as a count of what it would do (`count`, dry runs).
-//! Every statement is limited to `batch_rows` rows; what is due is read from
+//! Every statement changes at most `batch_rows` rows (k-anonymity: whole
+//! groups, see [`anonymity`]); what is due is read from
 //! the data itself, so a run that stops (or is killed) anywhere is resumed by
 //! the next without any state of its own.
 
