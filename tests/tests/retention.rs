@@ -298,6 +298,15 @@ async fn cells(pool: &PgPool, tenant: &str, assessment: &str, schools: &[String]
     }
 }
 
+/// Cells of kept anonymised results that hold fewer than 5.
+async fn small_kept_cells(app: &TestApp) -> i64 {
+    app.count(
+        "SELECT count(*) FROM (SELECT 1 FROM anonymised_results WHERE NOT pending \
+         GROUP BY assessment_id, school_id, year_level, gender HAVING count(*) < 5) s",
+    )
+    .await
+}
+
 async fn kept_cells(pool: &PgPool) -> Vec<(i32, bool, Option<String>, i64)> {
     sqlx::query_as(
         "SELECT year_level, school_id IS NULL, gender, count(*) FROM anonymised_results \
@@ -350,12 +359,7 @@ async fn small_cells_of_anonymised_results_are_generalised_or_dropped() {
         );
         assert_eq!(w.app.count("SELECT count(*) FROM anonymised_results WHERE pending").await, 0);
         // Every kept cell holds at least 5.
-        let small = w.app.count(
-            "SELECT count(*) FROM (SELECT 1 FROM anonymised_results GROUP BY assessment_id, school_id, year_level, \
-             gender HAVING count(*) < 5) s",
-        )
-        .await;
-        assert_eq!(small, 0);
+        assert_eq!(small_kept_cells(&w.app).await, 0);
     }
 }
 
@@ -677,16 +681,10 @@ async fn rows_that_arrive_between_batches_never_leave_a_kept_cell_under_5() {
     )
     .await;
     let retention = Retention::of(&w.app, &[("retention_batch_rows", "3"), ("retention_run_seconds", "0")]).await;
-    let small_kept = || {
-        w.app.count(
-            "SELECT count(*) FROM (SELECT 1 FROM anonymised_results WHERE NOT pending \
-             GROUP BY assessment_id, school_id, year_level, gender HAVING count(*) < 5) s",
-        )
-    };
     let mut added = false;
     for call in 0..50 {
         let report = retention.run(now()).await;
-        assert_eq!(small_kept().await, 0, "call {call}: {report}");
+        assert_eq!(small_kept_cells(&w.app).await, 0, "call {call}: {report}");
         if !added && report["counts"]["results_checked"].as_i64() > Some(0) {
             // Sørby's year-5 girls, now that their cell has been decided.
             cells(pool, tenant, &assessment, &schools, &[(1, 5, "female", 2)]).await;

@@ -97,12 +97,7 @@ impl Policy {
     /// What a step would do, all batches together (read only).
     pub async fn count(self, db: &mut impl Db, cx: &Ctx<'_>) -> Result<Vec<(&'static str, i64)>, Problem> {
         let p = cx.policies;
-        let anonymity_count = format!(
-            "WITH scope AS (SELECT DISTINCT assessment_id, coalesce(year_level, 0) AS year_key \
-                            FROM anonymised_results WHERE tenant_id = $1::uuid AND pending), \
-             {FATES}, counted AS (SELECT * FROM decided WHERE pending) \
-             SELECT (SELECT count(*) FROM counted) AS results_checked, {FATE_COUNTS}"
-        );
+        let anonymity_count;
         let (sql, params): (&str, Vec<Value>) = match self {
             Policy::Leavers => (
                 "SELECT count(*) AS pupils_erased, \
@@ -170,7 +165,15 @@ impl Policy {
                 vec![uuid(cx.tenant_id), cx.now.into()],
             ),
             // The same decisions as the batches make, for every pending row.
-            Policy::Anonymity => (anonymity_count.as_str(), vec![uuid(cx.tenant_id)]),
+            Policy::Anonymity => {
+                anonymity_count = format!(
+                    "WITH scope AS (SELECT DISTINCT assessment_id, coalesce(year_level, 0) AS year_key \
+                                    FROM anonymised_results WHERE tenant_id = $1::uuid AND pending), \
+                     {FATES}, counted AS (SELECT * FROM decided WHERE pending) \
+                     SELECT (SELECT count(*) FROM counted) AS results_checked, {FATE_COUNTS}"
+                );
+                (anonymity_count.as_str(), vec![uuid(cx.tenant_id)])
+            }
         };
         let row = db.query_one(sql, &params).await?;
         row.columns().iter().map(|c| Ok((counted(c), row.int(c)?))).collect()
