@@ -32,8 +32,10 @@
 //!
 //! Phases: profile as teacher, profile as school leader, overview as teacher,
 //! overview as school leader, follow-up list as teacher, follow-up counts as
-//! school leader. In each, three series are interleaved request by
-//! request: the route over HTTP, the bare query, and the bare query wrapped as
+//! school leader. In each, four series are interleaved request by
+//! request: the route over HTTP on the native host, the same route on real
+//! Spin (`spin up` on the release `.wasm` files and the project's spin.toml,
+//! over the same database), the bare query, and the bare query wrapped as
 //! the route runs it (with the access-log record, `logged_read`). Each series
 //! walks the phase's targets (pupils or group × assessment) in its own random
 //! order, so no series runs on rows another series has just cached. Every
@@ -51,6 +53,7 @@ use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tavle_host::dataset::{self, Generated, Keys, Spec};
+use tavle_tests::spin::SpinApp;
 use tavle_tests::{project_root, Api, TestApp};
 use uuid::Uuid;
 
@@ -93,10 +96,15 @@ struct Caller {
     principal: tavle_core::auth::Principal,
 }
 
+/// One series of a phase (its latencies).
+type Series = fn(&Phase) -> &Vec<Duration>;
+
 struct Phase {
     name: &'static str,
     endpoint: Endpoint,
     route: Vec<Duration>,
+    /// The route on `spin up` (release `.wasm` files, same database).
+    spin: Vec<Duration>,
     bare: Vec<Duration>,
     wrapped: Vec<Duration>,
     usage: Usage,
@@ -195,6 +203,8 @@ fn main() {
     // Diagnosis (common::diagnosis_settings): plans to target/bench-students-auto-explain.log.
     let pg_log = rt.block_on(diagnosis_settings(&app));
     let (addr, max_db) = start_host(&app.variables, workers);
+    // The same routes on real Spin, over the same database and variables.
+    let spin_app = SpinApp::start(&project_root().join("spin.toml"), &app.variables);
     let options = PgConnectOptions::from_str(&app.db_url).unwrap();
     let bare_pool = rt.block_on(async {
         PgPoolOptions::new().max_connections(max_db).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options)
@@ -233,6 +243,7 @@ fn main() {
     // 4. Measure.
     let tenant = gen.tenant_id.clone();
     let mut client = Client::connect(addr, READ_TIMEOUT);
+    let mut spin_client = Client::connect(spin_app.addr, READ_TIMEOUT);
     // What each follow-up list must hold: the bare query's flags (one row
     // for a list without any), taken once before measuring.
     rt.block_on(async {
@@ -252,26 +263,46 @@ fn main() {
         ("follow-up, teacher", Endpoint::FollowUp, &follow_targets),
         ("counts, school leader", Endpoint::Counts, &count_targets),
     ] {
-        let mut bench = Bench { rt: &rt, client: &mut client, pool: &bare_pool, tenant: &tenant, callers: &callers };
+        let mut bench = Bench {
+            rt: &rt,
+            native: &mut client,
+            spin: &mut spin_client,
+            pool: &bare_pool,
+            tenant: &tenant,
+            callers: &callers,
+        };
         // Warm-up: connections, prepared statements, plan caches of every worker.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ name.len() as u64;
         for i in 0..(iterations / 10).max(20) {
             let t = &list[(xorshift(&mut seed) as usize) % list.len()];
-            bench.route(endpoint, t, &format!("warm-{i}"));
+            bench.route(On::Native, endpoint, t, &format!("warm-{i}"));
+            bench.route(On::Spin, endpoint, t, &format!("warm-spin-{i}"));
             bench.bare(endpoint, t);
             bench.wrapped(endpoint, t);
         }
         let (mut s_route, mut s_bare, mut s_wrapped) = (0x1234_5678u64, 0x8765_4321u64, 0x0bad_cafeu64);
-        let (mut route, mut bare, mut wrapped) = (Vec::new(), Vec::new(), Vec::new());
+        let mut s_spin = 0x5eed_0f5du64;
+        let (mut route, mut spin, mut bare, mut wrapped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let probe = Probe::take();
         let started = Instant::now();
         for i in 0..iterations {
             let pick = |s: &mut u64| &list[(xorshift(s) as usize) % list.len()];
-            route.push(bench.route(endpoint, pick(&mut s_route), &format!("{}-{i}", name.replace([',', ' '], ""))));
+            let id = format!("{}-{i}", name.replace([',', ' '], ""));
+            route.push(bench.route(On::Native, endpoint, pick(&mut s_route), &id));
+            spin.push(bench.route(On::Spin, endpoint, pick(&mut s_spin), &format!("spin-{id}")));
             bare.push(bench.bare(endpoint, pick(&mut s_bare)));
             wrapped.push(bench.wrapped(endpoint, pick(&mut s_wrapped)));
         }
-        phases.push(Phase { name, endpoint, route, bare, wrapped, usage: probe.since(), wall: started.elapsed() });
+        phases.push(Phase {
+            name,
+            endpoint,
+            route,
+            spin,
+            bare,
+            wrapped,
+            usage: probe.since(),
+            wall: started.elapsed(),
+        });
     }
     let whole_usage = whole.since();
 
@@ -363,17 +394,19 @@ fn main() {
     );
     println!();
     println!(
-        "{:<25} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "phase", "n", "route p50", "p99", "bare p50", "p99", "+log p50", "p99", "host p50", ""
+        "{:<25} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "phase", "n", "route p50", "p99", "spin p50", "p99", "bare p50", "p99", "+log p50", "p99", "host p50"
     );
     for p in &phases {
         let prefix = format!("id={}-", p.name.replace([',', ' '], ""));
         println!(
-            "{:<25} {:>5} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+            "{:<25} {:>5} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9}",
             p.name,
             p.route.len(),
             ms(pct(&p.route, 0.5)),
             ms(pct(&p.route, 0.99)),
+            ms(pct(&p.spin, 0.5)),
+            ms(pct(&p.spin, 0.99)),
             ms(pct(&p.bare, 0.5)),
             ms(pct(&p.bare, 0.99)),
             ms(pct(&p.wrapped, 0.5)),
@@ -381,8 +414,9 @@ fn main() {
             host_p50(&log, &prefix),
         );
     }
-    println!("(ms; bare = the exported query alone; +log = the query as the route runs it, with its access record;");
-    println!(" host p50 = handler time from the host's request log, whole ms)");
+    println!("(ms; route = native host, spin = the same request on `spin up`; bare = the exported query alone;");
+    println!(" +log = the query as the route runs it, with its access record;");
+    println!(" host p50 = the native host's handler time from its request log, whole ms)");
     for p in &phases {
         let cpu: f64 = p.usage.workers.iter().sum::<f64>() * p.wall.as_secs_f64() / p.route.len() as f64;
         println!("host worker CPU per route request, {:<25} {:.2} ms", format!("{}:", p.name), cpu * 1000.0);
@@ -392,17 +426,23 @@ fn main() {
     }
     println!();
     let mut all_met = true;
-    for (label, endpoint) in [("pupil profile", Endpoint::Profile), ("class overview", Endpoint::Overview)] {
-        let pick = |f: fn(&Phase) -> &Vec<Duration>| -> Vec<Duration> {
+    let hosts: [(&str, Series); 2] = [("native", |p| &p.route), ("spin", |p| &p.spin)];
+    for ((label, endpoint), (host, series)) in
+        [("pupil profile", Endpoint::Profile), ("class overview", Endpoint::Overview)]
+            .into_iter()
+            .flat_map(|e| hosts.into_iter().map(move |h| (e, h)))
+    {
+        let pick = |f: &dyn Fn(&Phase) -> &Vec<Duration>| -> Vec<Duration> {
             phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| f(p).iter().copied()).collect()
         };
-        let (route, bare) = (pick(|p| &p.route), pick(|p| &p.bare));
+        let (route, bare) = (pick(&series), pick(&|p| &p.bare));
+        let label = format!("{label}, {host}");
         let (r50, r99, b50, b99) = (pct(&route, 0.5), pct(&route, 0.99), pct(&bare, 0.5), pct(&bare, 0.99));
         let (ratio50, ratio99) = (r50.as_secs_f64() / b50.as_secs_f64(), r99.as_secs_f64() / b99.as_secs_f64());
         let met = ms(r99) <= 10.0 && ratio50 <= 2.0 && ratio99 <= 2.0;
         all_met &= met;
         println!(
-            "{label:<15} route p50 {:.2} ms, p99 {:.2} ms; bare SQL p50 {:.2} ms, p99 {:.2} ms; \
+            "{label:<22} route p50 {:.2} ms, p99 {:.2} ms; bare SQL p50 {:.2} ms, p99 {:.2} ms; \
              ratio p50 {ratio50:.2}, p99 {ratio99:.2}  (aim p99 <= 10 ms, ratio <= 2: {})",
             ms(r50),
             ms(r99),
@@ -411,18 +451,22 @@ fn main() {
             if met { "met" } else { "NOT met" }
         );
     }
-    for (label, endpoint) in [
+    for ((label, endpoint), (host, series)) in [
         ("follow-up list (teacher, school year)", Endpoint::FollowUp),
         ("counts (leader, one assessment)", Endpoint::Counts),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|e| hosts.into_iter().map(move |h| (e, h)))
+    {
+        let label = format!("{label}, {host}");
         let route: Vec<Duration> =
-            phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| p.route.iter().copied()).collect();
+            phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| series(p).iter().copied()).collect();
         let bare: Vec<Duration> =
             phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| p.bare.iter().copied()).collect();
         let met = ms(pct(&route, 0.99)) <= 20.0;
         all_met &= met;
         println!(
-            "{label:<38} route p50 {:.2} ms, p99 {:.2} ms; bare SQL p50 {:.2} ms, p99 {:.2} ms  (aim p99 <= 20 ms: {})",
+            "{label:<46} route p50 {:.2} ms, p99 {:.2} ms; bare SQL p50 {:.2} ms, p99 {:.2} ms  (aim p99 <= 20 ms: {})",
             ms(pct(&route, 0.5)),
             ms(pct(&route, 0.99)),
             ms(pct(&bare, 0.5)),
@@ -557,17 +601,25 @@ async fn follow_up_rows(pool: &PgPool, tenant: &str, caller: &Caller, year: i32)
         .len()
 }
 
+/// Which host serves a route request.
+#[derive(Clone, Copy)]
+enum On {
+    Native,
+    Spin,
+}
+
 struct Bench<'a> {
     rt: &'a tokio::runtime::Runtime,
-    client: &'a mut Client,
+    native: &'a mut Client,
+    spin: &'a mut Client,
     pool: &'a PgPool,
     tenant: &'a str,
     callers: &'a [Caller],
 }
 
 impl Bench<'_> {
-    /// The route over HTTP; checks the answer after the clock stops.
-    fn route(&mut self, endpoint: Endpoint, t: &Target, request_id: &str) -> Duration {
+    /// The route over HTTP on the native host or on Spin; checks the answer after the clock stops.
+    fn route(&mut self, on: On, endpoint: Endpoint, t: &Target, request_id: &str) -> Duration {
         let path = match endpoint {
             Endpoint::Profile => format!("/pupils/{}", t.id),
             Endpoint::Overview => {
@@ -581,8 +633,12 @@ impl Bench<'_> {
              X-Request-Id: {request_id}\r\n\r\n",
             self.callers[t.who].token
         );
+        let client = match on {
+            On::Native => &mut *self.native,
+            On::Spin => &mut *self.spin,
+        };
         let s = Instant::now();
-        let Response { status, body, .. } = self.client.send(&[head.as_bytes()]);
+        let Response { status, body, .. } = client.send(&[head.as_bytes()]);
         let elapsed = s.elapsed();
         assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
         let v: Value = serde_json::from_slice(&body).expect("JSON answer");
