@@ -427,15 +427,16 @@ fn main() {
     println!();
     let mut all_met = true;
     let hosts: [(&str, Series); 2] = [("native", |p| &p.route), ("spin", |p| &p.spin)];
+    // One series of every phase of `endpoint`, pooled.
+    let pick = |endpoint: Endpoint, f: Series| -> Vec<Duration> {
+        phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| f(p).iter().copied()).collect()
+    };
     for ((label, endpoint), (host, series)) in
         [("pupil profile", Endpoint::Profile), ("class overview", Endpoint::Overview)]
             .into_iter()
             .flat_map(|e| hosts.into_iter().map(move |h| (e, h)))
     {
-        let pick = |f: &dyn Fn(&Phase) -> &Vec<Duration>| -> Vec<Duration> {
-            phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| f(p).iter().copied()).collect()
-        };
-        let (route, bare) = (pick(&series), pick(&|p| &p.bare));
+        let (route, bare) = (pick(endpoint, series), pick(endpoint, |p| &p.bare));
         let label = format!("{label}, {host}");
         let (r50, r99, b50, b99) = (pct(&route, 0.5), pct(&route, 0.99), pct(&bare, 0.5), pct(&bare, 0.99));
         let (ratio50, ratio99) = (r50.as_secs_f64() / b50.as_secs_f64(), r99.as_secs_f64() / b99.as_secs_f64());
@@ -459,10 +460,7 @@ fn main() {
     .flat_map(|e| hosts.into_iter().map(move |h| (e, h)))
     {
         let label = format!("{label}, {host}");
-        let route: Vec<Duration> =
-            phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| series(p).iter().copied()).collect();
-        let bare: Vec<Duration> =
-            phases.iter().filter(|p| p.endpoint == endpoint).flat_map(|p| p.bare.iter().copied()).collect();
+        let (route, bare) = (pick(endpoint, series), pick(endpoint, |p| &p.bare));
         let met = ms(pct(&route, 0.99)) <= 20.0;
         all_met &= met;
         println!(
