@@ -143,7 +143,11 @@ fn main() {
     // 1. Fresh database, a tenant (with its admin), the generated dataset.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (app, admin, pg_version) = rt.block_on(async {
-        let app = TestApp::spawn().await;
+        // A full run measures for longer than the default 15-minute access
+        // token (four series per phase since the Spin one): tokens and
+        // sessions live an hour here, so no request of the run meets a 401.
+        let lifetimes = [("access_token_minutes", "60"), ("session_idle_minutes", "60")];
+        let app = TestApp::spawn_with(lifetimes.into_iter().collect()).await;
         let admin = app.seed_tenant("bench").await;
         let v = server_version(&app).await;
         let buffers: String =
@@ -434,7 +438,7 @@ fn main() {
     for ((label, endpoint), (host, series)) in
         [("pupil profile", Endpoint::Profile), ("class overview", Endpoint::Overview)]
             .into_iter()
-            .flat_map(|e| hosts.into_iter().map(move |h| (e, h)))
+            .flat_map(|e| hosts.map(|h| (e, h)))
     {
         let (route, bare) = (pick(endpoint, series), pick(endpoint, |p| &p.bare));
         let label = format!("{label}, {host}");
@@ -457,7 +461,7 @@ fn main() {
         ("counts (leader, one assessment)", Endpoint::Counts),
     ]
     .into_iter()
-    .flat_map(|e| hosts.into_iter().map(move |h| (e, h)))
+    .flat_map(|e| hosts.map(|h| (e, h)))
     {
         let label = format!("{label}, {host}");
         let (route, bare) = (pick(endpoint, series), pick(endpoint, |p| &p.bare));
@@ -497,6 +501,7 @@ fn main() {
     if let Some(b) = &banner {
         println!("{b}");
     }
+    drop(spin_app);
     drop(app);
     std::process::exit(0); // the host's worker threads never return
 }
