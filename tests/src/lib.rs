@@ -279,6 +279,17 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
+    /// Results whose stored flags (migration 0016) differ from what their
+    /// assessment's thresholds give now: 0 when the triggers kept them right.
+    pub async fn stale_flags(&self) -> i64 {
+        self.count(
+            "SELECT count(*) FROM results r \
+             CROSS JOIN LATERAL result_flags(r.assessment_id, r.status, r.score, r.subtest_scores) f \
+             WHERE (r.total_flagged, r.flagged_subtests) IS DISTINCT FROM (f.total_flagged, f.flagged_subtests)",
+        )
+        .await
+    }
+
     /// A digest of every table's contents (except the audit and access logs
     /// when `with_audit` is false), for "this request changed nothing" checks.
     /// Every base table of the schema, so that a new table is covered too.

@@ -1464,22 +1464,30 @@ async fn subtests_thresholds_and_subtest_scores_are_stored_and_a_changed_thresho
         .unwrap();
     assert_eq!(scores, json!({"ordlesing": 6.0, "forstaelse": 10.0}));
 
+    // The flags are stored with the result (migration 0016).
+    let flags = "SELECT array_to_string(flagged_subtests, ',') FROM results WHERE external_id = 'r0'";
+    let r0_flags = || async { sqlx::query_scalar::<_, String>(flags).fetch_one(&w.app.pool).await.unwrap() };
+    assert_eq!(r0_flags().await, "ordlesing");
+
     // Re-sent with new thresholds: they are updated, and the answer says so.
     let mut body = screening(rows);
     body["assessment"]["threshold"] = json!(12);
-    body["assessment"]["subtests"][1]["threshold"] = json!(9);
+    body["assessment"]["subtests"][1]["threshold"] = json!(10);
     let s = w.app.deliver(&w.publisher, "results", "sub-2", &body).await.json();
     assert_eq!(
         s["threshold_changes"],
-        json!([{"subtest": null, "from": 15.0, "to": 12.0}, {"subtest": "forstaelse", "from": null, "to": 9.0}]),
+        json!([{"subtest": null, "from": 15.0, "to": 12.0}, {"subtest": "forstaelse", "from": null, "to": 10.0}]),
         "{s}"
     );
     assert_eq!((s["unchanged"].as_u64(), &s["subtests_removed"]), (Some(2), &json!([])));
     assert_eq!(
-        w.app.count("SELECT count(*) FROM assessment_subtests WHERE key = 'forstaelse' AND threshold = 9").await,
+        w.app.count("SELECT count(*) FROM assessment_subtests WHERE key = 'forstaelse' AND threshold = 10").await,
         1
     );
     assert_eq!(w.app.count("SELECT count(*) FROM assessments WHERE threshold = 12").await, 1);
+    // The new threshold flags the stored score 10 of r0, which was not re-scored.
+    assert_eq!(r0_flags().await, "ordlesing,forstaelse");
+    assert_eq!(w.app.stale_flags().await, 0, "every stored flag follows the thresholds");
 }
 
 #[tokio::test]

@@ -2635,5 +2635,6 @@ async fn a_tenant_admin_registers_an_assessment_with_thresholds_and_changes_them
     );
     let o = w.app.get(&overview, &w.teacher.token).await.json();
     assert_eq!(line(&o, &w.pupils[&0])["flagged"], false, "9 is above the new threshold 8");
+    assert_eq!(w.app.stale_flags().await, 0, "every stored flag follows the thresholds");
     assert!(w.app.audit_actions(&w.oslo.tenant_id).await.contains(&"assessment.thresholds_changed".to_owned()));
 }

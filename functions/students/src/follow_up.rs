@@ -3,8 +3,8 @@
 //! and, per assessment, how many pupils that is per group and year level.
 //!
 //! A result is flagged when it is completed and its total, or any subtest
-//! score, is at or below the threshold the publisher set (computed in SQL,
-//! `result_flags!`). Absent, exempt and incomplete results are never
+//! score, is at or below the threshold the publisher set (stored with the
+//! result, migration 0016). Absent, exempt and incomplete results are never
 //! flagged, and a pupil without a result is not a low score.
 //!
 //! A teacher sees the groups they teach; a school leader every group of
@@ -52,16 +52,15 @@ macro_rules! members {
     };
 }
 
-/// The flagged subtests of result `lr` of assessment `a`, with titles,
-/// scores and thresholds (publisher's order); NULL unless completed.
+/// The flagged subtests of result `r` with titles, scores and thresholds
+/// (publisher's order); NULL when none is flagged.
 macro_rules! flagged_subtest_details {
     () => {
-        "CASE WHEN lr.status = 'completed' AND lr.subtest_scores IS NOT NULL THEN \
-             (SELECT jsonb_agg(jsonb_build_object('id', fs.key, 'title', fs.title, \
-                                                  'score', (lr.subtest_scores ->> fs.key)::float8, \
-                                                  'threshold', fs.threshold) ORDER BY fs.position) \
-              FROM assessment_subtests fs WHERE fs.assessment_id = lr.assessment_id \
-                AND (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) END AS flagged_subtests"
+        "(SELECT jsonb_agg(jsonb_build_object('id', fs.key, 'title', fs.title, \
+                                              'score', (r.subtest_scores ->> fs.key)::float8, \
+                                              'threshold', fs.threshold) ORDER BY fs.position) \
+          FROM assessment_subtests fs WHERE fs.assessment_id = r.assessment_id AND fs.key = ANY(r.flagged_subtests)) \
+         AS flagged_subtests"
     };
 }
 
@@ -74,12 +73,12 @@ macro_rules! flagged_subtest_details {
 /// any), numbered in `entry`; `more` says whether an entry follows. Rows
 /// come for the page's entries only, so the access record names exactly
 /// the pupils shown. Each pupil's latest result per assessment counts, as in the
-/// overview; an assessment without thresholds flags nobody. Per pupil, the
-/// assessments they have results for come from `results_pupil` alone (an
-/// index-only scan), each is probed by key for the school year, and only the
-/// year's results are read: a pupil's other years cost no heap reads, and
-/// the tenant's assessments are never scanned per pupil. Public so the
-/// benchmark can time the bare query behind the route.
+/// overview; an assessment without thresholds flags nobody. Per pupil, only
+/// the flagged results are read, through the partial index `results_flagged`
+/// (migration 0016: the flags are stored with the result), each probed for
+/// the school year by its assessment and for a later result of the same
+/// assessment: a pupil's unflagged results and other years cost nothing.
+/// Public so the benchmark can time the bare query behind the route.
 pub const FOLLOW_UP_SQL: &str = concat!(
     "WITH grp AS MATERIALIZED (",
     groups_in_scope!("$4", "$5"),
@@ -88,22 +87,15 @@ pub const FOLLOW_UP_SQL: &str = concat!(
     members!(),
     "), \
      flagged AS MATERIALIZED ( \
-         SELECT x.* FROM ( \
-             SELECT mp.pupil_id, lr.id AS result_id, lr.score, lr.assessment_id, lr.title, lr.subject, \
-                    lr.administered_on, lr.max_score, lr.threshold, \
-                    coalesce(lr.status = 'completed' AND lr.score <= lr.threshold, false) AS total_flagged, ",
+         SELECT r.pupil_id, r.id AS result_id, r.score, r.assessment_id, a.title, a.subject, a.administered_on, \
+                a.max_score, a.threshold, r.total_flagged, ",
     flagged_subtest_details!(),
-    "        FROM (SELECT DISTINCT pupil_id FROM mem) mp \
-             CROSS JOIN LATERAL (SELECT DISTINCT ri.assessment_id FROM results ri WHERE ri.pupil_id = mp.pupil_id) ra \
-             CROSS JOIN LATERAL (SELECT a.title, a.subject, a.administered_on, a.max_score, a.threshold \
-                                 FROM assessments a \
-                                 WHERE a.id = ra.assessment_id AND a.tenant_id = $1::uuid \
-                                   AND a.administered_on BETWEEN $6::text::date AND $7::text::date) a \
-             CROSS JOIN LATERAL (SELECT r.id, r.assessment_id, r.score, r.status, r.subtest_scores, a.title, \
-                                        a.subject, a.administered_on, a.max_score, a.threshold \
-                                 FROM results r WHERE r.pupil_id = mp.pupil_id AND r.assessment_id = ra.assessment_id \
-                                 ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr) x \
-         WHERE x.total_flagged OR x.flagged_subtests IS NOT NULL), \
+    "    FROM (SELECT DISTINCT pupil_id FROM mem) mp \
+         JOIN results r ON r.pupil_id = mp.pupil_id AND (r.total_flagged OR r.flagged_subtests <> '{}'::text[]) \
+         JOIN assessments a ON a.id = r.assessment_id AND a.tenant_id = $1::uuid \
+                           AND a.administered_on BETWEEN $6::text::date AND $7::text::date \
+         WHERE NOT EXISTS (SELECT 1 FROM results n WHERE n.pupil_id = r.pupil_id AND n.assessment_id = r.assessment_id \
+                           AND (n.updated_at, n.id) > (r.updated_at, r.id))), \
      listed AS ( \
          SELECT grp.id AS group_id, grp.name AS group_name, grp.school_id, grp.year_level AS group_year_level, \
                 f.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs, \
@@ -137,19 +129,12 @@ pub const FOLLOW_UP_ACTION: &str = "pupils.follow_up_viewed";
 /// membership's result is probed by (pupil, `$4`) in `results_pupil`, never
 /// through the assessment's results across the tenant, and the counts come
 /// from that one CTE: joining two CTEs, which PostgreSQL estimates at one
-/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms). The
-/// subtests' keys and thresholds are read once, into `a`, not per result
-/// (which was an index and a heap probe of `assessment_subtests` for each
-/// completed result); each member's year level comes from the index
-/// `pupils_current` alone (migration 0013), without a heap visit per pupil.
+/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms). The flags
+/// are the result's stored ones (migration 0016); each member's year level
+/// comes from the index `pupils_current` alone (migration 0013), without a
+/// heap visit per pupil.
 pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
-    "WITH a AS MATERIALIZED ( \
-         SELECT a.id, a.threshold, \
-                ARRAY(SELECT st.key FROM assessment_subtests st \
-                      WHERE st.assessment_id = a.id AND st.threshold IS NOT NULL ORDER BY st.position) AS st_keys, \
-                ARRAY(SELECT st.threshold FROM assessment_subtests st \
-                      WHERE st.assessment_id = a.id AND st.threshold IS NOT NULL ORDER BY st.position) AS st_thresholds \
-         FROM assessments a WHERE a.id = $4::uuid AND a.tenant_id = $1::uuid), \
+    "WITH a AS MATERIALIZED (SELECT a.id FROM assessments a WHERE a.id = $4::uuid AND a.tenant_id = $1::uuid), \
      grp AS MATERIALIZED (SELECT g.* FROM (",
     groups_in_scope!("$5", "$6"),
     ") g WHERE EXISTS (SELECT 1 FROM a)), \
@@ -158,13 +143,9 @@ pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
     "), \
      res AS MATERIALIZED ( \
          SELECT m.group_id, m.pupil_id, m.year_level, lr.id AS result_id, lr.status, \
-                coalesce(lr.status = 'completed' AND lr.score <= a.threshold, false) AS total_flagged, \
-                CASE WHEN lr.status = 'completed' AND lr.subtest_scores IS NOT NULL THEN \
-                    ARRAY(SELECT fs.key FROM unnest(a.st_keys, a.st_thresholds) AS fs(key, threshold) \
-                          WHERE (lr.subtest_scores ->> fs.key)::float8 <= fs.threshold) \
-                ELSE '{}'::text[] END AS flagged_subtests \
-         FROM mem m CROSS JOIN a \
-         LEFT JOIN LATERAL (SELECT r.id, r.score, r.status, r.subtest_scores FROM results r \
+                coalesce(lr.total_flagged, false) AS total_flagged, coalesce(lr.flagged_subtests, '{}'::text[]) AS flagged_subtests \
+         FROM mem m \
+         LEFT JOIN LATERAL (SELECT r.id, r.status, r.total_flagged, r.flagged_subtests FROM results r \
                             WHERE r.pupil_id = m.pupil_id AND r.assessment_id = $4::uuid \
                             ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr ON true), \
      counted AS ( \

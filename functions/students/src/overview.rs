@@ -23,34 +23,15 @@ macro_rules! overview_subtests {
     };
 }
 
-/// Flags of a result `r` of assessment `a`, computed in SQL: only a
-/// completed result is flagged (absent, exempt and incomplete ones are
-/// shown as such, never as low scores); `total_flagged` when its score is at
-/// or below the total's threshold, `flagged_subtests` the keys of the
-/// subtests whose score is at or below theirs (publisher's order).
+/// Flags of a result `r`, as stored with it (migration 0016 keeps them
+/// right when the result or a threshold changes): only a completed result
+/// is flagged (absent, exempt and incomplete ones are shown as such, never
+/// as low scores); `total_flagged` when its score is at or below the
+/// total's threshold, `flagged_subtests` the keys of the subtests whose
+/// score is at or below theirs (publisher's order).
 macro_rules! result_flags {
-    ($r:literal, $a:literal) => {
-        concat!(
-            "coalesce(",
-            $r,
-            ".status = 'completed' AND ",
-            $r,
-            ".score <= ",
-            $a,
-            ".threshold, false) AS total_flagged, \
-             CASE WHEN ",
-            $r,
-            ".status = 'completed' AND ",
-            $r,
-            ".subtest_scores IS NOT NULL THEN \
-                 ARRAY(SELECT fs.key FROM assessment_subtests fs WHERE fs.assessment_id = ",
-            $a,
-            ".id \
-                         AND (",
-            $r,
-            ".subtest_scores ->> fs.key)::float8 <= fs.threshold ORDER BY fs.position) \
-             END AS flagged_subtests"
-        )
+    ($r:literal) => {
+        concat!("coalesce(", $r, ".total_flagged, false) AS total_flagged, ", $r, ".flagged_subtests")
     };
 }
 
@@ -61,7 +42,7 @@ pub const OVERVIEW_SQL: &str = concat!(
     "SELECT p.id AS pupil_id, p.given_name, p.family_name, p.special_needs, \
             lr.id AS result_id, lr.score, lr.status, rfc3339(lr.completed_at) AS completed_at, \
             lr.source_id IS NULL AS manual, lr.subtest_scores, ",
-    result_flags!("lr", "a"),
+    result_flags!("lr"),
     ", g.name AS group_name, g.school_id, a.title, a.subject, a.max_score, \
             a.administered_on::text AS administered_on, a.family, a.threshold, ",
     overview_subtests!(),
@@ -69,7 +50,8 @@ pub const OVERVIEW_SQL: &str = concat!(
      JOIN assessments a ON a.id = $5::uuid AND a.tenant_id = g.tenant_id \
      JOIN group_memberships m ON m.group_id = g.id \
      JOIN pupils p ON p.id = m.pupil_id AND p.tenant_id = g.tenant_id AND NOT p.restricted \
-     LEFT JOIN LATERAL (SELECT r.id, r.score, r.status, r.completed_at, r.source_id, r.subtest_scores FROM results r \
+     LEFT JOIN LATERAL (SELECT r.id, r.score, r.status, r.completed_at, r.source_id, r.subtest_scores, r.total_flagged, \
+                                  r.flagged_subtests FROM results r \
                         WHERE r.pupil_id = p.id AND r.assessment_id = a.id \
                         ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr ON true \
      WHERE g.id = $4::uuid AND ",

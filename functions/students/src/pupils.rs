@@ -469,7 +469,7 @@ pub const PROFILE_SQL: &str = concat!(
             r.recorded_by, ru.display_name AS recorded_by_name, rfc3339(r.updated_at) AS updated_at, \
             a.id AS assessment_id, a.title, a.subject, a.max_score, a.administered_on::text AS administered_on, \
             a.family, a.threshold, a.source_id AS assessment_source_id, r.subtest_scores, ",
-    result_flags!("r", "a"),
+    result_flags!("r"),
     ", (SELECT coalesce(jsonb_agg(jsonb_build_object('id', st.key, 'title', st.title, 'max_score', st.max_score, \
                                                     'threshold', st.threshold) ORDER BY st.position), '[]'::jsonb) \
         FROM assessment_subtests st WHERE st.assessment_id = a.id) AS subtests \
