@@ -269,9 +269,14 @@ pub const SUBTESTS_UPSERT_SQL: &str =
          max_score = EXCLUDED.max_score, threshold = EXCLUDED.threshold";
 
 /// External ids of the post that are already held for a restricted pupil.
-/// `$1` source, `$2` the post's external result ids.
-pub const HELD_FOR_RESTRICTED_SQL: &str = "SELECT r.external_id FROM results r JOIN pupils p ON p.id = r.pupil_id \
-     WHERE r.source_id = $1::uuid AND r.external_id = ANY($2::text[]) AND p.restricted";
+/// `$1` source, `$2` the post's external result ids. Each id is looked up
+/// (joined from `unnest`) rather than tested with `= ANY` per row: with
+/// stale statistics (a source's first large deliveries) the planner scanned
+/// the source's results and compared each to every id of the post, 6–7 s
+/// per 5,000-result post (tests/benches/README.md, "Issue 14c").
+pub const HELD_FOR_RESTRICTED_SQL: &str = "SELECT r.external_id FROM unnest($2::text[]) AS x(external_id) \
+     JOIN results r ON r.source_id = $1::uuid AND r.external_id = x.external_id \
+     JOIN pupils p ON p.id = r.pupil_id WHERE p.restricted";
 
 macro_rules! result_columns {
     () => {
