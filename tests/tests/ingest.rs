@@ -1490,6 +1490,51 @@ async fn subtests_thresholds_and_subtest_scores_are_stored_and_a_changed_thresho
     assert_eq!(w.app.stale_flags().await, 0, "every stored flag follows the thresholds");
 }
 
+/// The stored flags follow every writer (migrations 0016 and 0018): a
+/// re-send that re-orders the subtests, an operator's SQL that renames a
+/// subtest's key, a direct write of the flags, and a truncation refused.
+#[tokio::test]
+async fn stored_flags_follow_a_reorder_a_renamed_subtest_and_a_forged_flag() {
+    let w = world().await;
+    load_roster(&w, 2).await;
+    let rows = vec![screened("r0", 0, 6.0, 10.0), screened("r1", 1, 18.0, 19.0)];
+    let mut body = screening(rows);
+    body["assessment"]["subtests"][1]["threshold"] = json!(10);
+    let r = w.app.deliver(&w.publisher, "results", "order-1", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let flags = "SELECT array_to_string(flagged_subtests, ',') FROM results WHERE external_id = 'r0'";
+    let r0_flags = || async { sqlx::query_scalar::<_, String>(flags).fetch_one(&w.app.pool).await.unwrap() };
+    assert_eq!(r0_flags().await, "ordlesing,forstaelse");
+
+    // Re-ordered by the publisher: the flags keep the publisher's order.
+    body["assessment"]["subtests"].as_array_mut().unwrap().reverse();
+    let r = w.app.deliver(&w.publisher, "results", "order-2", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r0_flags().await, "forstaelse,ordlesing");
+    assert_eq!(w.app.stale_flags().await, 0);
+
+    // An operator renames a key (the scores still name the old one): the
+    // result is no longer flagged on it.
+    sqlx::query("UPDATE assessment_subtests SET key = 'ordlesing-ny' WHERE key = 'ordlesing'")
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(r0_flags().await, "forstaelse");
+    assert_eq!(w.app.stale_flags().await, 0);
+
+    // Flags written directly are set from the thresholds all the same.
+    sqlx::query("UPDATE results SET total_flagged = NOT total_flagged, flagged_subtests = '{x}'")
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(r0_flags().await, "forstaelse");
+    assert_eq!(w.app.stale_flags().await, 0);
+
+    let truncated = sqlx::query("TRUNCATE assessment_subtests").execute(&w.app.pool).await;
+    assert!(truncated.unwrap_err().to_string().contains("DELETE its rows"));
+    assert_eq!(w.app.count("SELECT count(*) FROM assessment_subtests").await, 2);
+}
+
 #[tokio::test]
 async fn bad_subtests_and_thresholds_are_refused_and_change_nothing() {
     let w = world().await;

@@ -2404,6 +2404,73 @@ async fn a_pupil_who_changes_school_keeps_their_results_and_only_the_new_schools
     assert_eq!(names, ["Bjørn", "Frida"]);
 }
 
+/// A correction and a threshold change on the same assessment, at once: the
+/// threshold's writer (ingest, an admin) holds the assessment and then, by
+/// the flags' refresh, its results; a correction that locked its result
+/// before the assessment deadlocked with it (PostgreSQL aborts one after a
+/// second). Here the writer holds the assessment first, the correction
+/// arrives and waits, and the writer's refresh then needs that result.
+#[tokio::test]
+async fn a_correction_waits_for_a_threshold_change_without_deadlocking_it() {
+    let w = world().await;
+    let pupil = &w.pupils[&0];
+    let r = w
+        .app
+        .post(
+            &format!("/pupils/{pupil}/results"),
+            Some(&w.teacher.token),
+            json!({"assessment_id": w.assessment, "score": 31.5, "status": "completed"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let result_id = r.json()["id"].as_str().unwrap().to_owned();
+
+    let mut writer = w.app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM assessments WHERE id = $1::uuid FOR UPDATE")
+        .bind(&w.assessment)
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let put = format!("/pupils/{pupil}/results/{result_id}");
+    let correction =
+        w.app.send(Method::PUT, &put, Some(&w.leader.token), Some(json!({"score": 29, "status": "completed"})));
+    tokio::pin!(correction);
+    // Drive the correction until it waits for a lock.
+    loop {
+        tokio::select! {
+            r = &mut correction => panic!("the correction did not wait for the assessment: {}", r.status),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+        let waiting = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        if w.app.count(waiting).await > 0 {
+            break;
+        }
+    }
+    // The writer's threshold flags the result (31.5 <= 35): its refresh
+    // updates the result the correction is about to lock.
+    let assessment = w.assessment.clone();
+    let writer_goes_on = async move {
+        let changed = sqlx::query("UPDATE assessments SET threshold = 35 WHERE id = $1::uuid")
+            .bind(&assessment)
+            .execute(&mut *writer)
+            .await
+            .map(|done| done.rows_affected());
+        writer.commit().await.unwrap();
+        changed
+    };
+    let (changed, r) = tokio::join!(writer_goes_on, &mut correction);
+    assert_eq!(changed.unwrap(), 1, "the threshold's writer was not aborted");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let flags: (f64, bool) = sqlx::query_as("SELECT score, total_flagged FROM results WHERE id = $1::uuid")
+        .bind(&result_id)
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(flags, (29.0, true), "corrected after the new threshold, flagged by it");
+    assert_eq!(w.app.stale_flags().await, 0);
+}
+
 #[tokio::test]
 async fn manual_results_carry_subtest_scores_checked_as_the_ingest_checks_them() {
     // The spring screening (subtests ordlesing and forstaelse, 20 each,

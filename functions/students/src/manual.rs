@@ -228,13 +228,18 @@ async fn registration_target(
 }
 
 /// Before the transaction: 404 unless the pupil is visible and the result
-/// theirs, 409 for a publisher's result; its assessment's maximum and
+/// theirs, 409 for a publisher's result; its assessment's id, maximum and
 /// subtests otherwise.
-async fn correction_target(db: &mut impl Db, scope: &Scope, pupil: &str, result: &str) -> Result<Target, Problem> {
+async fn correction_target(
+    db: &mut impl Db,
+    scope: &Scope,
+    pupil: &str,
+    result: &str,
+) -> Result<(String, Target), Problem> {
     let mut params = scope.params();
     params.extend([uuid(pupil), uuid(result)]);
     let sql = format!(
-        "SELECT r.source_id IS NULL AS manual, {TARGET_COLUMNS} \
+        "SELECT r.source_id IS NULL AS manual, r.assessment_id, {TARGET_COLUMNS} \
          FROM pupils p JOIN results r ON r.pupil_id = p.id AND r.tenant_id = p.tenant_id \
          JOIN assessments a ON a.id = r.assessment_id \
          WHERE p.id = $4::uuid AND r.id = $5::uuid AND {PUPIL_VISIBLE}"
@@ -246,7 +251,7 @@ async fn correction_target(db: &mut impl Db, scope: &Scope, pupil: &str, result:
              register a manual result instead",
         ));
     }
-    Target::of(&row)
+    Ok((row.text("assessment_id")?, Target::of(&row)?))
 }
 
 pub async fn register(
@@ -328,23 +333,27 @@ pub async fn correct(
     let result = path_id(result)?;
     let body: Correction = read_json(req, BODY_LIMIT)?;
     let scope = Scope::of(req, vars, db).await?;
-    let target = correction_target(db, &scope, &pupil, &result).await?;
+    let (assessment, target) = correction_target(db, &scope, &pupil, &result).await?;
     let sent = body.outcome();
     let outcome = validate(&sent, &target)?;
     transaction(db, async |db| {
         // Again, now locked: pupil and result may have changed meanwhile.
+        // The assessment before the result, in the order of every writer
+        // that changes a threshold (its refresh locks the assessment's
+        // results after the assessment): the other order deadlocks.
         visible_pupil(db, &scope, &pupil).await?;
+        still_valid(db, &scope, &assessment, &sent).await?;
         let current = db
             .query_opt(
                 "SELECT r.score, r.status, rfc3339(r.completed_at) AS completed_at, r.subtest_scores, r.assessment_id \
                  FROM results r \
                  WHERE r.id = $1::uuid AND r.pupil_id = $2::uuid AND r.tenant_id = $3::uuid AND r.source_id IS NULL \
+                   AND r.assessment_id = $4::uuid \
                  FOR UPDATE OF r",
-                &[uuid(&result), uuid(&pupil), uuid(&scope.who.tenant_id)],
+                &[uuid(&result), uuid(&pupil), uuid(&scope.who.tenant_id), uuid(&assessment)],
             )
             .await?
             .ok_or_else(Problem::not_found)?;
-        still_valid(db, &scope, &current.text("assessment_id")?, &sent).await?;
         let previous_scores = Some(current.json("subtest_scores")?).filter(|j| !j.is_null());
         let previous = outcome_json(
             current.opt_float("score")?,
