@@ -807,7 +807,7 @@ impl Bench<'_> {
 async fn table_sizes(pool: &PgPool) -> String {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT c.relname::text, pg_relation_size(c.oid) FROM pg_class c \
-         WHERE c.relname IN ('results', 'results_pkey', 'results_pupil', 'results_assessment', \
+         WHERE c.relname IN ('results', 'results_pkey', 'results_pupil', 'results_assessment_latest', 'results_flagged', \
                              'results_source_id_external_id_key', 'pupils', 'assessments') ORDER BY 2 DESC",
     )
     .fetch_all(pool)

@@ -2219,6 +2219,22 @@ async fn the_follow_up_list_names_the_flagged_pupils_of_each_group_for_a_school_
     assert!((years[0]["flagged_share"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
     let teacher = w.app.get(&format!("/assessments/{h26}/follow-up"), &w.teacher.token).await.json();
     assert_eq!(teacher["groups"].as_array().unwrap().len(), 1, "the teacher's own group");
+
+    // A pupil in two groups counts in each, and once in their year level.
+    sqlx::query(
+        "INSERT INTO group_memberships (tenant_id, group_id, pupil_id) \
+         SELECT tenant_id, $1::uuid, id FROM pupils WHERE id = $2::uuid",
+    )
+    .bind(&w.groups["5B"])
+    .bind(&w.pupils[&0])
+    .execute(&w.app.pool)
+    .await
+    .unwrap();
+    let c = w.app.get(&format!("/assessments/{h26}/follow-up"), &w.leader.token).await.json();
+    let groups = c["groups"].as_array().unwrap();
+    assert_eq!(counts(&groups[0]), (2, 2, 1, 0, vec![1, 0]));
+    assert_eq!(counts(&groups[1]), (3, 2, 2, 1, vec![2, 1]), "5B with pupil 0");
+    assert_eq!(counts(&c["year_levels"][0]), (4, 3, 2, 1, vec![2, 1]), "pupil 0 once");
 }
 
 /// The entries of a follow-up page: (group id, pupil id or none, flagged

@@ -77,7 +77,10 @@ macro_rules! flagged_subtest_details {
 /// the flagged results are read, through the partial index `results_flagged`
 /// (migration 0016: the flags are stored with the result), each probed for
 /// the school year by its assessment and for a later result of the same
-/// assessment: a pupil's unflagged results and other years cost nothing.
+/// assessment (index-only, in `results_assessment_latest`, migration 0019):
+/// a pupil's unflagged results and other years cost nothing. Names are
+/// read once per member (`named`), not once per flagged result, and the
+/// flagged subtests' details come from `assessment_subtests_listed` alone.
 /// Public so the benchmark can time the bare query behind the route.
 pub const FOLLOW_UP_SQL: &str = concat!(
     "WITH grp AS MATERIALIZED (",
@@ -86,6 +89,9 @@ pub const FOLLOW_UP_SQL: &str = concat!(
      mem AS MATERIALIZED (",
     members!(),
     "), \
+     named AS MATERIALIZED ( \
+         SELECT mem.group_id, mem.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs \
+         FROM mem JOIN pupils p ON p.id = mem.pupil_id), \
      flagged AS MATERIALIZED ( \
          SELECT r.pupil_id, r.id AS result_id, r.score, r.assessment_id, a.title, a.subject, a.administered_on, \
                 a.max_score, a.threshold, r.total_flagged, ",
@@ -102,8 +108,7 @@ pub const FOLLOW_UP_SQL: &str = concat!(
                 f.result_id, f.score, f.assessment_id, f.title, f.subject, f.administered_on::text AS administered_on, \
                 f.max_score, f.threshold, f.total_flagged, f.flagged_subtests \
          FROM grp \
-         LEFT JOIN (mem JOIN flagged f ON f.pupil_id = mem.pupil_id JOIN pupils p ON p.id = mem.pupil_id) \
-                ON mem.group_id = grp.id), \
+         LEFT JOIN (named p JOIN flagged f ON f.pupil_id = p.pupil_id) ON p.group_id = grp.id), \
      page AS MATERIALIZED ( \
          SELECT l.*, dense_rank() OVER (ORDER BY l.group_name, l.group_id, l.family_name, l.given_name, l.pupil_id) \
                 AS entry \
@@ -125,14 +130,19 @@ pub const FOLLOW_UP_ACTION: &str = "pupils.follow_up_viewed";
 /// groups in scope (`$5` group, `$6` school): pupils, results, completed
 /// ones, flagged pupils, flagged totals, and per subtest the flagged ones
 /// (rows with `subtest`). No pupil is named, so no access record. A pupil
-/// in two groups counts in each group, once in their year level. Each
-/// membership's result is probed by (pupil, `$4`) in `results_pupil`, never
-/// through the assessment's results across the tenant, and the counts come
-/// from that one CTE: joining two CTEs, which PostgreSQL estimates at one
-/// row each, made a nested loop of 1,000 × 1,000 rows (150 ms). The flags
-/// are the result's stored ones (migration 0016); each member's year level
-/// comes from the index `pupils_current` alone (migration 0013), without a
-/// heap visit per pupil.
+/// in two groups counts in each group, once in their year level (the
+/// `DISTINCT` counts: every row of a pupil carries the same result). Each
+/// membership's latest result is probed by (`$4`, pupil) in the covering
+/// index `results_assessment_latest` (migration 0019), which gives it
+/// without a sort or a heap visit; never through the assessment's results
+/// across the tenant, and the counts come from that one CTE: joining two
+/// CTEs, which PostgreSQL estimates at one row each, made a nested loop of
+/// 1,000 × 1,000 rows (150 ms). Both tallies are one grouping-sets
+/// aggregate each, not a union of copies of the CTE (half the cost). The
+/// flags are the result's stored ones (migration 0016); each member's year
+/// level comes from the index `pupils_current` alone (migration 0013),
+/// without a heap visit per pupil. Measured in tests/benches/README.md
+/// ("Issue 14d").
 pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
     "WITH a AS MATERIALIZED (SELECT a.id FROM assessments a WHERE a.id = $4::uuid AND a.tenant_id = $1::uuid), \
      grp AS MATERIALIZED (SELECT g.* FROM (",
@@ -146,20 +156,21 @@ pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
                 coalesce(lr.total_flagged, false) AS total_flagged, coalesce(lr.flagged_subtests, '{}'::text[]) AS flagged_subtests \
          FROM mem m \
          LEFT JOIN LATERAL (SELECT r.id, r.status, r.total_flagged, r.flagged_subtests FROM results r \
-                            WHERE r.pupil_id = m.pupil_id AND r.assessment_id = $4::uuid \
-                            ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr ON true), \
-     counted AS ( \
-         SELECT 'group' AS kind, r.group_id::text AS key, r.* FROM res r \
-         UNION ALL \
-         SELECT DISTINCT ON (r.pupil_id) 'year_level', coalesce(r.year_level::text, ''), r.* FROM res r) \
-     SELECT c.kind, c.key, NULL::text AS subtest, count(*) AS pupils, count(c.result_id) AS results, \
-            count(*) FILTER (WHERE c.status = 'completed') AS completed, \
-            count(*) FILTER (WHERE c.total_flagged OR cardinality(c.flagged_subtests) > 0) AS flagged, \
-            count(*) FILTER (WHERE c.total_flagged) AS total_flagged \
-     FROM counted c GROUP BY c.kind, c.key \
+                            WHERE r.assessment_id = $4::uuid AND r.pupil_id = m.pupil_id \
+                            ORDER BY r.updated_at DESC, r.id DESC LIMIT 1) lr ON true) \
+     SELECT CASE WHEN grouping(r.group_id) = 0 THEN 'group' ELSE 'year_level' END AS kind, \
+            CASE WHEN grouping(r.group_id) = 0 THEN r.group_id::text ELSE coalesce(r.year_level::text, '') END AS key, \
+            NULL::text AS subtest, count(DISTINCT r.pupil_id) AS pupils, count(DISTINCT r.result_id) AS results, \
+            count(DISTINCT r.pupil_id) FILTER (WHERE r.status = 'completed') AS completed, \
+            count(DISTINCT r.pupil_id) FILTER (WHERE r.total_flagged OR cardinality(r.flagged_subtests) > 0) AS flagged, \
+            count(DISTINCT r.pupil_id) FILTER (WHERE r.total_flagged) AS total_flagged \
+     FROM res r GROUP BY GROUPING SETS ((r.group_id), (r.year_level)) \
      UNION ALL \
-     SELECT c.kind, c.key, s.key, 0, 0, 0, count(*), 0 \
-     FROM counted c CROSS JOIN LATERAL unnest(c.flagged_subtests) AS s(key) GROUP BY c.kind, c.key, s.key"
+     SELECT CASE WHEN grouping(r.group_id) = 0 THEN 'group' ELSE 'year_level' END, \
+            CASE WHEN grouping(r.group_id) = 0 THEN r.group_id::text ELSE coalesce(r.year_level::text, '') END, \
+            s.key, 0, 0, 0, count(DISTINCT r.pupil_id), 0 \
+     FROM res r CROSS JOIN LATERAL unnest(r.flagged_subtests) AS s(key) \
+     GROUP BY GROUPING SETS ((r.group_id, s.key), (r.year_level, s.key))"
 );
 
 /// `school_year`: the calendar year the school year starts in (1900–2198),
