@@ -36,7 +36,10 @@
 //! request: the route over HTTP on the native host, the same route on real
 //! Spin (`spin up` on the release `.wasm` files and the project's spin.toml,
 //! over the same database), the bare query, and the bare query wrapped as
-//! the route runs it (with the access-log record, `logged_read`). Each series
+//! the route runs it (with the access-log record, `logged_read`). Every
+//! statement is planned for its parameters on each execution (unnamed, not
+//! prepared), as Spin's host runs them and, since 2026-12-03, the native
+//! host too. Each series
 //! walks the phase's targets (pupils or group × assessment) in its own random
 //! order, so no series runs on rows another series has just cached. Every
 //! answer is checked (status, result or pupil count).
@@ -418,7 +421,8 @@ fn main() {
             host_p50(&log, &prefix),
         );
     }
-    println!("(ms; route = native host, spin = the same request on `spin up`; bare = the exported query alone;");
+    println!("(ms; route = native host, spin = the same request on `spin up`; bare = the exported query alone,");
+    println!(" planned for its parameters each time as the routes' statements are;");
     println!(" +log = the query as the route runs it, with its access record;");
     println!(" host p50 = the native host's handler time from its request log, whole ms)");
     for p in &phases {
@@ -762,7 +766,9 @@ impl Bench<'_> {
         let (tenant, pool) = (Uuid::parse_str(self.tenant).unwrap(), self.pool);
         let id = Uuid::parse_str(&t.id).ok();
         let (rows, elapsed) = self.rt.block_on(async {
-            let q = sqlx::query(sql).bind(tenant).bind(c.taught.clone()).bind(c.led.clone());
+            // Planned for its parameters on every execution, as the routes'
+            // statements are on Spin and (since 2026-12-03) natively.
+            let q = sqlx::query(sql).persistent(false).bind(tenant).bind(c.taught.clone()).bind(c.led.clone());
             let q = match endpoint {
                 Endpoint::Profile => {
                     q.bind(id).bind(None::<String>).bind(None::<Uuid>).bind(None::<String>).bind(None::<String>)
