@@ -1490,6 +1490,36 @@ async fn subtests_thresholds_and_subtest_scores_are_stored_and_a_changed_thresho
     assert_eq!(w.app.stale_flags().await, 0, "every stored flag follows the thresholds");
 }
 
+/// The widest flags the validation admits (50 subtests with 100-character
+/// keys, all flagged) are stored: no index entry carries them, whose size
+/// PostgreSQL limits (2,704 bytes; 0019's index first included them).
+#[tokio::test]
+async fn a_result_flagged_on_fifty_subtests_with_the_longest_keys_is_stored() {
+    let w = world().await;
+    load_roster(&w, 1).await;
+    // Random keys: they compress as badly as real ones may.
+    let keys: Vec<String> = (0..50)
+        .map(|_| {
+            let hex: String = (0..4).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+            hex[..100].to_owned()
+        })
+        .collect();
+    let mut body = results("wide", vec![]);
+    body["assessment"]["max_score"] = json!(50);
+    body["assessment"]["subtests"] = keys
+        .iter()
+        .map(|k| json!({"id": k, "title": "Delprøve", "max_score": 1, "threshold": 0.5}))
+        .collect::<Vec<_>>()
+        .into();
+    let mut row = result("wide-0", 0, 0.0);
+    row["subtests"] = keys.iter().map(|k| json!({"id": k, "score": 0})).collect::<Vec<_>>().into();
+    body["results"] = json!([row]);
+    let r = w.app.deliver(&w.publisher, "results", "wide-1", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.app.count("SELECT cardinality(flagged_subtests)::int8 FROM results").await, 50);
+    assert_eq!(w.app.stale_flags().await, 0);
+}
+
 /// The stored flags follow every writer (migrations 0016 and 0018): a
 /// re-send that re-orders the subtests, an operator's SQL that renames a
 /// subtest's key, a direct write of the flags, and a truncation refused.

@@ -132,9 +132,10 @@ pub const FOLLOW_UP_ACTION: &str = "pupils.follow_up_viewed";
 /// (rows with `subtest`). No pupil is named, so no access record. A pupil
 /// in two groups counts in each group, once in their year level (the
 /// `DISTINCT` counts: every row of a pupil carries the same result). Each
-/// membership's latest result is probed by (`$4`, pupil) in the covering
-/// index `results_assessment_latest` (migration 0019), which gives it
-/// without a sort or a heap visit; never through the assessment's results
+/// membership's latest result is probed by (`$4`, pupil) in the index
+/// `results_assessment_latest` (migration 0019), which gives it without a
+/// sort (the table is visited for the members who have one, about a tenth:
+/// the flagged subtests are too wide for the index); never through the assessment's results
 /// across the tenant, and the counts come from that one CTE: joining two
 /// CTEs, which PostgreSQL estimates at one row each, made a nested loop of
 /// 1,000 × 1,000 rows (150 ms). Both tallies are one grouping-sets
