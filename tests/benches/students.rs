@@ -823,9 +823,10 @@ async fn table_sizes(pool: &PgPool) -> String {
 }
 
 /// Plans of both queries as a prepared statement gets them after ten
-/// executions (what the host's and the bare connections run: PostgreSQL
-/// switches to a generic plan when it does not look worse) and as a fresh
-/// custom plan; then the cost of one access-log append on its own.
+/// executions (PostgreSQL switches to a generic plan when it does not look
+/// worse; what the host and the bare connections ran before 2026-12-03) and
+/// as a fresh custom plan (what every statement gets now, on Spin and
+/// natively); then the cost of one access-log append on its own.
 async fn diagnostics(
     pool: &PgPool,
     tenant: &str,
