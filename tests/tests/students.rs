@@ -2154,7 +2154,7 @@ async fn the_follow_up_list_names_the_flagged_pupils_of_each_group_for_a_school_
     assert_eq!((flag["flagged"].as_bool(), flag["score"].as_f64()), (Some(false), Some(16.0)));
     assert_eq!(
         flag["flagged_subtests"],
-        json!([{"id": "ordlesing", "title": "Ordlesing", "score": 6, "threshold": 8}])
+        json!([{"id": "ordlesing", "title": "Ordlesing", "score": 6.0, "threshold": 8}])
     );
     // The record names exactly the pupils listed.
     let records = access_records(&w.app).await;
@@ -2172,6 +2172,16 @@ async fn the_follow_up_list_names_the_flagged_pupils_of_each_group_for_a_school_
             (s("5A"), vec![(s("Åse"), vec![s("Leseskår 2026-09-20")])]),
             (s("5B"), vec![(s("Bjørn"), vec![s("Leseskår 2026-09-20")])])
         ]
+    );
+    // Each flag has its subtests' details, also where an earlier row of the
+    // page brought the assessment's subtests (the statement sends them once).
+    let details = |g: usize| body["groups"][g]["pupils"][0]["flags"][0]["flagged_subtests"].clone();
+    assert_eq!(details(0), json!([{"id": "ordlesing", "title": "Ordlesing", "score": 6.0, "threshold": 8}]));
+    assert_eq!(
+        details(1),
+        json!([{"id": "ordlesing", "title": "Ordlesing", "score": 5.0, "threshold": 8},
+               {"id": "forstaelse", "title": "Leseforståelse", "score": 5.0, "threshold": 6}]),
+        "publisher's order"
     );
     // The spring screening belongs to school year 2025, where only pupil 1 was below.
     let body = w.app.get("/follow-up?school_year=2025", &w.leader.token).await.json();
@@ -2348,6 +2358,54 @@ async fn the_follow_up_list_pages_with_a_sealed_cursor_and_logs_each_page_for_it
     refused_everywhere(&w, "/follow-up?school_year=2026&limit=1", &w.teacher.token, &foreign).await;
     let own = w.app.get(&cursors::with_cursor("/follow-up?school_year=2026&limit=1", &leaders), &w.leader.token).await;
     assert_eq!(own.status, 200, "{}", own.text());
+}
+
+/// Pupils per group in a counts answer, by group name.
+fn pupils_per_group(counts: &Value) -> Vec<(String, u64)> {
+    let groups = counts["groups"].as_array().unwrap();
+    groups.iter().map(|g| (g["group"]["name"].as_str().unwrap().to_owned(), g["pupils"].as_u64().unwrap())).collect()
+}
+
+#[tokio::test]
+async fn a_leader_who_teaches_a_group_of_the_school_sees_each_member_once_and_keeps_a_moved_pupil_there() {
+    let (w, h26, _) = screened_world().await;
+    let s = |v: &str| v.to_owned();
+    let nordby = id_of(&w.app, "SELECT id FROM schools WHERE external_id = $1", "nordby").await;
+    let roles =
+        json!([{"role": "teacher", "group_id": w.groups["5B"]}, {"role": "school_leader", "school_id": nordby}]);
+    let staff = w.app.create_user(&w.admin, &w.oslo, "lars", roles).await;
+    let both = w.app.login(&staff).await;
+    let counts_path = format!("/assessments/{h26}/follow-up");
+
+    // Teaching a group of the school one leads adds nobody twice.
+    let list = |token: &str| {
+        let (app, token) = (&w.app, token.to_owned());
+        async move { follow_up_view(&app.get("/follow-up?school_year=2026", &token).await.json()) }
+    };
+    assert_eq!(list(&both.token).await, list(&w.leader.token).await);
+    let both_counts = w.app.get(&counts_path, &both.token).await.json();
+    assert_eq!(both_counts, w.app.get(&counts_path, &w.leader.token).await.json());
+    assert_eq!(pupils_per_group(&both_counts), [(s("5A"), 2), (s("5B"), 2)]);
+
+    // Bjørn (5B, flagged) moves to Sørby and lingers in 5B until its next
+    // roster: the school's leader no longer sees him, 5B's teacher does.
+    let sorby = id_of(&w.app, "SELECT id FROM schools WHERE external_id = $1", "sorby").await;
+    sqlx::query("UPDATE pupils SET school_id = $1::uuid WHERE id = $2::uuid")
+        .bind(&sorby)
+        .bind(&w.pupils[&1])
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    let bjorn = (s("5B"), vec![(s("Bjørn"), vec![s("Leseskår 2026-09-20")])]);
+    let ase = (s("5A"), vec![(s("Åse"), vec![s("Leseskår 2026-09-20")])]);
+    assert_eq!(list(&w.leader.token).await, [ase.clone(), (s("5B"), vec![])]);
+    assert_eq!(list(&both.token).await, [ase, bjorn]);
+    let leader_counts = w.app.get(&counts_path, &w.leader.token).await.json();
+    assert_eq!(pupils_per_group(&leader_counts), [(s("5A"), 2), (s("5B"), 1)]);
+    let both_counts = w.app.get(&counts_path, &both.token).await.json();
+    assert_eq!(pupils_per_group(&both_counts), [(s("5A"), 2), (s("5B"), 2)]);
+    assert_eq!(both_counts["year_levels"][0]["pupils"], 4, "{both_counts}");
+    assert_eq!(leader_counts["year_levels"][0]["pupils"], 3, "{leader_counts}");
 }
 
 #[tokio::test]

@@ -42,25 +42,44 @@ macro_rules! groups_in_scope {
     };
 }
 
-/// The current members of the groups `grp`, visible as in the class overview.
-macro_rules! members {
+/// The CTEs `led` and `mem`: `mem` holds the current members of the groups
+/// `grp`, visible as in the class overview (every member of a taught group;
+/// in a led school's other groups, that school's pupils). The taught
+/// groups' members are probed one by one in `pupils_current`; the led
+/// schools' current pupils (`led`) are read once, by school, and joined to
+/// the memberships by hash: a school leader's 1,000 members cost some 150
+/// buffers, not 3,000 probes. The two halves are disjoint (a group is
+/// taught or not).
+macro_rules! members_ctes {
     () => {
-        "SELECT grp.id AS group_id, p.id AS pupil_id, p.year_level FROM grp \
-         JOIN group_memberships m ON m.group_id = grp.id \
-         JOIN pupils p ON p.id = m.pupil_id AND p.tenant_id = $1::uuid AND NOT p.restricted AND p.left_at IS NULL \
-         WHERE grp.id = ANY($2::text[]::uuid[]) OR p.school_id = ANY($3::text[]::uuid[])"
+        "led AS MATERIALIZED ( \
+             SELECT p.id, p.year_level FROM pupils p \
+             WHERE p.tenant_id = $1::uuid AND p.school_id = ANY($3::text[]::uuid[]) \
+               AND NOT p.restricted AND p.left_at IS NULL), \
+         mem AS MATERIALIZED ( \
+             SELECT grp.id AS group_id, p.id AS pupil_id, p.year_level FROM grp \
+             JOIN group_memberships m ON m.group_id = grp.id \
+             JOIN pupils p ON p.id = m.pupil_id AND p.tenant_id = $1::uuid AND NOT p.restricted AND p.left_at IS NULL \
+             WHERE grp.id = ANY($2::text[]::uuid[]) \
+             UNION ALL \
+             SELECT grp.id, led.id, led.year_level FROM grp \
+             JOIN group_memberships m ON m.group_id = grp.id \
+             JOIN led ON led.id = m.pupil_id \
+             WHERE NOT grp.id = ANY($2::text[]::uuid[]))"
     };
 }
 
-/// The flagged subtests of result `r` with titles, scores and thresholds
-/// (publisher's order); NULL when none is flagged.
-macro_rules! flagged_subtest_details {
+/// The subtests of the page row's assessment (`page.assessment_id`) with
+/// titles and thresholds (publisher's order), on the first row of each
+/// assessment only: an assessment's definitions are read once per page, not
+/// once per flagged result (a tenth of the probes for a class).
+macro_rules! page_assessment_subtests {
     () => {
-        "(SELECT jsonb_agg(jsonb_build_object('id', fs.key, 'title', fs.title, \
-                                              'score', (r.subtest_scores ->> fs.key)::float8, \
-                                              'threshold', fs.threshold) ORDER BY fs.position) \
-          FROM assessment_subtests fs WHERE fs.assessment_id = r.assessment_id AND fs.key = ANY(r.flagged_subtests)) \
-         AS flagged_subtests"
+        "CASE WHEN row_number() OVER (PARTITION BY page.assessment_id \
+                                      ORDER BY entry, administered_on, title, result_id) = 1 \
+              THEN (SELECT jsonb_agg(jsonb_build_object('id', st.key, 'title', st.title, 'threshold', st.threshold) \
+                                     ORDER BY st.position) \
+                    FROM assessment_subtests st WHERE st.assessment_id = page.assessment_id) END AS subtests"
     };
 }
 
@@ -79,24 +98,24 @@ macro_rules! flagged_subtest_details {
 /// the school year by its assessment and for a later result of the same
 /// assessment (index-only, in `results_assessment_latest`, migration 0019):
 /// a pupil's unflagged results and other years cost nothing. Names are
-/// read once per member (`named`), not once per flagged result, and the
-/// flagged subtests' details come from `assessment_subtests_listed` alone.
-/// Public so the benchmark can time the bare query behind the route.
+/// read once per member (`named`), not once per flagged result; each
+/// result brings its scores and flagged keys, and each assessment's
+/// subtests (titles, thresholds) come once per page, on its first row
+/// (`subtests`), from `assessment_subtests_listed` alone: the handler joins
+/// them ([`flagged_subtest_details`]). Public so the benchmark can time the bare query behind the route.
 pub const FOLLOW_UP_SQL: &str = concat!(
     "WITH grp AS MATERIALIZED (",
     groups_in_scope!("$4", "$5"),
-    "), \
-     mem AS MATERIALIZED (",
-    members!(),
-    "), \
+    "), ",
+    members_ctes!(),
+    ", \
      named AS MATERIALIZED ( \
          SELECT mem.group_id, mem.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs \
          FROM mem JOIN pupils p ON p.id = mem.pupil_id), \
      flagged AS MATERIALIZED ( \
          SELECT r.pupil_id, r.id AS result_id, r.score, r.assessment_id, a.title, a.subject, a.administered_on, \
-                a.max_score, a.threshold, r.total_flagged, ",
-    flagged_subtest_details!(),
-    "    FROM (SELECT DISTINCT pupil_id FROM mem) mp \
+                a.max_score, a.threshold, r.total_flagged, r.flagged_subtests, r.subtest_scores \
+         FROM (SELECT DISTINCT pupil_id FROM mem) mp \
          JOIN results r ON r.pupil_id = mp.pupil_id AND (r.total_flagged OR r.flagged_subtests <> '{}'::text[]) \
          JOIN assessments a ON a.id = r.assessment_id AND a.tenant_id = $1::uuid \
                            AND a.administered_on BETWEEN $6::text::date AND $7::text::date \
@@ -106,7 +125,7 @@ pub const FOLLOW_UP_SQL: &str = concat!(
          SELECT grp.id AS group_id, grp.name AS group_name, grp.school_id, grp.year_level AS group_year_level, \
                 f.pupil_id, p.given_name, p.family_name, p.year_level, p.special_needs, \
                 f.result_id, f.score, f.assessment_id, f.title, f.subject, f.administered_on::text AS administered_on, \
-                f.max_score, f.threshold, f.total_flagged, f.flagged_subtests \
+                f.max_score, f.threshold, f.total_flagged, f.flagged_subtests, f.subtest_scores \
          FROM grp \
          LEFT JOIN (named p JOIN flagged f ON f.pupil_id = p.pupil_id) ON p.group_id = grp.id), \
      page AS MATERIALIZED ( \
@@ -119,7 +138,9 @@ pub const FOLLOW_UP_SQL: &str = concat!(
             OR (l.group_id = $8::uuid AND $9::uuid IS NOT NULL \
                 AND (l.family_name, l.given_name, l.pupil_id) > (SELECT ap.family_name, ap.given_name, ap.id FROM pupils ap \
                                                                  WHERE ap.id = $9::uuid AND ap.tenant_id = $1::uuid))) \
-     SELECT page.*, (SELECT max(entry) FROM page) > $10::int8 AS more FROM page WHERE entry <= $10::int8 \
+     SELECT page.*, (SELECT max(entry) FROM page) > $10::int8 AS more, ",
+    page_assessment_subtests!(),
+    " FROM page WHERE entry <= $10::int8 \
      ORDER BY entry, administered_on, title, result_id"
 );
 
@@ -142,16 +163,16 @@ pub const FOLLOW_UP_ACTION: &str = "pupils.follow_up_viewed";
 /// aggregate each, not a union of copies of the CTE (half the cost). The
 /// flags are the result's stored ones (migration 0016); each member's year
 /// level comes from the index `pupils_current` alone (migration 0013),
-/// without a heap visit per pupil. Measured in tests/benches/README.md
+/// without a heap visit per pupil, or, for a leader's school, from one
+/// read of its current pupils (`members_ctes`). Measured in tests/benches/README.md
 /// ("Issue 14d").
 pub const FOLLOW_UP_COUNTS_SQL: &str = concat!(
     "WITH a AS MATERIALIZED (SELECT a.id FROM assessments a WHERE a.id = $4::uuid AND a.tenant_id = $1::uuid), \
      grp AS MATERIALIZED (SELECT g.* FROM (",
     groups_in_scope!("$5", "$6"),
-    ") g WHERE EXISTS (SELECT 1 FROM a)), \
-     mem AS MATERIALIZED (",
-    members!(),
-    "), \
+    ") g WHERE EXISTS (SELECT 1 FROM a)), ",
+    members_ctes!(),
+    ", \
      res AS MATERIALIZED ( \
          SELECT m.group_id, m.pupil_id, m.year_level, lr.id AS result_id, lr.status, \
                 coalesce(lr.total_flagged, false) AS total_flagged, coalesce(lr.flagged_subtests, '{}'::text[]) AS flagged_subtests \
@@ -264,6 +285,13 @@ pub async fn list(
         }))),
         _ => None,
     };
+    // Each assessment's subtests come on one of its rows (the first).
+    let mut subtests: BTreeMap<String, Json> = BTreeMap::new();
+    for row in &rows {
+        if !row.is_null("subtests")? {
+            subtests.insert(row.text("assessment_id")?, row.json("subtests")?);
+        }
+    }
     let mut groups: Vec<Json> = Vec::new();
     for row in &rows {
         let group_id = row.text("group_id")?;
@@ -290,10 +318,8 @@ pub async fn list(
                 "flags": [],
             }));
         }
-        let flagged_subtests = match row.json("flagged_subtests")? {
-            Json::Null => json!([]),
-            list => list,
-        };
+        let definitions = subtests.get(&row.text("assessment_id")?).unwrap_or(&Json::Null);
+        let flagged_subtests = flagged_subtest_details(row, definitions)?;
         let flag = json!({
             "assessment": {
                 "id": row.text("assessment_id")?,
@@ -317,6 +343,30 @@ pub async fn list(
         StatusCode::OK,
         &json!({"school_year": {"start": start, "from": from, "to": to}, "groups": groups, "next_cursor": next_cursor}),
     )
+}
+
+/// The flagged subtests of a listed result, in the assessment's order
+/// (`definitions`: its subtests as the statement's JSON), each with title,
+/// score and threshold.
+fn flagged_subtest_details(row: &Row, definitions: &Json) -> Result<Vec<Json>, Problem> {
+    let flagged = row.text_array("flagged_subtests")?;
+    let scores = row.json("subtest_scores")?;
+    Ok(definitions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|st| Some((st, st["id"].as_str()?)))
+        .filter(|(_, id)| flagged.iter().any(|f| f == id))
+        .map(|(st, id)| {
+            json!({
+                "id": id,
+                "title": st["title"],
+                // As the class overview gives it.
+                "score": scores.get(id).and_then(Json::as_f64),
+                "threshold": st["threshold"],
+            })
+        })
+        .collect())
 }
 
 /// Counts of one line (a group or a year level).
