@@ -1637,3 +1637,71 @@ async fn bad_subtests_and_thresholds_are_refused_and_change_nothing() {
     assert_eq!(r.json()["subtests_removed"], json!(["forstaelse"]));
     assert_eq!(w.app.count("SELECT count(*) FROM assessment_subtests").await, 1);
 }
+
+/// A results post locks its assessment, then (key share) its pupils; an
+/// erasure (a subject request or retention) locks its pupils, then (key
+/// share) the assessments of their anonymised rows. The post's assessment
+/// lock is `FOR NO KEY UPDATE`, so the erasure goes on instead of the two
+/// deadlocking, and the post, which waited for the pupil, no longer finds it.
+#[tokio::test]
+async fn a_results_post_waits_for_an_erasure_of_its_pupil_without_deadlocking_and_rejects_the_erased_pupil() {
+    use tavle_core::db::{uuid, Db, SqlxDb};
+    let w = world().await;
+    load_roster(&w, 2).await;
+    let rows = |base: f64| (0..2).map(|i| result(&format!("r{i}"), i, base + i as f64)).collect::<Vec<_>>();
+    let r = w.app.deliver(&w.publisher, "results", "res-1", &results("lesing-h26", rows(10.0))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let app = &w.app;
+    let text =
+        |sql: &'static str| async move { sqlx::query_scalar::<_, String>(sql).fetch_one(&app.pool).await.unwrap() };
+    let tenant = text("SELECT id::text FROM tenants WHERE slug = 'oslo'").await;
+    let pupil = text("SELECT pupil_id::text FROM results WHERE external_id = 'r0'").await;
+
+    // The erasure's transaction, on a connection of its own, holds the pupil.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&w.app.db_url).await.unwrap();
+    let mut eraser = SqlxDb::new(pool.clone());
+    eraser.execute("BEGIN", &[]).await.unwrap();
+    eraser.execute("SELECT 1 FROM pupils WHERE id = $1::uuid FOR UPDATE", &[uuid(&pupil)]).await.unwrap();
+    // The publisher re-sends the assessment with new scores: the post locks
+    // the assessment, then waits for the pupil.
+    let resent = results("lesing-h26", rows(20.0));
+    let post = w.app.deliver(&w.publisher, "results", "res-2", &resent);
+    tokio::pin!(post);
+    loop {
+        tokio::select! {
+            r = &mut post => panic!("the post did not wait for the pupil: {} {}", r.status, r.text()),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+        let waiting = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        if w.app.count(waiting).await > 0 {
+            break;
+        }
+    }
+    // The erasure anonymises the pupil's result (key share on the assessment
+    // the post holds) and deletes the pupil.
+    let erasure = async {
+        let erased = tavle_core::erasure::erase_pupils(
+            &mut eraser,
+            &tenant,
+            std::slice::from_ref(&pupil),
+            tavle_core::erasure::Reason::Retention,
+        )
+        .await;
+        let committed = eraser.execute("COMMIT", &[]).await;
+        (erased, committed)
+    };
+    let (erasure, r) = tokio::join!(erasure, &mut post);
+    let (erased, committed) = erasure;
+    assert_eq!(erased.expect("the erasure was not aborted").pupils, 1);
+    committed.expect("the erasure committed");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = r.json();
+    assert_eq!(s["rejected_rows"], json!([{"index": 0, "external_id": "r0", "reason": "unknown_pupil"}]), "{s}");
+    assert_eq!(s["updated_external_ids"], json!(["r1"]), "{s}");
+    assert_eq!(w.app.count("SELECT count(*) FROM pupils").await, 1);
+    assert_eq!(w.app.count("SELECT count(*) FROM results").await, 1, "nothing stored for the erased pupil");
+    assert_eq!(w.app.count("SELECT count(*) FROM anonymised_results WHERE score = 10").await, 1);
+    drop(eraser);
+    pool.close().await;
+}

@@ -110,14 +110,25 @@ pub const RESOLVE_SQL: &str = resolve_sql!();
 /// pupil really left).
 const RESOLVE_FOR_UPDATE_SQL: &str = concat!(resolve_sql!(), " ORDER BY id FOR NO KEY UPDATE");
 
-/// Finds the tenant's pupils for these keys; the map is keyed both by
-/// `i:<index>` and `f:<feide>`.
-pub async fn resolve(db: &mut impl Db, tenant_id: &str, keys: &[&PupilKey]) -> Result<HashMap<String, Known>, Problem> {
-    resolve_with(db, RESOLVE_SQL, tenant_id, keys).await
+/// As [`RESOLVE_SQL`], key-share locking the pupils found (in id order)
+/// until the transaction ends: they cannot be deleted (erased) meanwhile,
+/// and a pupil whose erasure is under way is waited for, then not found.
+/// Rosters' `FOR NO KEY UPDATE` does not conflict with it.
+const RESOLVE_KEY_SHARE_SQL: &str = concat!(resolve_sql!(), " ORDER BY id FOR KEY SHARE");
+
+/// Finds the tenant's pupils for these keys (the map is keyed both by
+/// `i:<index>` and `f:<feide>`); they cannot be deleted until the caller's
+/// transaction ends ([`RESOLVE_KEY_SHARE_SQL`]).
+pub async fn resolve_key_share(
+    db: &mut impl Db,
+    tenant_id: &str,
+    keys: &[&PupilKey],
+) -> Result<HashMap<String, Known>, Problem> {
+    resolve_with(db, RESOLVE_KEY_SHARE_SQL, tenant_id, keys).await
 }
 
-/// As [`resolve`], and the pupils found stay locked until the caller's
-/// transaction ends.
+/// As [`resolve_key_share`], and the pupils found stay locked against
+/// other writers until the caller's transaction ends.
 pub async fn resolve_for_update(
     db: &mut impl Db,
     tenant_id: &str,

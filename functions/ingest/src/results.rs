@@ -223,11 +223,17 @@ pub fn validate(post: ResultsPost, cfg: &IngestConfig, tenant_id: &str) -> Resul
 
 /// The assessment of a results post as stored before it, locked until
 /// commit: its total threshold and subtests, to tell what a re-sent
-/// assessment changes. `$1` source, `$2` external id.
+/// assessment changes. `$1` source, `$2` external id. `FOR NO KEY UPDATE`
+/// (its key never changes here): it still orders the posts and threshold
+/// changes of one assessment, and a correction's `FOR SHARE` waits for it,
+/// but an erasure or a retention run, which holds its pupils `FOR UPDATE`
+/// and then takes the assessment `FOR KEY SHARE` for the anonymised rows,
+/// goes on instead of deadlocking with a post waiting for one of those
+/// pupils.
 pub const ASSESSMENT_BEFORE_SQL: &str = "SELECT a.id, a.threshold, \
             coalesce((SELECT jsonb_agg(jsonb_build_object('id', st.key, 'threshold', st.threshold) ORDER BY st.position) \
                       FROM assessment_subtests st WHERE st.assessment_id = a.id), '[]'::jsonb) AS subtests \
-     FROM assessments a WHERE a.source_id = $1::uuid AND a.external_id = $2::text FOR UPDATE";
+     FROM assessments a WHERE a.source_id = $1::uuid AND a.external_id = $2::text FOR NO KEY UPDATE";
 
 /// The subtest keys among `$2` that stored results of assessment `$1` still
 /// use, leaving out the results this post re-sends (`$3` source, `$4` their
@@ -466,7 +472,10 @@ pub async fn apply(
 
     let rows = &post.results;
     let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.pupil).collect();
-    let known = pupils::resolve(db, tenant_id, &keys).await?;
+    // Key-share locked, as the results' foreign key would lock them: a pupil
+    // being erased is waited for and then not found (rejected as unknown),
+    // never a foreign-key failure.
+    let known = pupils::resolve_key_share(db, tenant_id, &keys).await?;
     // A result already held for a restricted pupil stays where it is, even if
     // the publisher now names another pupil for it.
     let all_ext: Vec<String> = rows.iter().map(|r| r.external_id.clone()).collect();

@@ -202,7 +202,8 @@ async fn stored(db: &mut impl Db, who: &Principal, id: &str, lock: bool) -> Resu
                 coalesce((SELECT jsonb_agg(jsonb_build_array(st.key, st.max_score, st.threshold) ORDER BY st.position) \
                           FROM assessment_subtests st WHERE st.assessment_id = a.id), '[]'::jsonb) AS subtests \
          FROM assessments a WHERE a.id = $1::uuid AND a.tenant_id = $2::uuid{}",
-        if lock { " FOR UPDATE" } else { "" }
+        // As ingest locks an assessment it changes (functions/ingest, results.rs).
+        if lock { " FOR NO KEY UPDATE" } else { "" }
     );
     let row = db.query_opt(&sql, &[uuid(id), uuid(&who.tenant_id)]).await?.ok_or_else(Problem::not_found)?;
     let subtests = row
