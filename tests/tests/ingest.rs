@@ -1638,18 +1638,26 @@ async fn bad_subtests_and_thresholds_are_refused_and_change_nothing() {
     assert_eq!(w.app.count("SELECT count(*) FROM assessment_subtests").await, 1);
 }
 
-/// A results post locks its assessment, then (key share) its pupils; an
-/// erasure (a subject request or retention) locks its pupils, then (key
-/// share) the assessments of their anonymised rows. The post's assessment
-/// lock is `FOR NO KEY UPDATE`, so the erasure goes on instead of the two
-/// deadlocking, and the post, which waited for the pupil, no longer finds it.
+/// A results post locks its assessment, then (key share) its pupils, then
+/// writes; an erasure (a subject request or retention) locks its pupils,
+/// then (key share) the assessments of their anonymised rows, then deletes
+/// their results. The post's assessment lock is `FOR NO KEY UPDATE` and it
+/// writes nothing before its pupils are locked, so the erasure goes on
+/// instead of the two deadlocking, also when the post changes a threshold
+/// (which rewrites the stored results' flags), and the post, which waited
+/// for the pupil, no longer finds it.
 #[tokio::test]
 async fn a_results_post_waits_for_an_erasure_of_its_pupil_without_deadlocking_and_rejects_the_erased_pupil() {
     use tavle_core::db::{uuid, Db, SqlxDb};
     let w = world().await;
     load_roster(&w, 2).await;
     let rows = |base: f64| (0..2).map(|i| result(&format!("r{i}"), i, base + i as f64)).collect::<Vec<_>>();
-    let r = w.app.deliver(&w.publisher, "results", "res-1", &results("lesing-h26", rows(10.0))).await;
+    let with_threshold = |base: f64, threshold: f64| {
+        let mut post = results("lesing-h26", rows(base));
+        post["assessment"]["threshold"] = json!(threshold);
+        post
+    };
+    let r = w.app.deliver(&w.publisher, "results", "res-1", &with_threshold(10.0, 5.0)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let app = &w.app;
     let text =
@@ -1662,9 +1670,12 @@ async fn a_results_post_waits_for_an_erasure_of_its_pupil_without_deadlocking_an
     let mut eraser = SqlxDb::new(pool.clone());
     eraser.execute("BEGIN", &[]).await.unwrap();
     eraser.execute("SELECT 1 FROM pupils WHERE id = $1::uuid FOR UPDATE", &[uuid(&pupil)]).await.unwrap();
-    // The publisher re-sends the assessment with new scores: the post locks
-    // the assessment, then waits for the pupil.
-    let resent = results("lesing-h26", rows(20.0));
+    // The publisher re-sends the assessment with new scores and a higher
+    // threshold, which flags the stored results (10 and 11 <= 15) as the
+    // assessment is written: the post locks the assessment, then waits for
+    // the pupil before it writes anything, so it holds none of the pupil's
+    // results that the erasure deletes.
+    let resent = with_threshold(20.0, 15.0);
     let post = w.app.deliver(&w.publisher, "results", "res-2", &resent);
     tokio::pin!(post);
     loop {
@@ -1699,9 +1710,11 @@ async fn a_results_post_waits_for_an_erasure_of_its_pupil_without_deadlocking_an
     let s = r.json();
     assert_eq!(s["rejected_rows"], json!([{"index": 0, "external_id": "r0", "reason": "unknown_pupil"}]), "{s}");
     assert_eq!(s["updated_external_ids"], json!(["r1"]), "{s}");
+    assert_eq!(s["threshold_changes"], json!([{"subtest": null, "from": 5.0, "to": 15.0}]), "{s}");
     assert_eq!(w.app.count("SELECT count(*) FROM pupils").await, 1);
     assert_eq!(w.app.count("SELECT count(*) FROM results").await, 1, "nothing stored for the erased pupil");
     assert_eq!(w.app.count("SELECT count(*) FROM anonymised_results WHERE score = 10").await, 1);
+    assert_eq!(w.app.stale_flags().await, 0);
     drop(eraser);
     pool.close().await;
 }

@@ -18,7 +18,7 @@ pub mod verify;
 // The statements of a delivery, public so that the ingest benchmark replays
 // these very texts (tests/benches/ingest.rs) and breaks with the handler.
 pub use deliveries::{DELIVERY_LOOKUP_SQL, DELIVERY_RECORD_SQL, LOAD_SOURCE_SQL};
-pub use pupils::RESOLVE_SQL as PUPILS_RESOLVE_SQL;
+pub use pupils::RESOLVE_KEY_SHARE_SQL as PUPILS_RESOLVE_SQL;
 /// The body of a results post as the handler parses it (for the benchmark).
 pub use results::ResultsPost;
 pub use results::{ASSESSMENT_UPSERT_SQL, HELD_FOR_RESTRICTED_SQL, RESULTS_UPSERT_SQL, RESULT_COLUMNS};

@@ -99,22 +99,19 @@ macro_rules! resolve_sql {
     };
 }
 
-/// The tenant's pupils with any of these identifiers. `$1` tenant, `$2` hex
-/// blind indexes, `$3` Feide usernames.
-pub const RESOLVE_SQL: &str = resolve_sql!();
-
-/// As [`RESOLVE_SQL`], locking the pupils found until the transaction ends
+/// The tenant's pupils with any of these identifiers (`$1` tenant, `$2` hex
+/// blind indexes, `$3` Feide usernames), locking the pupils found until the transaction ends
 /// (in id order, so concurrent rosters cannot deadlock here): a roster
 /// moves and records what it read, and no other writer can move a pupil
 /// between the two (the `from_school_id` of a transfer is the school the
 /// pupil really left).
 const RESOLVE_FOR_UPDATE_SQL: &str = concat!(resolve_sql!(), " ORDER BY id FOR NO KEY UPDATE");
 
-/// As [`RESOLVE_SQL`], key-share locking the pupils found (in id order)
+/// The same pupils as [`RESOLVE_FOR_UPDATE_SQL`], key-share locking them (in id order)
 /// until the transaction ends: they cannot be deleted (erased) meanwhile,
 /// and a pupil whose erasure is under way is waited for, then not found.
 /// Rosters' `FOR NO KEY UPDATE` does not conflict with it.
-const RESOLVE_KEY_SHARE_SQL: &str = concat!(resolve_sql!(), " ORDER BY id FOR KEY SHARE");
+pub const RESOLVE_KEY_SHARE_SQL: &str = concat!(resolve_sql!(), " ORDER BY id FOR KEY SHARE");
 
 /// Finds the tenant's pupils for these keys (the map is keyed both by
 /// `i:<index>` and `f:<feide>`); they cannot be deleted until the caller's

@@ -392,6 +392,24 @@ pub async fn apply(
 ) -> Result<serde_json::Value, Problem> {
     let a = &post.assessment;
     let before = db.query_opt(ASSESSMENT_BEFORE_SQL, &[uuid(source_id), a.external_id.clone().into()]).await?;
+    let rows = &post.results;
+    let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.pupil).collect();
+    // Key-share locked, as the results' foreign key would lock them, and
+    // before any write: a pupil being erased is waited for, then not found
+    // (rejected as unknown), never a foreign-key failure. Before any write,
+    // because a changed threshold makes the assessment's upsert update its
+    // results' flags, one of them the erased pupil's, which the erasure
+    // then waits for (a deadlock).
+    let known = pupils::resolve_key_share(db, tenant_id, &keys).await?;
+    // A result already held for a restricted pupil stays where it is, even if
+    // the publisher now names another pupil for it.
+    let all_ext: Vec<String> = rows.iter().map(|r| r.external_id.clone()).collect();
+    let held_for_restricted: HashSet<String> = db
+        .query(HELD_FOR_RESTRICTED_SQL, &[uuid(source_id), Value::text_array(all_ext)])
+        .await?
+        .iter()
+        .map(|r| r.text("external_id"))
+        .collect::<Result<_, _>>()?;
     let changes = match &before {
         None => Changes::default(),
         Some(row) => {
@@ -470,21 +488,6 @@ pub async fn apply(
         .await?;
     }
 
-    let rows = &post.results;
-    let keys: Vec<&PupilKey> = rows.iter().map(|r| &r.pupil).collect();
-    // Key-share locked, as the results' foreign key would lock them: a pupil
-    // being erased is waited for and then not found (rejected as unknown),
-    // never a foreign-key failure.
-    let known = pupils::resolve_key_share(db, tenant_id, &keys).await?;
-    // A result already held for a restricted pupil stays where it is, even if
-    // the publisher now names another pupil for it.
-    let all_ext: Vec<String> = rows.iter().map(|r| r.external_id.clone()).collect();
-    let held_for_restricted: HashSet<String> = db
-        .query(HELD_FOR_RESTRICTED_SQL, &[uuid(source_id), Value::text_array(all_ext)])
-        .await?
-        .iter()
-        .map(|r| r.text("external_id"))
-        .collect::<Result<_, _>>()?;
     let mut rejected = Vec::new();
     let (mut ext, mut pupil, mut score, mut status, mut completed, mut items, mut subtest_scores) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

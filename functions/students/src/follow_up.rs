@@ -44,7 +44,7 @@ macro_rules! groups_in_scope {
 
 /// The CTEs `led` and `mem`: `mem` holds the current members of the groups
 /// `grp`, visible as in the class overview (every member of a taught group;
-/// in a led school's other groups, that school's pupils). The taught
+/// in the other groups, the pupils of the schools led). The taught
 /// groups' members are probed one by one in `pupils_current`; the led
 /// schools' current pupils (`led`) are read once, by school, and joined to
 /// the memberships by hash: a school leader's 1,000 members cost some 150
@@ -102,7 +102,8 @@ macro_rules! page_assessment_subtests {
 /// result brings its scores and flagged keys, and each assessment's
 /// subtests (titles, thresholds) come once per page, on its first row
 /// (`subtests`), from `assessment_subtests_listed` alone: the handler joins
-/// them ([`flagged_subtest_details`]). Public so the benchmark can time the bare query behind the route.
+/// them (`flagged_subtest_details`). Public so the benchmark can time the
+/// bare query behind the route.
 pub const FOLLOW_UP_SQL: &str = concat!(
     "WITH grp AS MATERIALIZED (",
     groups_in_scope!("$4", "$5"),
