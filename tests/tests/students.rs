@@ -2282,6 +2282,14 @@ async fn the_follow_up_list_pages_with_a_sealed_cursor_and_logs_each_page_for_it
     let full = full.json();
     assert_eq!(full["next_cursor"], Value::Null);
     let all = follow_up_entries(&full);
+    // Every flag as listed (its assessment, scores and subtests' details).
+    let flags = |body: &Value| -> Vec<Value> {
+        let groups = body["groups"].as_array().unwrap().iter();
+        let pupils = groups.flat_map(|g| g["pupils"].as_array().unwrap().iter());
+        pupils.flat_map(|p| p["flags"].as_array().unwrap().iter().cloned()).collect()
+    };
+    let all_flags = flags(&full);
+    assert!(all_flags.iter().all(|f| !f["flagged_subtests"].as_array().unwrap().is_empty()), "{full}");
     let p = |n: u32| Some(w.pupils[&n].clone());
     let (g5a, g5b) = (w.groups["5A"].clone(), w.groups["5B"].clone());
     let order: Vec<(String, Option<String>)> = all.iter().map(|(g, p, _)| (g.clone(), p.clone())).collect();
@@ -2289,7 +2297,7 @@ async fn the_follow_up_list_pages_with_a_sealed_cursor_and_logs_each_page_for_it
     assert_eq!(all[1].2.len(), 2, "Åse is flagged in both screenings");
 
     for limit in [1, 2, 3] {
-        let mut pages = Vec::new();
+        let (mut pages, mut page_flags) = (Vec::new(), Vec::new());
         let mut path = format!("/follow-up?school_year=2026&limit={limit}");
         loop {
             let records = access_records(&w.app).await.len();
@@ -2309,12 +2317,16 @@ async fn the_follow_up_list_pages_with_a_sealed_cursor_and_logs_each_page_for_it
             named.sort();
             assert_eq!((action.as_str(), named), ("pupils.follow_up_viewed", shown), "{path}");
             pages.extend(entries);
+            page_flags.extend(flags(&body));
             match body["next_cursor"].as_str() {
                 Some(c) => path = cursors::with_cursor(&format!("/follow-up?school_year=2026&limit={limit}"), c),
                 None => break,
             }
         }
         assert_eq!(pages, all, "pages of {limit} concatenate to the whole list, without duplicates");
+        // Each page brings the subtests of its own assessments: a flag on a
+        // later page is as complete as in the whole list.
+        assert_eq!(page_flags, all_flags, "pages of {limit}: the flags in full");
     }
 
     // An empty group is an entry of its own: 2025/26 has 5A (no one) and 5B (Aasen).
