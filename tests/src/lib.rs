@@ -290,6 +290,27 @@ impl TestApp {
         .await
     }
 
+    /// Drives `request` until a backend of the test database waits for a
+    /// lock (so a test can go on with the transaction that holds it); panics
+    /// if the request finishes first, i.e. did not wait.
+    pub async fn until_waiting_for_a_lock(
+        &self,
+        mut request: std::pin::Pin<&mut impl std::future::Future<Output = TestResponse>>,
+        what: &str,
+    ) {
+        let waiting = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        loop {
+            tokio::select! {
+                r = &mut request => panic!("{what} did not wait for a lock: {} {}", r.status, r.text()),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+            if self.count(waiting).await > 0 {
+                return;
+            }
+        }
+    }
+
     /// A digest of every table's contents (except the audit and access logs
     /// when `with_audit` is false), for "this request changed nothing" checks.
     /// Every base table of the schema, so that a new table is covered too.

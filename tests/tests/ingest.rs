@@ -1678,17 +1678,7 @@ async fn a_results_post_waits_for_an_erasure_of_its_pupil_without_deadlocking_an
     let resent = with_threshold(20.0, 15.0);
     let post = w.app.deliver(&w.publisher, "results", "res-2", &resent);
     tokio::pin!(post);
-    loop {
-        tokio::select! {
-            r = &mut post => panic!("the post did not wait for the pupil: {} {}", r.status, r.text()),
-            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
-        }
-        let waiting = "SELECT count(*) FROM pg_stat_activity \
-                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
-        if w.app.count(waiting).await > 0 {
-            break;
-        }
-    }
+    w.app.until_waiting_for_a_lock(post.as_mut(), "the post").await;
     // The erasure anonymises the pupil's result (key share on the assessment
     // the post holds) and deletes the pupil.
     let erasure = async {

@@ -2521,18 +2521,7 @@ async fn a_correction_waits_for_a_threshold_change_without_deadlocking_it() {
     let correction =
         w.app.send(Method::PUT, &put, Some(&w.leader.token), Some(json!({"score": 29, "status": "completed"})));
     tokio::pin!(correction);
-    // Drive the correction until it waits for a lock.
-    loop {
-        tokio::select! {
-            r = &mut correction => panic!("the correction did not wait for the assessment: {}", r.status),
-            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
-        }
-        let waiting = "SELECT count(*) FROM pg_stat_activity \
-                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
-        if w.app.count(waiting).await > 0 {
-            break;
-        }
-    }
+    w.app.until_waiting_for_a_lock(correction.as_mut(), "the correction").await;
     // The writer's threshold flags the result (31.5 <= 35): its refresh
     // updates the result the correction is about to lock.
     let assessment = w.assessment.clone();
